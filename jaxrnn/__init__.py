@@ -1,0 +1,18 @@
+"""jaxrnn: PyTorch-exact RNN, LSTM and GRU layers for JAX, as Flax NNX and Linen modules.
+
+The NNX modules live at the top level, the Linen twins in :mod:`jaxrnn.linen`, the pure
+functional core in :mod:`jaxrnn.functional`.
+"""
+
+from jaxrnn import functional as functional
+from jaxrnn.convert import from_torch as from_torch
+from jaxrnn.convert import params_to_state_dict as params_to_state_dict
+from jaxrnn.convert import state_dict_to_params as state_dict_to_params
+from jaxrnn.nnx import GRU as GRU
+from jaxrnn.nnx import LSTM as LSTM
+from jaxrnn.nnx import RNN as RNN
+from jaxrnn.nnx import GRUCell as GRUCell
+from jaxrnn.nnx import LSTMCell as LSTMCell
+from jaxrnn.nnx import RNNCell as RNNCell
+
+__version__ = "0.1.0"

@@ -1,0 +1,300 @@
+"""Argument and shape validation, in one place and in torch's wording.
+
+Every front-end (the functional core, NNX and Linen modules, packed sequences) calls these. They
+run in plain Python on static shapes, so under ``jit`` they fire at trace time, before any
+computation, and name the module, what was expected and what came.
+"""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrnn import _params
+
+_FLOAT_KINDS = "float16, bfloat16, float32 or float64"
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def check_constructor(
+    name: str,
+    mode: str,
+    input_size,
+    hidden_size,
+    num_layers=1,
+    bias=True,
+    batch_first=False,
+    dropout=0.0,
+    bidirectional=False,
+    proj_size=0,
+) -> None:
+    """Validate a multi-layer module's constructor arguments as ``torch.nn.RNNBase`` does."""
+    _check_sizes(name, input_size, hidden_size)
+    if not _is_int(num_layers):
+        raise TypeError(f"{name}: num_layers should be of type int, got: {type(num_layers).__name__}")
+    if num_layers <= 0:
+        raise ValueError(f"{name}: num_layers must be greater than zero, got {num_layers}")
+    for flag, value in (("bias", bias), ("batch_first", batch_first), ("bidirectional", bidirectional)):
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{name}: {flag} should be a bool, got: {type(value).__name__}")
+    if (
+        not isinstance(dropout, numbers.Number)
+        or isinstance(dropout, bool)
+        or not 0 <= dropout <= 1
+    ):
+        raise ValueError(
+            f"{name}: dropout should be a number in range [0, 1] representing the probability of "
+            f"an element being zeroed, got {dropout!r}"
+        )
+    if dropout > 0 and num_layers == 1:
+        warnings.warn(
+            "dropout option adds dropout after all but last recurrent layer, so non-zero dropout "
+            f"expects num_layers greater than 1, but got dropout={dropout} and "
+            f"num_layers={num_layers}",
+            stacklevel=3,
+        )
+    if not _is_int(proj_size):
+        raise TypeError(f"{name}: proj_size should be of type int, got: {type(proj_size).__name__}")
+    if proj_size < 0:
+        raise ValueError(
+            f"{name}: proj_size should be a positive integer or zero to disable projections, "
+            f"got {proj_size}"
+        )
+    if proj_size >= hidden_size:
+        raise ValueError(
+            f"{name}: proj_size has to be smaller than hidden_size, got proj_size={proj_size} "
+            f"and hidden_size={hidden_size}"
+        )
+    if proj_size and mode != "LSTM":
+        raise ValueError(f"{name}: proj_size argument is only supported for LSTM, not RNN or GRU")
+
+
+def check_cell_constructor(name: str, input_size, hidden_size, bias=True) -> None:
+    """Validate a cell's constructor arguments as ``torch.nn.RNNCellBase`` does."""
+    _check_sizes(name, input_size, hidden_size)
+    if not isinstance(bias, (bool, np.bool_)):
+        raise TypeError(f"{name}: bias should be a bool, got: {type(bias).__name__}")
+
+
+def check_nonlinearity(name: str, nonlinearity) -> str:
+    """Torch's mode string for ``nonlinearity``, or torch's error for an unknown one."""
+    if nonlinearity not in ("tanh", "relu"):
+        raise ValueError(
+            f"{name}: Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'."
+        )
+    return _params.rnn_mode(nonlinearity)
+
+
+def check_mode(name: str, mode) -> str:
+    if mode not in _params.GATES:
+        raise ValueError(
+            f"{name}: Unrecognized RNN mode: {mode!r}; expected one of {sorted(_params.GATES)}"
+        )
+    return mode
+
+
+def _check_sizes(name, input_size, hidden_size) -> None:
+    for arg, value in (("input_size", input_size), ("hidden_size", hidden_size)):
+        if not _is_int(value):
+            raise TypeError(f"{name}: {arg} should be of type int, got: {type(value).__name__}")
+        if value <= 0:
+            raise ValueError(f"{name}: {arg} must be greater than zero, got {value}")
+
+
+# ---------------------------------------------------------------------------------------------
+# call-time checks
+
+
+def as_array(name: str, what: str, x) -> jax.Array:
+    """``x`` as a floating JAX array (or tracer); TypeError for anything else."""
+    if isinstance(x, (jax.Array, np.ndarray, np.generic)):
+        arr = x
+    elif hasattr(x, "__array__") and hasattr(x, "shape"):  # e.g. a torch tensor
+        arr = np.asarray(x)
+    else:
+        raise TypeError(f"{name}: {what} must be an array, got {type(x).__name__}")
+    if not jnp.issubdtype(arr.dtype, jnp.floating):
+        raise TypeError(
+            f"{name}: {what} must have a floating-point dtype ({_FLOAT_KINDS}), got {arr.dtype}"
+        )
+    return jnp.asarray(arr)
+
+
+def check_params(name: str, params, expected: Mapping[str, tuple[int, ...]]) -> None:
+    """Every expected parameter present, with its expected shape."""
+    if not isinstance(params, Mapping):
+        raise TypeError(
+            f"{name}: params must be a mapping from torch's parameter names to arrays, "
+            f"got {type(params).__name__}"
+        )
+    missing = [k for k in expected if params.get(k) is None]
+    if missing:
+        raise ValueError(f"{name}: missing parameters {missing} (have {sorted(params)})")
+    for key, shape in expected.items():
+        if shape is None:
+            continue
+        got = tuple(np.shape(params[key]))
+        if got != tuple(shape):
+            raise ValueError(
+                f"{name}: parameter {key} has shape {got}, expected {tuple(shape)}"
+            )
+
+
+def check_layer_input(
+    name: str, mode: str, input_shape, input_size: int, *, packed: bool = False
+) -> bool:
+    """Rank and feature size of a layer's input; returns whether it is batched."""
+    ndim = len(input_shape)
+    if packed:
+        if ndim != 2:
+            raise ValueError(f"{name}: packed input data must have 2 dimensions, got {ndim}")
+    elif ndim not in (2, 3):
+        raise ValueError(f"{name}: Expected input to be 2D or 3D, got {ndim}D instead")
+    if input_shape[-1] != input_size:
+        raise ValueError(
+            f"{name}: input.size(-1) must be equal to input_size. "
+            f"Expected {input_size}, got {input_shape[-1]}"
+        )
+    return packed or ndim == 3
+
+
+def check_layer_hidden(
+    name: str,
+    mode: str,
+    hx,
+    *,
+    batched: bool,
+    batch_size: int,
+    num_layers: int,
+    num_directions: int,
+    hidden_size: int,
+    proj_size: int,
+):
+    """Validate ``hx`` (``h_0`` or ``(h_0, c_0)``); returns it as arrays (a tuple for LSTM)."""
+    real_hidden = proj_size if proj_size > 0 else hidden_size
+    lead = num_layers * num_directions
+    if mode == "LSTM":
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            raise TypeError(
+                f"{name}: hx must be a tuple (h_0, c_0) of two arrays, got {_describe(hx)}"
+            )
+        h0 = as_array(name, "h_0", hx[0])
+        c0 = as_array(name, "c_0", hx[1])
+        want = 3 if batched else 2
+        if h0.ndim != want or c0.ndim != want:
+            kind = "batched 3-D" if batched else "unbatched 2-D"
+            raise ValueError(
+                f"{name}: For {kind} input, hx and cx should also be {want}-D but got "
+                f"({h0.ndim}-D, {c0.ndim}-D) tensors"
+            )
+        batch = (batch_size,) if batched else ()
+        _check_hidden_size(name, h0, (lead, *batch, real_hidden), "Expected hidden[0] size {}, got {}")
+        _check_hidden_size(name, c0, (lead, *batch, hidden_size), "Expected hidden[1] size {}, got {}")
+        return (h0, c0)
+    if isinstance(hx, (tuple, list)):
+        raise TypeError(f"{name}: hx must be a single array h_0, got {_describe(hx)}")
+    h0 = as_array(name, "hx", hx)
+    want = 3 if batched else 2
+    if h0.ndim != want:
+        kind = "batched 3-D" if batched else "unbatched 2-D"
+        raise ValueError(
+            f"{name}: For {kind} input, hx should also be {want}-D but got {h0.ndim}-D tensor"
+        )
+    batch = (batch_size,) if batched else ()
+    _check_hidden_size(name, h0, (lead, *batch, hidden_size), "Expected hidden size {}, got {}")
+    return h0
+
+
+def _check_hidden_size(name, h, expected, msg) -> None:
+    if tuple(h.shape) != tuple(expected):
+        raise ValueError(f"{name}: " + msg.format(tuple(expected), tuple(h.shape)))
+
+
+def _describe(x) -> str:
+    if isinstance(x, (tuple, list)):
+        return f"a {type(x).__name__} of length {len(x)}"
+    return type(x).__name__
+
+
+def check_cell_call(name: str, mode: str, input, hx, input_size: int, hidden_size: int):
+    """Validate a cell call; returns ``(input, hx_or_None, batched)`` as arrays."""
+    x = as_array(name, "input", input)
+    if x.ndim not in (1, 2):
+        raise ValueError(f"{name}: Expected input to be 1D or 2D, got {x.ndim}D instead")
+    if x.shape[-1] != input_size:
+        raise ValueError(
+            f"{name}: input has inconsistent input_size: got {x.shape[-1]}, expected {input_size}"
+        )
+    batched = x.ndim == 2
+    if hx is None:
+        return x, None, batched
+    if mode == "LSTM":
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            raise TypeError(f"{name}: hx must be a tuple (h_0, c_0) of two arrays, got {_describe(hx)}")
+        states = [as_array(name, f"hx[{i}]", h) for i, h in enumerate(hx)]
+    else:
+        if isinstance(hx, (tuple, list)):
+            raise TypeError(f"{name}: hx must be a single array, got {_describe(hx)}")
+        states = [as_array(name, "hx", hx)]
+    for i, h in enumerate(states):
+        label = f"hidden{i}" if mode == "LSTM" else "hidden"
+        if h.ndim != x.ndim:
+            raise ValueError(
+                f"{name}: Expected hidden to be {x.ndim}D like the input "
+                f"(got input {x.ndim}D and {label} {h.ndim}D)"
+            )
+        if batched and h.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"{name}: Input batch size {x.shape[0]} doesn't match {label} batch size {h.shape[0]}"
+            )
+        if h.shape[-1] != hidden_size:
+            raise ValueError(
+                f"{name}: {label} has inconsistent hidden_size: got {h.shape[-1]}, "
+                f"expected {hidden_size}"
+            )
+    return x, (tuple(states) if mode == "LSTM" else states[0]), batched
+
+
+def check_seq_lengths(name: str, seq_lengths, batch: int, seq_len: int, batched: bool):
+    """``seq_lengths`` as an int32 ``(N,)`` array; range-checked when its values are concrete.
+
+    Traced lengths cannot be checked: values above ``L`` then act as ``L`` and values below 0
+    as 0.
+    """
+    if not hasattr(seq_lengths, "shape"):
+        seq_lengths = np.asarray(seq_lengths)
+    if not jnp.issubdtype(seq_lengths.dtype, jnp.integer):
+        raise TypeError(
+            f"{name}: seq_lengths must be an integer array, got dtype {seq_lengths.dtype}"
+        )
+    want = (batch,) if batched else ((), (1,))
+    shape = tuple(seq_lengths.shape)
+    if (batched and shape != want) or (not batched and shape not in want):
+        raise ValueError(
+            f"{name}: seq_lengths must have shape {want if batched else ()} (one length per "
+            f"sequence), got {shape}"
+        )
+    if not isinstance(seq_lengths, jax.core.Tracer):
+        values = np.asarray(seq_lengths)
+        if values.size and (values.min() < 0 or values.max() > seq_len):
+            raise ValueError(
+                f"{name}: seq_lengths must lie in [0, {seq_len}] (the input's sequence length), "
+                f"got {values.tolist()}"
+            )
+    return jnp.reshape(jnp.asarray(seq_lengths, jnp.int32), (batch,))
+
+
+def check_dropout_key(name: str, dropout: float, training: bool, num_layers: int, key) -> None:
+    if training and dropout > 0 and num_layers > 1 and key is None:
+        raise ValueError(
+            f"{name}: dropout={dropout} in training mode needs a PRNG key (dropout_key=...) "
+            "for the dropout between layers"
+        )

@@ -1,0 +1,165 @@
+"""Torch state dicts <-> jaxrnn parameter dicts, and torch modules -> jaxrnn modules.
+
+Because jaxrnn's parameter tree uses torch's names and shapes, conversion is naming only: pick
+the keys under a prefix, copy the arrays. torch is imported lazily and only by
+:func:`from_torch`; everything else takes torch tensors or numpy arrays alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+
+def to_numpy(value) -> np.ndarray:
+    """A private numpy copy of a torch tensor, numpy array or JAX array.
+
+    The copy matters: ``tensor.numpy()`` shares memory with the tensor, so a torch model that
+    keeps training in place would otherwise change the converted weights.
+    """
+    if hasattr(value, "detach") and hasattr(value, "cpu"):  # torch.Tensor, without importing torch
+        tensor = value.detach().cpu()
+        if str(tensor.dtype) == "torch.bfloat16":
+            import ml_dtypes
+
+            return tensor.float().numpy().astype(ml_dtypes.bfloat16)
+        return np.array(tensor.numpy(), copy=True)
+    return np.array(value, copy=True)
+
+
+def state_dict_to_params(state_dict: Mapping, prefix: str = "") -> dict[str, np.ndarray]:
+    """The parameters under ``prefix`` of a torch ``state_dict``, as a dict of numpy arrays.
+
+    Args:
+        state_dict: torch's ``module.state_dict()`` (tensors) or any mapping of arrays.
+        prefix: keep only keys starting with it and strip it, e.g. ``'encoder.gru.'`` to pick one
+            recurrent layer out of a bigger model's state dict.
+
+    Returns:
+        ``{'weight_ih_l0': array, ...}``, private copies.
+
+    Example:
+        >>> params = state_dict_to_params({'rnn.weight_ih_l0': np.zeros((4, 3))}, prefix='rnn.')
+        >>> sorted(params)
+        ['weight_ih_l0']
+    """
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
+    if not isinstance(prefix, str):
+        raise TypeError(f"prefix must be a str, got {type(prefix).__name__}")
+    return {
+        key[len(prefix) :]: to_numpy(value)
+        for key, value in state_dict.items()
+        if key.startswith(prefix)
+    }
+
+
+def params_to_state_dict(params: Mapping, prefix: str = "") -> dict[str, np.ndarray]:
+    """A jaxrnn parameter dict as a torch-loadable state dict of numpy arrays (keys ``prefix+name``).
+
+    ``torch_module.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})`` accepts it.
+    """
+    if not isinstance(params, Mapping):
+        raise TypeError(f"params must be a mapping, got {type(params).__name__}")
+    return {prefix + key: to_numpy(value) for key, value in params.items()}
+
+
+def match_state_dict(
+    name: str,
+    state_dict: Mapping,
+    expected: Mapping[str, tuple[int, ...]],
+    strict: bool = True,
+) -> dict[str, np.ndarray]:
+    """The entries of ``state_dict`` that load into parameters of shapes ``expected``.
+
+    With ``strict``, missing, unexpected and mis-shaped keys raise one ``ValueError`` naming each
+    (torch's ``Error(s) in loading state_dict``); without, mis-shaped keys still raise (as in
+    torch) and the others are skipped. Nothing is assigned here, so a failed load changes nothing.
+    """
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"{name}.load_state_dict: expected a mapping, got {type(state_dict).__name__}")
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    errors = []
+    loaded = {}
+    for key, shape in expected.items():
+        if key not in state_dict:
+            continue
+        value = to_numpy(state_dict[key])
+        if tuple(value.shape) != tuple(shape):
+            errors.append(
+                f"size mismatch for {key}: copying a param with shape {tuple(value.shape)} from "
+                f"checkpoint, the shape in current model is {tuple(shape)}."
+            )
+        loaded[key] = value
+    if strict and unexpected:
+        errors.insert(0, "Unexpected key(s) in state_dict: " + ", ".join(f'"{k}"' for k in unexpected) + ".")
+    if strict and missing:
+        errors.insert(0, "Missing key(s) in state_dict: " + ", ".join(f'"{k}"' for k in missing) + ".")
+    if errors:
+        raise ValueError(
+            f"Error(s) in loading state_dict for {name}:\n\t" + "\n\t".join(errors)
+        )
+    return loaded
+
+
+_TORCH_CLASSES = ("RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell")
+
+
+def from_torch(module, *, rngs=None, **kwargs):
+    """The jaxrnn NNX module equivalent to a ``torch.nn`` RNN/LSTM/GRU or cell, weights copied.
+
+    Args:
+        module: an instance of ``torch.nn.RNN``, ``LSTM``, ``GRU``, ``RNNCell``, ``LSTMCell`` or
+            ``GRUCell``.
+        rngs: ``nnx.Rngs`` for the new module (its dropout stream); ``nnx.Rngs(0)`` if omitted.
+        **kwargs: JAX extras passed to the constructor (``dtype``, ``precision``, ...).
+
+    Returns:
+        The jaxrnn module, in the same training/eval mode as ``module``.
+    """
+    import torch
+    from flax import nnx
+
+    import jaxrnn
+
+    cls_name = next(
+        (c for c in _TORCH_CLASSES if type(module) is getattr(torch.nn, c)),
+        None,
+    )
+    if cls_name is None:
+        for c in _TORCH_CLASSES:  # subclasses of torch's classes
+            if isinstance(module, getattr(torch.nn, c)):
+                cls_name = c
+                break
+    if cls_name is None:
+        raise TypeError(
+            "from_torch expects a torch.nn.RNN, LSTM, GRU, RNNCell, LSTMCell or GRUCell, "
+            f"got {type(module).__name__}"
+        )
+    rngs = nnx.Rngs(0) if rngs is None else rngs
+    if cls_name.endswith("Cell"):
+        args = dict(input_size=module.input_size, hidden_size=module.hidden_size, bias=module.bias)
+        if cls_name == "RNNCell":
+            args["nonlinearity"] = module.nonlinearity
+    else:
+        args = dict(
+            input_size=module.input_size,
+            hidden_size=module.hidden_size,
+            num_layers=module.num_layers,
+            bias=module.bias,
+            batch_first=module.batch_first,
+            dropout=float(module.dropout),
+            bidirectional=module.bidirectional,
+        )
+        if cls_name == "RNN":
+            args["nonlinearity"] = module.nonlinearity
+        if cls_name == "LSTM":
+            args["proj_size"] = module.proj_size
+    args.update(kwargs)
+    out = getattr(jaxrnn, cls_name)(**args, rngs=rngs)
+    out.load_state_dict(module.state_dict())
+    if not module.training:
+        out.eval()
+    return out

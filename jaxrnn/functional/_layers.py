@@ -1,0 +1,252 @@
+"""The scan driver: layers, directions, variable lengths and dropout over a pure cell step."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxrnn import _checks, _params
+from jaxrnn.functional import _cells
+from jaxrnn.functional._cells import linear, step_from_gates
+
+
+def scan_direction(
+    mode: str,
+    p: Mapping,
+    x,
+    state0,
+    mask=None,
+    *,
+    reverse: bool = False,
+    precision=None,
+    unroll: int = 1,
+):
+    """Run one direction of one layer over time-major ``x (L, N, H_in)``.
+
+    ``p`` holds the cell names (``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh``,
+    ``weight_hr``; absent ones ``None``). ``mask (L, N, 1)`` marks valid steps: the state does not
+    move and the output is zero on invalid ones, so a reverse scan starts at each sequence's own
+    last valid step. Returns ``(final_state, outputs (L, N, H_out))``.
+    """
+    gx = linear(x, p["weight_ih"], p.get("bias_ih"), precision)
+    w_hh, b_hh, w_hr = p["weight_hh"], p.get("bias_hh"), p.get("weight_hr")
+
+    def step(state, xs):
+        gx_t, m_t = xs if mask is not None else (xs, None)
+        new, out = step_from_gates(mode, gx_t, state, w_hh, b_hh, w_hr, precision)
+        if m_t is not None:
+            new = jax.tree.map(lambda n, o: jnp.where(m_t, n, o), new, state)
+            out = jnp.where(m_t, out, jnp.zeros((), out.dtype))
+        return new, out
+
+    xs = gx if mask is None else (gx, mask)
+    return lax.scan(step, state0, xs, reverse=reverse, unroll=unroll)
+
+
+def rnn(
+    params: Mapping,
+    input,
+    hx=None,
+    *,
+    mode: str,
+    batch_first: bool = False,
+    dropout: float = 0.0,
+    training: bool = False,
+    dropout_key=None,
+    seq_lengths=None,
+    dtype=None,
+    precision=None,
+    unroll: int = 1,
+    name: str | None = None,
+):
+    """Multi-layer, optionally bidirectional RNN/LSTM/GRU over torch's parameter tree.
+
+    The configuration (``input_size``, ``hidden_size``, ``num_layers``, ``bias``,
+    ``bidirectional``, ``proj_size``) is read off the parameter names and shapes.
+
+    Inputs: input, hx
+        * **input**: ``(L, N, H_in)``, ``(N, L, H_in)`` with ``batch_first=True``, or ``(L, H_in)``
+          unbatched.
+        * **hx**: ``h_0 (D*num_layers, N, H_out)`` (LSTM: ``(h_0, c_0)`` with ``c_0
+          (D*num_layers, N, H_cell)``), or without ``N`` for unbatched input; zeros if ``None``.
+        * **seq_lengths**: optional int ``(N,)``; steps at ``t >= seq_lengths[n]`` are padding.
+
+    Outputs: output, h_n
+        * **output**: ``(L, N, D*H_out)`` (``(N, L, D*H_out)`` with ``batch_first``), zero at
+          padded steps.
+        * **h_n**: ``(D*num_layers, N, H_out)``, each sequence's state after its last valid step
+          (LSTM: ``(h_n, c_n)``), ordered layer 0 forward, layer 0 reverse, layer 1 forward, ...
+
+    where ``N`` = batch size, ``L`` = sequence length, ``D`` = 2 if bidirectional else 1,
+    ``H_in`` = input_size, ``H_cell`` = hidden_size, ``H_out`` = proj_size or hidden_size.
+
+    Dropout with probability ``dropout`` is applied to the outputs of every layer but the last
+    when ``training`` is true (needs ``dropout_key``).
+    """
+    name = name or {"RNN_TANH": "RNN", "RNN_RELU": "RNN"}.get(mode, mode)
+    _checks.check_mode(name, mode)
+    _checks.check_params(name, params, {"weight_ih_l0": None, "weight_hh_l0": None})
+    cfg = _params.infer_layer_config(mode, params)
+    _checks.check_params(
+        name,
+        params,
+        _params.layer_param_shapes(
+            mode,
+            cfg["input_size"],
+            cfg["hidden_size"],
+            cfg["num_layers"],
+            cfg["bias"],
+            cfg["bidirectional"],
+            cfg["proj_size"],
+        ),
+    )
+    x = _checks.as_array(name, "input", input)
+    batched = _checks.check_layer_input(name, mode, x.shape, cfg["input_size"])
+    num_layers, hidden_size, proj_size = cfg["num_layers"], cfg["hidden_size"], cfg["proj_size"]
+    num_directions = 2 if cfg["bidirectional"] else 1
+    _checks.check_dropout_key(name, dropout, training, num_layers, dropout_key)
+
+    if not batched:
+        x = x[:, None]
+    elif batch_first:
+        x = jnp.swapaxes(x, 0, 1)
+    seq_len, batch = x.shape[0], x.shape[1]
+    out_size = proj_size or hidden_size
+    lead = num_layers * num_directions
+
+    if hx is None:
+        h0 = jnp.zeros((lead, batch, out_size), x.dtype)
+        state = (h0, jnp.zeros((lead, batch, hidden_size), x.dtype)) if mode == "LSTM" else h0
+    else:
+        state = _checks.check_layer_hidden(
+            name,
+            mode,
+            hx,
+            batched=batched,
+            batch_size=batch,
+            num_layers=num_layers,
+            num_directions=num_directions,
+            hidden_size=hidden_size,
+            proj_size=proj_size,
+        )
+        if not batched:
+            state = jax.tree.map(lambda s: s[:, None], state)
+
+    mask = None
+    if seq_lengths is not None:
+        lengths = _checks.check_seq_lengths(name, seq_lengths, batch, seq_len, batched)
+        mask = (jnp.arange(seq_len)[:, None] < lengths[None, :])[..., None]
+
+    compute = jnp.dtype(dtype) if dtype is not None else jnp.result_type(x, params["weight_ih_l0"])
+    x = x.astype(compute)
+    state = jax.tree.map(lambda s: s.astype(compute), state)
+    if mask is not None:  # padding never reaches the cell, so NaN there cannot leak anywhere
+        x = jnp.where(mask, x, jnp.zeros((), compute))
+
+    finals = []
+    layer_input = x
+    for layer in range(num_layers):
+        outs = []
+        for direction in range(num_directions):
+            idx = layer * num_directions + direction
+            p = {
+                k: (None if v is None else jnp.asarray(v).astype(compute))
+                for k, v in _params.split_layer(params, layer, direction).items()
+            }
+            s0 = jax.tree.map(lambda s, i=idx: s[i], state)
+            final, out = scan_direction(
+                mode,
+                p,
+                layer_input,
+                s0,
+                mask,
+                reverse=direction == 1,
+                precision=precision,
+                unroll=unroll,
+            )
+            finals.append(final)
+            outs.append(out)
+        layer_input = outs[0] if num_directions == 1 else jnp.concatenate(outs, axis=-1)
+        if training and dropout > 0 and layer < num_layers - 1:
+            dropout_key, sub = jax.random.split(dropout_key)
+            layer_input = dropout_layer(sub, layer_input, dropout)
+
+    output = layer_input
+    if mode == "LSTM":
+        h_n = (jnp.stack([f[0] for f in finals]), jnp.stack([f[1] for f in finals]))
+    else:
+        h_n = jnp.stack(finals)
+    if not batched:
+        output = output[:, 0]
+        h_n = jax.tree.map(lambda s: s[:, 0], h_n)
+    elif batch_first:
+        output = jnp.swapaxes(output, 0, 1)
+    return output, h_n
+
+
+def dropout_layer(key, x, rate: float):
+    """Inverted dropout as ``torch.nn.functional.dropout`` (``rate == 1`` gives zeros)."""
+    if rate >= 1.0:
+        return jnp.zeros_like(x)
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros((), x.dtype))
+
+
+def rnn_tanh(params, input, hx=None, **kwargs):
+    """:func:`rnn` with ``mode='RNN_TANH'`` (``torch.nn.RNN``)."""
+    return rnn(params, input, hx, mode="RNN_TANH", **kwargs)
+
+
+def rnn_relu(params, input, hx=None, **kwargs):
+    """:func:`rnn` with ``mode='RNN_RELU'`` (``torch.nn.RNN(nonlinearity='relu')``)."""
+    return rnn(params, input, hx, mode="RNN_RELU", **kwargs)
+
+
+def lstm(params, input, hx=None, **kwargs):
+    """:func:`rnn` with ``mode='LSTM'`` (``torch.nn.LSTM``); returns ``output, (h_n, c_n)``."""
+    return rnn(params, input, hx, mode="LSTM", **kwargs)
+
+
+def gru(params, input, hx=None, **kwargs):
+    """:func:`rnn` with ``mode='GRU'`` (``torch.nn.GRU``)."""
+    return rnn(params, input, hx, mode="GRU", **kwargs)
+
+
+def cell_forward(
+    mode: str,
+    params: Mapping,
+    input,
+    hx=None,
+    *,
+    dtype=None,
+    precision=None,
+    name: str | None = None,
+):
+    """A torch cell call with torch's checks: batched ``(N, H_in)`` or unbatched ``(H_in,)``
+    input, ``hx`` defaulting to zeros; returns ``h'`` (LSTM: ``(h', c')``) shaped like ``hx``."""
+    name = name or ("LSTMCell" if mode == "LSTM" else "GRUCell" if mode == "GRU" else "RNNCell")
+    _checks.check_mode(name, mode)
+    _checks.check_params(name, params, {"weight_ih": None, "weight_hh": None})
+    hidden_size = params["weight_hh"].shape[1]
+    input_size = params["weight_ih"].shape[1]
+    _checks.check_params(
+        name,
+        params,
+        _params.cell_param_shapes(
+            mode, input_size, hidden_size, params.get("bias_ih") is not None
+        ),
+    )
+    x, state, batched = _checks.check_cell_call(name, mode, input, hx, input_size, hidden_size)
+    compute = jnp.dtype(dtype) if dtype is not None else jnp.result_type(x, params["weight_ih"])
+    if not batched:
+        x = x[None]
+        state = None if state is None else jax.tree.map(lambda s: s[None], state)
+    if state is None:
+        zeros = jnp.zeros((x.shape[0], hidden_size), compute)
+        state = (zeros, zeros) if mode == "LSTM" else zeros
+    p = {k: (None if v is None else jnp.asarray(v).astype(compute)) for k, v in params.items()}
+    new = _cells.cell(mode, p, x.astype(compute), jax.tree.map(lambda s: s.astype(compute), state), precision)
+    return new if batched else jax.tree.map(lambda s: s[0], new)

@@ -1,0 +1,199 @@
+"""Flax Linen front-end: the same six modules as :mod:`jaxrnn` (NNX), as ``flax.linen`` modules.
+
+``variables = m.init(key, input)`` creates a ``params`` collection that is a flat dict keyed by
+torch's names; ``m.apply(variables, input, hx=None, deterministic=True)`` runs the functional
+core. Dropout between layers: ``deterministic=False, rngs={'dropout': key}``.
+
+Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from jaxrnn import linen as jrl
+    >>> lstm = jrl.LSTM(10, 20, 2)
+    >>> x = jnp.ones((5, 3, 10))
+    >>> variables = lstm.init(jax.random.key(0), x)
+    >>> output, (h_n, c_n) = lstm.apply(variables, x)
+    >>> variables['params']['weight_ih_l0'].shape, output.shape
+    ((80, 10), (5, 3, 20))
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxrnn import _checks, _params
+from jaxrnn import functional as F
+
+
+def _uniform(bound: float):
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+class _LinenBase(nn.Module):
+    """Shared machinery: parameters under torch's names, the call into the functional core."""
+
+    def _torch_params(self, shapes) -> dict[str, jax.Array]:
+        init = _uniform(1.0 / math.sqrt(self.hidden_size))
+        return {k: self.param(k, init, shape, self.param_dtype) for k, shape in shapes.items()}
+
+
+class _LayerBase(_LinenBase):
+    def _mode(self) -> str:
+        raise NotImplementedError
+
+    def __post_init__(self):
+        _checks.check_constructor(
+            type(self).__name__, self._mode(), self.input_size, self.hidden_size,
+            self.num_layers, self.bias, self.batch_first, self.dropout, self.bidirectional,
+            getattr(self, "proj_size", 0),
+        )
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, input, hx=None, *, seq_lengths=None, deterministic: bool = True):
+        """See the NNX twin (:class:`jaxrnn.LSTM` etc.) for the ``Inputs:``/``Outputs:`` shapes."""
+        mode = self._mode()
+        params = self._torch_params(
+            _params.layer_param_shapes(
+                mode, self.input_size, self.hidden_size, self.num_layers, self.bias,
+                self.bidirectional, getattr(self, "proj_size", 0),
+            )
+        )
+        training = not deterministic
+        key = None
+        if training and self.dropout > 0 and self.num_layers > 1:
+            key = self.make_rng("dropout")
+        return F.rnn(
+            params, input, hx, mode=mode, batch_first=self.batch_first, dropout=self.dropout,
+            training=training, dropout_key=key, seq_lengths=seq_lengths, dtype=self.dtype,
+            precision=self.precision, unroll=self.unroll, name=type(self).__name__,
+        )
+
+
+class RNN(_LayerBase):
+    """``torch.nn.RNN`` as a Linen module; shapes as :class:`jaxrnn.RNN`."""
+
+    input_size: int
+    hidden_size: int
+    num_layers: int = 1
+    nonlinearity: str = "tanh"
+    bias: bool = True
+    batch_first: bool = False
+    dropout: float = 0.0
+    bidirectional: bool = False
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    precision: Any = None
+    unroll: int = 1
+
+    def _mode(self) -> str:
+        return _checks.check_nonlinearity(type(self).__name__, self.nonlinearity)
+
+
+class LSTM(_LayerBase):
+    """``torch.nn.LSTM`` as a Linen module; shapes as :class:`jaxrnn.LSTM`."""
+
+    input_size: int
+    hidden_size: int
+    num_layers: int = 1
+    bias: bool = True
+    batch_first: bool = False
+    dropout: float = 0.0
+    bidirectional: bool = False
+    proj_size: int = 0
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    precision: Any = None
+    unroll: int = 1
+
+    def _mode(self) -> str:
+        return "LSTM"
+
+
+class GRU(_LayerBase):
+    """``torch.nn.GRU`` as a Linen module; shapes as :class:`jaxrnn.GRU`."""
+
+    input_size: int
+    hidden_size: int
+    num_layers: int = 1
+    bias: bool = True
+    batch_first: bool = False
+    dropout: float = 0.0
+    bidirectional: bool = False
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    precision: Any = None
+    unroll: int = 1
+
+    def _mode(self) -> str:
+        return "GRU"
+
+
+class _CellBase(_LinenBase):
+    def _mode(self) -> str:
+        raise NotImplementedError
+
+    def __post_init__(self):
+        _checks.check_cell_constructor(type(self).__name__, self.input_size, self.hidden_size, self.bias)
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, input, hx=None):
+        """One step; shapes as the NNX twin (:class:`jaxrnn.LSTMCell` etc.)."""
+        mode = self._mode()
+        params = self._torch_params(
+            _params.cell_param_shapes(mode, self.input_size, self.hidden_size, self.bias)
+        )
+        return F.cell_forward(
+            mode, params, input, hx, dtype=self.dtype, precision=self.precision,
+            name=type(self).__name__,
+        )
+
+
+class RNNCell(_CellBase):
+    """``torch.nn.RNNCell`` as a Linen module."""
+
+    input_size: int
+    hidden_size: int
+    bias: bool = True
+    nonlinearity: str = "tanh"
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    precision: Any = None
+
+    def _mode(self) -> str:
+        return _checks.check_nonlinearity(type(self).__name__, self.nonlinearity)
+
+
+class LSTMCell(_CellBase):
+    """``torch.nn.LSTMCell`` as a Linen module."""
+
+    input_size: int
+    hidden_size: int
+    bias: bool = True
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    precision: Any = None
+
+    def _mode(self) -> str:
+        return "LSTM"
+
+
+class GRUCell(_CellBase):
+    """``torch.nn.GRUCell`` as a Linen module."""
+
+    input_size: int
+    hidden_size: int
+    bias: bool = True
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    precision: Any = None
+
+    def _mode(self) -> str:
+        return "GRU"

@@ -1,0 +1,436 @@
+"""Flax NNX front-end: ``jaxrnn.RNN``, ``LSTM``, ``GRU`` and their cells, torch's API.
+
+These modules only create parameters (attributes named as torch's), check arguments and call
+:mod:`jaxrnn.functional`; no equation lives here.
+"""
+
+from __future__ import annotations
+
+from collections import namedtuple
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxrnn import _checks, _params, convert
+from jaxrnn import functional as F
+
+IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
+
+
+class _TorchParams(nnx.Module):
+    """Parameter storage under torch's names, plus torch's ``state_dict`` methods."""
+
+    _shapes: dict[str, tuple[int, ...]]
+
+    def _create_params(self, shapes, hidden_size, rngs: nnx.Rngs, param_dtype) -> None:
+        self._shapes = dict(shapes)
+        values = _params.init_params(rngs.params(), shapes, hidden_size, param_dtype)
+        for key, value in values.items():
+            setattr(self, key, nnx.Param(value))
+
+    def torch_params(self) -> dict[str, jax.Array]:
+        """The current parameters as a flat dict keyed by torch's names (the functional tree)."""
+        return {key: getattr(self, key)[...] for key in self._shapes}
+
+    def state_dict(self, prefix: str = "") -> dict[str, Any]:
+        """Torch's ``state_dict``: ``{prefix + name: numpy array}`` in torch's key order."""
+        return convert.params_to_state_dict(self.torch_params(), prefix)
+
+    def load_state_dict(self, state_dict, strict: bool = True) -> IncompatibleKeys:
+        """Copy parameters from a torch ``state_dict`` (tensors or numpy arrays).
+
+        With ``strict``, missing, unexpected or mis-shaped keys raise ``ValueError`` naming each;
+        with ``strict=False`` the matching keys load and the rest are reported. Values are copied
+        and cast to each parameter's dtype; a failed load changes nothing.
+
+        Returns:
+            ``IncompatibleKeys(missing_keys, unexpected_keys)`` as torch does.
+        """
+        loaded = convert.match_state_dict(type(self).__name__, state_dict, self._shapes, strict)
+        for key, value in loaded.items():
+            param = getattr(self, key)
+            param[...] = jnp.array(value, dtype=param[...].dtype)
+        missing = [k for k in self._shapes if k not in loaded]
+        unexpected = [k for k in state_dict if k not in self._shapes]
+        return IncompatibleKeys(missing, unexpected)
+
+
+class _RNNBase(_TorchParams):
+    mode: str
+
+    def __init__(
+        self,
+        mode: str,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        *,
+        rngs: nnx.Rngs,
+        dtype=None,
+        param_dtype=jnp.float32,
+        precision=None,
+        unroll: int = 1,
+    ):
+        name = type(self).__name__
+        _checks.check_constructor(
+            name, mode, input_size, hidden_size, num_layers, bias, batch_first, dropout,
+            bidirectional, proj_size,
+        )
+        self.mode = mode
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.bias = bias
+        self.batch_first = batch_first
+        self.dropout = float(dropout)
+        self.bidirectional = bidirectional
+        self.proj_size = proj_size
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.precision = precision
+        self.unroll = unroll
+        self.deterministic = False  # torch modules start in training mode; see .eval()
+        shapes = _params.layer_param_shapes(
+            mode, input_size, hidden_size, num_layers, bias, bidirectional, proj_size
+        )
+        self._create_params(shapes, hidden_size, rngs, param_dtype)
+        needs_rng = self.dropout > 0 and num_layers > 1
+        self.rngs = rngs["dropout"].fork() if needs_rng else None
+
+    def __call__(
+        self,
+        input,
+        hx=None,
+        *,
+        seq_lengths=None,
+        deterministic: bool | None = None,
+        rngs: nnx.Rngs | nnx.RngStream | jax.Array | None = None,
+    ):
+        """Run the layer; see the class docstring for shapes.
+
+        Args:
+            input: ``(L, N, H_in)`` (``(N, L, H_in)`` with ``batch_first``) or ``(L, H_in)``.
+            hx: initial state, zeros if omitted.
+            seq_lengths: optional int ``(N,)`` valid lengths of a padded batch.
+            deterministic: overrides the module's mode (``.train()``/``.eval()``) for this call.
+            rngs: overrides the dropout randomness for this call.
+        """
+        deterministic = self.deterministic if deterministic is None else deterministic
+        training = not deterministic
+        key = None
+        if training and self.dropout > 0 and self.num_layers > 1:
+            source = self.rngs if rngs is None else rngs
+            if isinstance(source, nnx.Rngs):
+                key = source["dropout"]()
+            elif isinstance(source, nnx.RngStream):
+                key = source()
+            else:
+                key = source
+        return F.rnn(
+            self.torch_params(),
+            input,
+            hx,
+            mode=self.mode,
+            batch_first=self.batch_first,
+            dropout=self.dropout,
+            training=training,
+            dropout_key=key,
+            seq_lengths=seq_lengths,
+            dtype=self.dtype,
+            precision=self.precision,
+            unroll=self.unroll,
+            name=type(self).__name__,
+        )
+
+
+_LAYER_DOC = """
+
+    Inputs: input, {hx}
+        * **input**: ``(L, N, H_in)``, ``(N, L, H_in)`` when ``batch_first=True``, or ``(L, H_in)``
+          unbatched; or a :class:`jaxrnn.utils.rnn.PackedSequence`.
+        * **{hx}**: {hx_shape} Defaults to zeros.
+
+    Outputs: output, {hn}
+        * **output**: ``(L, N, D * H_out)`` (``(N, L, D * H_out)`` with ``batch_first``), the last
+          layer's ``h_t`` for every ``t``; ``(L, D * H_out)`` for unbatched input.
+        * **{hn}**: {hn_shape}
+
+    where ``N`` = batch size, ``L`` = sequence length, ``D`` = 2 if bidirectional else 1,
+    ``H_in`` = input_size, ``H_cell`` = hidden_size, ``H_out`` = {h_out}.
+
+    Attributes:
+        weight_ih_l[k]: ``(G*H_cell, H_in)`` for ``k = 0``, else ``(G*H_cell, D*H_out)``.
+        weight_hh_l[k]: ``(G*H_cell, H_out)``.
+        bias_ih_l[k], bias_hh_l[k]: ``(G*H_cell,)``.{extra_attr}
+        Suffix ``_reverse`` for the backward direction. All initialised from
+        ``U(-1/sqrt(hidden_size), 1/sqrt(hidden_size))`` as in torch.
+
+    Extra keyword-only arguments (JAX):
+        rngs: ``nnx.Rngs``; ``params`` initialises the weights, ``dropout`` drives dropout.
+        dtype: computation dtype (default: the promoted input/parameter dtype).
+        param_dtype: parameter dtype (default float32).
+        precision: ``jax.lax.Precision`` for the matmuls.
+        unroll: time steps unrolled per ``lax.scan`` iteration.
+
+    Dropout acts in training mode (the default, as in torch); call ``.eval()`` to turn it off
+    and ``.train()`` to turn it back on.
+"""
+
+
+class RNN(_RNNBase):
+    """Elman RNN, ``torch.nn.RNN``: ``h_t = tanh(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)``
+    (``relu`` with ``nonlinearity='relu'``).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from flax import nnx
+        >>> import jaxrnn
+        >>> rnn = jaxrnn.RNN(10, 20, 2, rngs=nnx.Rngs(0))
+        >>> output, h_n = rnn(jnp.ones((5, 3, 10)))
+        >>> output.shape, h_n.shape
+        ((5, 3, 20), (2, 3, 20))
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        nonlinearity: str = "tanh",
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        *,
+        rngs: nnx.Rngs,
+        **kwargs,
+    ):
+        mode = _checks.check_nonlinearity(type(self).__name__, nonlinearity)
+        self.nonlinearity = nonlinearity
+        super().__init__(
+            mode, input_size, hidden_size, num_layers, bias, batch_first, dropout,
+            bidirectional, rngs=rngs, **kwargs,
+        )
+
+
+class LSTM(_RNNBase):
+    """Long short-term memory, ``torch.nn.LSTM``.
+
+    ``i, f, g, o = σ, σ, tanh, σ (x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)`` (gate order
+    i, f, g, o), ``c_t = f * c_{t-1} + i * g``, ``h_t = o * tanh(c_t)``; with ``proj_size > 0``,
+    ``h_t = h_t W_hr^T``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from flax import nnx
+        >>> import jaxrnn
+        >>> lstm = jaxrnn.LSTM(10, 20, 2, bidirectional=True, rngs=nnx.Rngs(0))
+        >>> output, (h_n, c_n) = lstm(jnp.ones((5, 3, 10)))
+        >>> output.shape, h_n.shape, c_n.shape
+        ((5, 3, 40), (4, 3, 20), (4, 3, 20))
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
+        *,
+        rngs: nnx.Rngs,
+        **kwargs,
+    ):
+        super().__init__(
+            "LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout,
+            bidirectional, proj_size, rngs=rngs, **kwargs,
+        )
+
+
+class GRU(_RNNBase):
+    """Gated recurrent unit, ``torch.nn.GRU``.
+
+    ``r = σ(x W_ir^T + b_ir + h W_hr^T + b_hr)``, ``z = σ(x W_iz^T + b_iz + h W_hz^T + b_hz)``,
+    ``n = tanh(x W_in^T + b_in + r * (h W_hn^T + b_hn))``, ``h' = (1 - z) * n + z * h``
+    (gate order r, z, n).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from flax import nnx
+        >>> import jaxrnn
+        >>> gru = jaxrnn.GRU(3, 2, rngs=nnx.Rngs(0))
+        >>> output, h_n = gru(jnp.ones((9, 5, 3)))
+        >>> output.shape, h_n.shape
+        ((9, 5, 2), (1, 5, 2))
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        *,
+        rngs: nnx.Rngs,
+        **kwargs,
+    ):
+        super().__init__(
+            "GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout,
+            bidirectional, rngs=rngs, **kwargs,
+        )
+
+
+_H = "``(D * num_layers, N, H_out)`` (``(D * num_layers, H_out)`` unbatched)"
+RNN.__doc__ += _LAYER_DOC.format(
+    hx="h_0", hx_shape=_H + ".", hn="h_n", hn_shape=_H + ", the final hidden state; with "
+    "a padded/packed input, each sequence's state after its own last valid step.",
+    h_out="hidden_size", extra_attr="",
+)
+GRU.__doc__ += _LAYER_DOC.format(
+    hx="h_0", hx_shape=_H + ".", hn="h_n", hn_shape=_H + ", the final hidden state; with "
+    "a padded/packed input, each sequence's state after its own last valid step.",
+    h_out="hidden_size", extra_attr="",
+)
+LSTM.__doc__ += _LAYER_DOC.format(
+    hx="(h_0, c_0)",
+    hx_shape="``h_0`` " + _H + " and ``c_0`` ``(D * num_layers, N, H_cell)``.",
+    hn="(h_n, c_n)",
+    hn_shape="final hidden state " + _H + " and cell state ``(D * num_layers, N, H_cell)``.",
+    h_out="proj_size if proj_size > 0 else hidden_size",
+    extra_attr="\n        weight_hr_l[k]: ``(H_out, H_cell)``, only when ``proj_size > 0``.",
+)
+
+
+class _CellBase(_TorchParams):
+    mode: str
+
+    def __init__(
+        self,
+        mode: str,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        *,
+        rngs: nnx.Rngs,
+        dtype=None,
+        param_dtype=jnp.float32,
+        precision=None,
+    ):
+        _checks.check_cell_constructor(type(self).__name__, input_size, hidden_size, bias)
+        self.mode = mode
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.bias = bias
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.precision = precision
+        shapes = _params.cell_param_shapes(mode, input_size, hidden_size, bias)
+        self._create_params(shapes, hidden_size, rngs, param_dtype)
+
+    def __call__(self, input, hx=None):
+        """One step: ``input (N, H_in)`` or ``(H_in,)``; returns the new state like ``hx``."""
+        return F.cell_forward(
+            self.mode,
+            self.torch_params(),
+            input,
+            hx,
+            dtype=self.dtype,
+            precision=self.precision,
+            name=type(self).__name__,
+        )
+
+
+_CELL_DOC = """
+
+    Inputs: input, {hx}
+        * **input**: ``(N, H_in)`` or ``(H_in,)``.
+        * **{hx}**: {hx_shape} Defaults to zeros.
+
+    Outputs: {out}
+        * {out_shape}
+
+    Attributes:
+        weight_ih: ``(G*hidden_size, input_size)``; weight_hh: ``(G*hidden_size, hidden_size)``;
+        bias_ih, bias_hh: ``(G*hidden_size,)``; all ``U(-1/sqrt(hidden_size), 1/sqrt(hidden_size))``.
+"""
+
+
+class RNNCell(_CellBase):
+    """``torch.nn.RNNCell``: ``h' = tanh(x W_ih^T + b_ih + h W_hh^T + b_hh)`` (or relu).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from flax import nnx
+        >>> import jaxrnn
+        >>> cell = jaxrnn.RNNCell(10, 20, rngs=nnx.Rngs(0))
+        >>> cell(jnp.ones((3, 10))).shape
+        (3, 20)
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        nonlinearity: str = "tanh",
+        *,
+        rngs: nnx.Rngs,
+        **kwargs,
+    ):
+        mode = _checks.check_nonlinearity(type(self).__name__, nonlinearity)
+        self.nonlinearity = nonlinearity
+        super().__init__(mode, input_size, hidden_size, bias, rngs=rngs, **kwargs)
+
+
+class LSTMCell(_CellBase):
+    """``torch.nn.LSTMCell``: one LSTM step, gate order i, f, g, o.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from flax import nnx
+        >>> import jaxrnn
+        >>> cell = jaxrnn.LSTMCell(10, 20, rngs=nnx.Rngs(0))
+        >>> h, c = cell(jnp.ones((3, 10)))
+        >>> h.shape, c.shape
+        ((3, 20), (3, 20))
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *, rngs: nnx.Rngs, **kwargs):
+        super().__init__("LSTM", input_size, hidden_size, bias, rngs=rngs, **kwargs)
+
+
+class GRUCell(_CellBase):
+    """``torch.nn.GRUCell``: one GRU step, gate order r, z, n, ``b_hn`` inside ``r * (...)``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from flax import nnx
+        >>> import jaxrnn
+        >>> cell = jaxrnn.GRUCell(10, 20, rngs=nnx.Rngs(0))
+        >>> cell(jnp.ones((3, 10))).shape
+        (3, 20)
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *, rngs: nnx.Rngs, **kwargs):
+        super().__init__("GRU", input_size, hidden_size, bias, rngs=rngs, **kwargs)
+
+
+_HC = "``(N, H)`` or ``(H,)``"
+for _cls in (RNNCell, GRUCell):
+    _cls.__doc__ += _CELL_DOC.format(hx="hx", hx_shape=_HC + ".", out="h'", out_shape="**h'**: " + _HC + ".")
+LSTMCell.__doc__ += _CELL_DOC.format(
+    hx="(h_0, c_0)", hx_shape="each " + _HC + ".", out="(h', c')", out_shape="**h', c'**: each " + _HC + "."
+)
