@@ -72,7 +72,7 @@ class _LayerBase(_LinenBase):
         return F.rnn(
             params, input, hx, mode=mode, batch_first=self.batch_first, dropout=self.dropout,
             training=training, dropout_key=key, seq_lengths=seq_lengths, dtype=self.dtype,
-            precision=self.precision, unroll=self.unroll, name=type(self).__name__,
+            precision=self.precision, unroll=self.unroll, remat=self.remat, name=type(self).__name__,
         )
 
 
@@ -91,6 +91,7 @@ class RNN(_LayerBase):
     param_dtype: Any = jnp.float32
     precision: Any = None
     unroll: int = 1
+    remat: bool | int = False
 
     def _mode(self) -> str:
         return _checks.check_nonlinearity(type(self).__name__, self.nonlinearity)
@@ -111,6 +112,7 @@ class LSTM(_LayerBase):
     param_dtype: Any = jnp.float32
     precision: Any = None
     unroll: int = 1
+    remat: bool | int = False
 
     def _mode(self) -> str:
         return "LSTM"
@@ -130,6 +132,7 @@ class GRU(_LayerBase):
     param_dtype: Any = jnp.float32
     precision: Any = None
     unroll: int = 1
+    remat: bool | int = False
 
     def _mode(self) -> str:
         return "GRU"

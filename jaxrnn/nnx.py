@@ -77,6 +77,7 @@ class _RNNBase(_TorchParams):
         param_dtype=jnp.float32,
         precision=None,
         unroll: int = 1,
+        remat: bool | int = False,
     ):
         name = type(self).__name__
         _checks.check_constructor(
@@ -96,6 +97,7 @@ class _RNNBase(_TorchParams):
         self.param_dtype = param_dtype
         self.precision = precision
         self.unroll = unroll
+        self.remat = remat
         self.deterministic = False  # torch modules start in training mode; see .eval()
         shapes = _params.layer_param_shapes(
             mode, input_size, hidden_size, num_layers, bias, bidirectional, proj_size
@@ -146,6 +148,7 @@ class _RNNBase(_TorchParams):
             dtype=self.dtype,
             precision=self.precision,
             unroll=self.unroll,
+            remat=self.remat,
             name=type(self).__name__,
         )
 
@@ -178,6 +181,8 @@ _LAYER_DOC = """
         param_dtype: parameter dtype (default float32).
         precision: ``jax.lax.Precision`` for the matmuls.
         unroll: time steps unrolled per ``lax.scan`` iteration.
+        remat: recompute activations in chunks in the backward pass (``True`` for
+            ``sqrt(L)``-step chunks, or an int chunk length) to save memory on long sequences.
 
     Dropout acts in training mode (the default, as in torch); call ``.eval()`` to turn it off
     and ``.train()`` to turn it back on.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import jax
@@ -23,6 +24,7 @@ def scan_direction(
     reverse: bool = False,
     precision=None,
     unroll: int = 1,
+    remat: bool | int = False,
 ):
     """Run one direction of one layer over time-major ``x (L, N, H_in)``.
 
@@ -43,7 +45,39 @@ def scan_direction(
         return new, out
 
     xs = gx if mask is None else (gx, mask)
-    return lax.scan(step, state0, xs, reverse=reverse, unroll=unroll)
+    return time_scan(step, state0, xs, reverse=reverse, unroll=unroll, remat=remat)
+
+
+def time_scan(step, init, xs, *, reverse=False, unroll=1, remat=False):
+    """``lax.scan`` over time, optionally rematerialised in chunks.
+
+    With ``remat`` (``True`` for chunks of ``ceil(sqrt(L))`` steps, or an int chunk length) the
+    backward pass stores the carry only at chunk boundaries and recomputes each chunk, so the
+    saved activations grow as ``O(L / chunk + chunk)`` (``O(sqrt(L))``) instead of ``O(L)``.
+    """
+    length = jax.tree.leaves(xs)[0].shape[0]
+    chunk = (math.isqrt(max(length - 1, 0)) + 1) if remat is True else int(remat or 0)
+    if chunk <= 1 or chunk >= length:
+        return lax.scan(step, init, xs, reverse=reverse, unroll=unroll)
+    n = length // chunk
+    main = n * chunk
+    head = jax.tree.map(lambda a: a[:main].reshape(n, chunk, *a.shape[1:]), xs)
+    tail = jax.tree.map(lambda a: a[main:], xs)
+
+    @jax.checkpoint
+    def inner(carry, x_chunk):
+        return lax.scan(step, carry, x_chunk, reverse=reverse, unroll=unroll)
+
+    if not reverse:
+        carry, ys_head = lax.scan(inner, init, head)
+        carry, ys_tail = lax.scan(step, carry, tail, unroll=unroll)
+    else:
+        carry, ys_tail = lax.scan(step, init, tail, reverse=True, unroll=unroll)
+        carry, ys_head = lax.scan(inner, carry, head, reverse=True)
+    ys = jax.tree.map(
+        lambda h, t: jnp.concatenate([h.reshape(main, *h.shape[2:]), t], axis=0), ys_head, ys_tail
+    )
+    return carry, ys
 
 
 def rnn(
@@ -60,6 +94,7 @@ def rnn(
     dtype=None,
     precision=None,
     unroll: int = 1,
+    remat: bool | int = False,
     name: str | None = None,
 ):
     """Multi-layer, optionally bidirectional RNN/LSTM/GRU over torch's parameter tree.
@@ -82,6 +117,8 @@ def rnn(
 
     where ``N`` = batch size, ``L`` = sequence length, ``D`` = 2 if bidirectional else 1,
     ``H_in`` = input_size, ``H_cell`` = hidden_size, ``H_out`` = proj_size or hidden_size.
+
+    ``remat`` trades recompute for memory on long sequences (see :func:`time_scan`).
 
     Dropout with probability ``dropout`` is applied to the outputs of every layer but the last
     when ``training`` is true (needs ``dropout_key``).
@@ -166,6 +203,7 @@ def rnn(
                 reverse=direction == 1,
                 precision=precision,
                 unroll=unroll,
+                remat=remat,
             )
             finals.append(final)
             outs.append(out)
