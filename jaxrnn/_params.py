@@ -8,6 +8,7 @@ shapes. This module is the one place that knows those names.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 
 import jax
@@ -115,3 +116,78 @@ def infer_layer_config(mode: str, params: Mapping[str, jax.Array]) -> dict:
         bidirectional=params.get("weight_ih_l0_reverse") is not None,
         proj_size=0 if w_hr is None else int(w_hr.shape[0]),
     )
+
+
+#: Torch's recurrent class for each number of gate blocks in ``weight_ih``. An RNN's
+#: nonlinearity (tanh or relu) is not recorded in its weights, nor are ``batch_first`` and
+#: ``dropout``: those must come from elsewhere.
+GATE_CLASSES = {1: "RNN", 3: "GRU", 4: "LSTM"}
+
+#: The parameter names of a recurrent layer or cell, without the ``_l{k}[_reverse]`` suffix.
+RECURRENT_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
+
+_RECURRENT_KEY = re.compile(
+    r"^(?:(?P<prefix>.*)\.)?(?P<name>weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)"
+    r"(?P<suffix>_l\d+(?:_reverse)?)?$"
+)
+
+
+def split_recurrent_key(key: str) -> tuple[str, str, str] | None:
+    """``(prefix, name, suffix)`` of a key named as a torch recurrent parameter, else ``None``.
+
+    ``'encoder.lstm.weight_hh_l1_reverse'`` -> ``('encoder.lstm.', 'weight_hh', '_l1_reverse')``;
+    a cell's ``'rnn.weight_ih'`` -> ``('rnn.', 'weight_ih', '')``. The prefix ends with a dot.
+    """
+    m = _RECURRENT_KEY.match(key)
+    if m is None:
+        return None
+    prefix = m.group("prefix")
+    return ("" if prefix is None else prefix + "."), m.group("name"), m.group("suffix") or ""
+
+
+def infer_module_config(params: Mapping) -> tuple[str, dict]:
+    """Torch's class name and constructor arguments for a recurrent module's parameters.
+
+    Layer parameters (``weight_ih_l0``, ...) give ``'RNN'``, ``'LSTM'`` or ``'GRU'`` with
+    ``input_size, hidden_size, num_layers, bias, bidirectional`` (and ``proj_size`` for LSTM);
+    cell parameters (``weight_ih``, ...) give ``'RNNCell'``, ``'LSTMCell'`` or ``'GRUCell'`` with
+    ``input_size, hidden_size, bias``. ``weight_ih`` has ``G * hidden_size`` rows; ``hidden_size``
+    is ``weight_hh``'s column count (``weight_hr_l0``'s with a projection), so the gate count
+    ``G`` and hence the class follow from the shapes. Only names and the shapes of layer 0 are
+    read: whether every key is then present with its shape is for the caller to check against
+    :func:`layer_param_shapes`/:func:`cell_param_shapes`.
+
+    Raises ``ValueError`` when ``weight_ih``/``weight_hh`` are absent or their shapes fit no
+    recurrent class.
+    """
+    layered = "weight_ih_l0" in params or "weight_hh_l0" in params
+    s = "_l0" if layered else ""
+    ih, hh = "weight_ih" + s, "weight_hh" + s
+    for key in (ih, hh):
+        if params.get(key) is None:
+            raise ValueError(f"missing parameter {key} (have {sorted(params)})")
+    w_ih, w_hh = tuple(params[ih].shape), tuple(params[hh].shape)
+    if len(w_ih) != 2 or len(w_hh) != 2:
+        raise ValueError(f"{ih} and {hh} must be 2-D, got shapes {w_ih} and {w_hh}")
+    w_hr = params.get("weight_hr_l0") if layered else None
+    if w_hr is not None and len(w_hr.shape) != 2:
+        raise ValueError(f"weight_hr_l0 must be 2-D, got shape {tuple(w_hr.shape)}")
+    hidden_size = int(w_hr.shape[1] if w_hr is not None else w_hh[1])
+    gates, rest = divmod(w_ih[0], hidden_size) if hidden_size else (0, 1)
+    cls = GATE_CLASSES.get(gates) if rest == 0 else None
+    if cls is None:
+        source = f"weight_hr_l0 {tuple(w_hr.shape)}" if w_hr is not None else f"{hh} {w_hh}"
+        raise ValueError(
+            f"{ih} has {w_ih[0]} rows, expected 1, 3 or 4 (RNN, GRU, LSTM) times hidden_size "
+            f"{hidden_size} (from {source})"
+        )
+    if not layered:
+        config = dict(input_size=int(w_ih[1]), hidden_size=hidden_size, bias="bias_ih" in params)
+        return cls + "Cell", config
+    mode = "LSTM" if cls == "LSTM" else "GRU" if cls == "GRU" else "RNN_TANH"
+    config = infer_layer_config(mode, params)
+    if cls != "LSTM":
+        if config["proj_size"]:
+            raise ValueError(f"weight_hr_l0 (a projection) is only supported for LSTM, not {cls}")
+        del config["proj_size"]
+    return cls, config
