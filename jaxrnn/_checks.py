@@ -266,8 +266,9 @@ def check_cell_call(name: str, mode: str, input, hx, input_size: int, hidden_siz
 def check_seq_lengths(name: str, seq_lengths, batch: int, seq_len: int, batched: bool):
     """``seq_lengths`` as an int32 ``(N,)`` array; range-checked when its values are concrete.
 
-    Traced lengths cannot be checked: values above ``L`` then act as ``L`` and values below 0
-    as 0.
+    A length of 0 is allowed (unlike torch's ``pack_padded_sequence``): that sequence gets zero
+    outputs and ``h_n = h_0``, so empty slots of a fixed-size batch need no special case. Traced
+    lengths cannot be checked: values above ``L`` then act as ``L`` and values below 0 as 0.
     """
     if not hasattr(seq_lengths, "shape"):
         seq_lengths = np.asarray(seq_lengths)
@@ -298,3 +299,178 @@ def check_dropout_key(name: str, dropout: float, training: bool, num_layers: int
             f"{name}: dropout={dropout} in training mode needs a PRNG key (dropout_key=...) "
             "for the dropout between layers"
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# packed sequences (jaxrnn.utils.rnn); torch raises RuntimeError where these raise ValueError
+
+_UNSORTED = (
+    "`lengths` array must be sorted in decreasing order when `enforce_sorted` is True. You can "
+    "pass `enforce_sorted=False` to pack_padded_sequence and/or pack_sequence to sidestep this "
+    "requirement if you do not need ONNX exportability."
+)
+
+
+def check_pack_input(name: str, x):
+    """A padded batch ``(T, B, *)`` to pack: at least 2-D."""
+    if x.ndim < 2:
+        raise ValueError(f"{name}: input must have at least 2 dimensions (T x B x *), got {x.ndim}")
+    return x
+
+
+def check_pack_lengths(name: str, lengths, batch: int, steps: int, enforce_sorted: bool):
+    """``lengths`` for packing, as ``(int32 (B,) array, int64 numpy values or None if traced)``.
+
+    Concrete values are checked as torch does (1-D, one per sequence, all ``> 0``, decreasing
+    with ``enforce_sorted``) and against the padded length ``steps`` (torch does not check it
+    and reads past its input).
+    """
+    if isinstance(lengths, (jax.Array, np.ndarray, np.generic)):
+        arr = lengths
+    elif hasattr(lengths, "detach") and hasattr(lengths, "cpu"):  # torch.Tensor
+        arr = lengths.detach().cpu().numpy()
+    else:
+        arr = np.asarray(lengths)
+        if arr.size == 0:
+            arr = arr.astype(np.int64)
+    if not jnp.issubdtype(arr.dtype, jnp.integer):
+        raise TypeError(f"{name}: 'lengths' argument should be integers, got dtype {arr.dtype}")
+    if arr.ndim != 1:
+        raise ValueError(f"{name}: 'lengths' argument should be a 1D array, but got {arr.ndim}D")
+    if arr.shape[0] != batch:
+        raise ValueError(
+            f"{name}: Expected `len(lengths)` to be equal to batch_size, but got "
+            f"{arr.shape[0]} (batch_size={batch})"
+        )
+    values = None
+    if not isinstance(arr, jax.core.Tracer):
+        values = np.asarray(arr).astype(np.int64)
+        if values.size and values.min() <= 0:
+            raise ValueError(
+                f"{name}: Length of all samples has to be greater than 0, but found an element "
+                f"in 'lengths' that is <= 0 (got {values.tolist()})"
+            )
+        if values.size and values.max() > steps:
+            raise ValueError(
+                f"{name}: Expected all lengths to be at most the padded sequence length "
+                f"{steps}, but got {values.tolist()}"
+            )
+        if enforce_sorted and np.any(np.diff(values) > 0):
+            raise ValueError(f"{name}: {_UNSORTED} (got lengths {values.tolist()})")
+    return jnp.asarray(arr, jnp.int32), values
+
+
+def check_total_length(name: str, total_length, longest: int | None, steps: int) -> int:
+    """The padded length of ``pad_packed_sequence``'s result.
+
+    ``longest`` is the longest sequence when the lengths are concrete, ``None`` when traced; then
+    the static padded length ``steps`` bounds the lengths and ``total_length`` may not cut it.
+    """
+    if total_length is None:
+        return steps if longest is None else longest
+    if not _is_int(total_length):
+        raise TypeError(
+            f"{name}: total_length should be an int or None, got {type(total_length).__name__}"
+        )
+    if longest is not None and total_length < longest:
+        raise ValueError(
+            f"{name}: Expected total_length to be at least the length of the longest sequence "
+            f"in input, but got total_length={total_length} and max sequence length being "
+            f"{longest}"
+        )
+    if longest is None and total_length < steps:
+        raise ValueError(
+            f"{name}: total_length={total_length} is shorter than the padded length {steps} of "
+            "a PackedSequence whose lengths are traced, so it cannot be checked that no sequence "
+            "is longer; pass total_length >= the padded length under jit"
+        )
+    return total_length
+
+
+def check_pad_sequences(name: str, sequences, padding_side: str, *, convert) -> list:
+    """A non-empty list of ``(L_i, *)`` arrays with equal trailing shapes."""
+    if padding_side not in ("left", "right"):
+        raise ValueError(
+            f"{name}: Expected padding_side to be one of left or right, but got {padding_side}."
+        )
+    try:
+        items = list(sequences)
+    except TypeError:
+        raise TypeError(
+            f"{name}: Expected iterable for input sequences, but got arg of type: {type(sequences)}"
+        ) from None
+    if not items:
+        raise ValueError(f"{name}: received an empty list of sequences")
+    arrays = [convert(s) for s in items]
+    trailing = arrays[0].shape[1:]
+    for i, a in enumerate(arrays):
+        if a.ndim == 0:
+            raise ValueError(f"{name}: sequence {i} is a scalar; expected shape (L, *)")
+        if a.shape[1:] != trailing:
+            raise ValueError(
+                f"{name}: all sequences must have the same trailing shape; sequence 0 has "
+                f"{tuple(trailing)} and sequence {i} has {tuple(a.shape[1:])}"
+            )
+    return arrays
+
+
+def check_is_packed(name: str, what: str, x, cls) -> None:
+    if not isinstance(x, cls):
+        raise TypeError(f"{name}: {what} must be a PackedSequence, got {type(x).__name__}")
+
+
+def check_packed_pair(name: str, data) -> None:
+    """Torch's ``PackedSequence((data, batch_sizes))`` spelling."""
+    if not (isinstance(data, (list, tuple)) and len(data) == 2):
+        raise TypeError(
+            f"{name}: expected data and batch_sizes, or a (data, batch_sizes) pair, "
+            f"got {_describe(data)} and no batch_sizes"
+        )
+
+
+def check_batch_sizes(name: str, batch_sizes, data_shape) -> np.ndarray:
+    """Torch's ``batch_sizes`` as int64 numpy: concrete, positive, non-increasing, summing to
+    ``data.shape[0]``."""
+    if isinstance(batch_sizes, jax.core.Tracer):
+        raise TypeError(
+            f"{name}: batch_sizes must be concrete (it fixes the padded shape); under jit, build "
+            "the PackedSequence with pack_padded_sequence(padded, lengths) instead"
+        )
+    if hasattr(batch_sizes, "detach") and hasattr(batch_sizes, "cpu"):
+        batch_sizes = batch_sizes.detach().cpu().numpy()
+    sizes = np.asarray(batch_sizes)
+    if sizes.ndim != 1 or not (sizes.size == 0 or jnp.issubdtype(sizes.dtype, jnp.integer)):
+        raise ValueError(
+            f"{name}: batch_sizes must be a 1-D integer array, got shape {sizes.shape} and "
+            f"dtype {sizes.dtype}"
+        )
+    sizes = sizes.astype(np.int64)
+    if sizes.size and (sizes.min() <= 0 or np.any(np.diff(sizes) > 0)):
+        raise ValueError(
+            f"{name}: batch_sizes must be positive and non-increasing, got {sizes.tolist()}"
+        )
+    if len(data_shape) < 1 or data_shape[0] != sizes.sum():
+        raise ValueError(
+            f"{name}: data must have sum(batch_sizes) = {int(sizes.sum())} rows, got shape "
+            f"{tuple(data_shape)}"
+        )
+    return sizes
+
+
+def check_concrete_lengths(name: str, what: str, concrete: bool) -> None:
+    if not concrete:
+        raise ValueError(
+            f"{name}: {what} depends on the values of the lengths, which are traced here (under "
+            "jit); use .padded and .lengths, or pad_packed_sequence, inside jit"
+        )
+
+
+def check_packed_call(name: str, data_ndim: int, seq_lengths) -> None:
+    """A recurrent layer called on a PackedSequence."""
+    if seq_lengths is not None:
+        raise ValueError(
+            f"{name}: seq_lengths cannot be combined with a PackedSequence input, which carries "
+            "its own lengths; pass either a PackedSequence or a padded input with seq_lengths"
+        )
+    if data_ndim != 2:
+        raise ValueError(f"{name}: input must have 2 dimensions, got {data_ndim}")

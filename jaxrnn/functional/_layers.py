@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 
@@ -12,6 +13,7 @@ from jax import lax
 from jaxrnn import _checks, _params
 from jaxrnn.functional import _cells
 from jaxrnn.functional._cells import linear, step_from_gates
+from jaxrnn.utils import rnn as _packing
 
 
 def scan_direction(
@@ -104,10 +106,12 @@ def rnn(
 
     Inputs: input, hx
         * **input**: ``(L, N, H_in)``, ``(N, L, H_in)`` with ``batch_first=True``, or ``(L, H_in)``
-          unbatched.
+          unbatched; or a :class:`jaxrnn.utils.rnn.PackedSequence` (then ``output`` is one too,
+          ``hx``/``h_n`` are in the caller's batch order and ``batch_first`` does not apply).
         * **hx**: ``h_0 (D*num_layers, N, H_out)`` (LSTM: ``(h_0, c_0)`` with ``c_0
           (D*num_layers, N, H_cell)``), or without ``N`` for unbatched input; zeros if ``None``.
         * **seq_lengths**: optional int ``(N,)``; steps at ``t >= seq_lengths[n]`` are padding.
+          A length of 0 gives zero outputs and ``h_n = h_0`` for that sequence.
 
     Outputs: output, h_n
         * **output**: ``(L, N, D*H_out)`` (``(N, L, D*H_out)`` with ``batch_first``), zero at
@@ -124,6 +128,21 @@ def rnn(
     when ``training`` is true (needs ``dropout_key``).
     """
     name = name or {"RNN_TANH": "RNN", "RNN_RELU": "RNN"}.get(mode, mode)
+    if isinstance(input, _packing.PackedSequence):  # runs its padded view; see jaxrnn.utils.rnn
+        forward = functools.partial(
+            rnn,
+            params,
+            mode=mode,
+            dropout=dropout,
+            training=training,
+            dropout_key=dropout_key,
+            dtype=dtype,
+            precision=precision,
+            unroll=unroll,
+            remat=remat,
+            name=name,
+        )
+        return _packing.rnn_packed(forward, input, hx, seq_lengths, name)
     _checks.check_mode(name, mode)
     _checks.check_params(name, params, {"weight_ih_l0": None, "weight_hh_l0": None})
     cfg = _params.infer_layer_config(mode, params)

@@ -1,0 +1,355 @@
+"""Packed sequences as ``torch.nn.utils.rnn``, in a form that also works under ``jit``.
+
+Torch packs a batch of variable-length sequences into a ragged ``data`` of shape
+``(sum(lengths), *)`` plus ``batch_sizes``: shapes that depend on the lengths' values, which
+``jit`` cannot trace. A :class:`PackedSequence` here therefore stores a static-shape view of the
+same thing: the time-major padded batch ``padded (T, N, *)`` in the caller's batch order (zero
+past each sequence's length), the ``lengths (N,)``, and torch's ``sorted_indices`` /
+``unsorted_indices``. It is a pytree whose leaves may all be traced, so a jitted function that
+takes one (or builds one from traced lengths) compiles once for every set of lengths. Where the
+lengths are concrete, torch's exact ``data`` and ``batch_sizes`` are available as properties.
+
+Every recurrent layer (:func:`jaxrnn.functional.rnn` and hence the NNX and Linen modules)
+accepts a :class:`PackedSequence` and returns one, with ``hx``/``h_n`` in the caller's batch
+order as torch does with ``enforce_sorted=False``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrnn import _checks
+
+__all__ = [
+    "PackedSequence",
+    "invert_permutation",
+    "pack_padded_sequence",
+    "pad_packed_sequence",
+    "pad_sequence",
+    "unpad_sequence",
+    "pack_sequence",
+    "unpack_sequence",
+]
+
+
+def _to_array(x):
+    """A JAX array (or tracer) from a JAX/numpy array, a torch tensor or a nested list."""
+    if isinstance(x, jax.Array):
+        return x
+    if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch.Tensor, without importing torch
+        x = x.detach().cpu().numpy()
+    return jnp.asarray(x)
+
+
+def _concrete(x) -> np.ndarray | None:
+    """``x`` as a numpy array when its values are known at trace time, else ``None``."""
+    if x is None or isinstance(x, jax.core.Tracer):
+        return None
+    return np.asarray(x)
+
+
+def _time_mask(lengths, steps: int, ndim: int):
+    """``(T, N, 1, ...)`` boolean mask of the valid steps, broadcastable to ``(T, N, *)``."""
+    mask = jnp.arange(steps)[:, None] < lengths[None, :]
+    return mask.reshape(mask.shape + (1,) * (ndim - 2))
+
+
+@jax.tree_util.register_pytree_node_class
+class PackedSequence:
+    """A batch of variable-length sequences, as ``torch.nn.utils.rnn.PackedSequence``.
+
+    Build one with :func:`pack_padded_sequence` or :func:`pack_sequence` (or from torch's own
+    fields, ``PackedSequence(data, batch_sizes, sorted_indices, unsorted_indices)``, with
+    concrete ``batch_sizes``); pass it to any jaxrnn recurrent layer; read it back with
+    :func:`pad_packed_sequence`.
+
+    Attributes:
+        padded: ``(T, N, *)`` time-major padded batch in the caller's batch order, zero at
+            ``t >= lengths[n]``. ``T`` is the longest length when the lengths were concrete at
+            packing time, else the padded input's length.
+        lengths: int32 ``(N,)``, each sequence's length, in the caller's batch order.
+        sorted_indices: int32 ``(N,)`` or ``None``, torch's: position ``i`` of the
+            length-sorted batch holds caller sequence ``sorted_indices[i]``.
+        unsorted_indices: int32 ``(N,)`` or ``None``, the inverse permutation.
+        data: torch's packed ``(sum(lengths), *)``, time step by time step, each step in sorted
+            order (concrete lengths only).
+        batch_sizes: torch's int64 ``(max(lengths),)``, the number of sequences longer than
+            each step (concrete lengths only).
+
+    Under ``jit`` with traced lengths the pytree leaves ``padded``, ``lengths``,
+    ``sorted_indices`` and ``unsorted_indices`` are all there is; ``data`` and
+    ``batch_sizes`` need values that are only known at run time and raise ``ValueError``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from jaxrnn.utils.rnn import pack_padded_sequence
+        >>> seq = jnp.array([[1.0, 2, 0], [3, 0, 0], [4, 5, 6]])
+        >>> packed = pack_padded_sequence(seq, [2, 1, 3], batch_first=True, enforce_sorted=False)
+        >>> packed.data.tolist(), packed.batch_sizes.tolist(), packed.sorted_indices.tolist()
+        ([4.0, 1.0, 3.0, 5.0, 2.0, 6.0], [3, 2, 1], [2, 0, 1])
+    """
+
+    padded: jax.Array
+    lengths: jax.Array
+    sorted_indices: jax.Array | None
+    unsorted_indices: jax.Array | None
+
+    def __init__(self, data, batch_sizes=None, sorted_indices=None, unsorted_indices=None):
+        if batch_sizes is None:  # torch's PackedSequence((data, batch_sizes), ...) spelling
+            _checks.check_packed_pair("PackedSequence", data)
+            data, batch_sizes = data
+        data = _to_array(data)
+        sizes = _checks.check_batch_sizes("PackedSequence", batch_sizes, data.shape)
+        batch = int(sizes[0]) if len(sizes) else 0
+        valid = np.arange(batch)[None, :] < sizes[:, None]  # (T, N) in sorted order
+        offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        index = np.where(valid, offsets[:, None] + np.arange(batch)[None, :], 0)
+        mask = valid.reshape(valid.shape + (1,) * (data.ndim - 1))
+        padded = jnp.where(mask, data[index], jnp.zeros((), data.dtype))
+        lengths = jnp.asarray(valid.sum(0), jnp.int32)
+        if sorted_indices is not None:
+            sorted_indices = jnp.asarray(_to_array(sorted_indices), jnp.int32)
+            if unsorted_indices is None:
+                unsorted_indices = invert_permutation(sorted_indices)
+        if unsorted_indices is not None:
+            unsorted_indices = jnp.asarray(_to_array(unsorted_indices), jnp.int32)
+            padded, lengths = padded[:, unsorted_indices], lengths[unsorted_indices]
+        self._set(padded, lengths, sorted_indices, unsorted_indices)
+
+    def _set(self, padded, lengths, sorted_indices, unsorted_indices) -> None:
+        self.padded = padded
+        self.lengths = lengths
+        self.sorted_indices = sorted_indices
+        self.unsorted_indices = unsorted_indices
+
+    @classmethod
+    def from_padded(cls, padded, lengths, sorted_indices=None, unsorted_indices=None):
+        """Wrap the static-shape fields as they are (no checks, no copies): the pytree view."""
+        obj = object.__new__(cls)
+        obj._set(padded, lengths, sorted_indices, unsorted_indices)
+        return obj
+
+    def tree_flatten(self):
+        return (self.padded, self.lengths, self.sorted_indices, self.unsorted_indices), None
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls.from_padded(*children)
+
+    def _concrete_lengths(self, what: str) -> np.ndarray:
+        values = _concrete(self.lengths)
+        _checks.check_concrete_lengths("PackedSequence", what, values is not None)
+        return values
+
+    @property
+    def batch_sizes(self) -> np.ndarray:
+        """Torch's ``batch_sizes`` (int64 numpy), for concrete lengths."""
+        lengths = self._concrete_lengths("batch_sizes")
+        steps = int(lengths.max()) if lengths.size else 0
+        return (lengths[None, :] > np.arange(steps)[:, None]).sum(1).astype(np.int64)
+
+    @property
+    def data(self) -> jax.Array:
+        """Torch's packed ``data (sum(lengths), *)``, for concrete lengths."""
+        sizes = self.batch_sizes
+        step, slot = np.nonzero(np.arange(self.padded.shape[1])[None, :] < sizes[:, None])
+        order = self.sorted_indices
+        return self.padded[step, slot if order is None else order[slot]]
+
+    def __repr__(self) -> str:
+        if _concrete(self.lengths) is not None:
+            return (
+                f"PackedSequence(data={self.data!r}, batch_sizes={self.batch_sizes!r}, "
+                f"sorted_indices={self.sorted_indices!r}, "
+                f"unsorted_indices={self.unsorted_indices!r})"
+            )
+        return (
+            f"PackedSequence(padded={self.padded!r}, lengths={self.lengths!r}, "
+            f"sorted_indices={self.sorted_indices!r}, unsorted_indices={self.unsorted_indices!r})"
+        )
+
+
+def invert_permutation(permutation):
+    """The inverse of a 1-D permutation (``None`` for ``None``), as torch's."""
+    if permutation is None:
+        return None
+    permutation = _to_array(permutation)
+    n = permutation.shape[0]
+    return jnp.zeros((n,), jnp.int32).at[permutation].set(jnp.arange(n, dtype=jnp.int32))
+
+
+def pack_padded_sequence(
+    input, lengths, batch_first: bool = False, enforce_sorted: bool = True
+) -> PackedSequence:
+    """Packs a padded batch of variable-length sequences, as torch's.
+
+    Args:
+        input: ``(T, B, *)`` padded batch (``(B, T, *)`` with ``batch_first``).
+        lengths: int ``(B,)`` (list, numpy, JAX or torch), each sequence's length. May be traced
+            under ``jit``.
+        batch_first: whether ``input`` is ``(B, T, *)``.
+        enforce_sorted: if ``True``, the lengths must be in decreasing order (checked when they
+            are concrete); if ``False`` they are sorted here and the order is recorded in
+            ``sorted_indices``/``unsorted_indices``.
+
+    Returns:
+        A :class:`PackedSequence`.
+
+    Concrete lengths are checked as torch checks them (``0 < length``, decreasing when
+    ``enforce_sorted``) and, unlike torch, against ``T`` (torch reads past the input); then
+    ``padded`` is cut to the longest length, as torch's ``data`` is. Traced lengths cannot be
+    checked: a length above ``T`` then acts as ``T``, and one of 0 or below gives an empty
+    sequence (zero outputs, ``h_n = h_0``), and ``enforce_sorted`` is not verified.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> packed = pack_padded_sequence(jnp.ones((4, 2, 3)), [4, 2])
+        >>> packed.batch_sizes.tolist(), packed.data.shape
+        ([2, 2, 1, 1], (6, 3))
+    """
+    name = "pack_padded_sequence"
+    x = _checks.check_pack_input(name, _to_array(input))
+    if batch_first:
+        x = jnp.swapaxes(x, 0, 1)
+    lengths, values = _checks.check_pack_lengths(
+        name, lengths, x.shape[1], x.shape[0], enforce_sorted
+    )
+    sorted_indices = unsorted_indices = None
+    if values is not None:
+        x = x[: int(values.max())] if values.size else x[:0]
+        if not enforce_sorted:
+            order = np.argsort(-values, kind="stable")
+            sorted_indices = jnp.asarray(order, jnp.int32)
+            unsorted_indices = jnp.asarray(np.argsort(order), jnp.int32)
+    elif not enforce_sorted:
+        sorted_indices = jnp.argsort(-lengths, stable=True).astype(jnp.int32)
+        unsorted_indices = invert_permutation(sorted_indices)
+    padded = jnp.where(_time_mask(lengths, x.shape[0], x.ndim), x, jnp.zeros((), x.dtype))
+    return PackedSequence.from_padded(padded, lengths, sorted_indices, unsorted_indices)
+
+
+def pad_packed_sequence(
+    sequence: PackedSequence,
+    batch_first: bool = False,
+    padding_value: float = 0.0,
+    total_length: int | None = None,
+):
+    """Pads a packed batch back to a tensor, as torch's; the inverse of :func:`pack_padded_sequence`.
+
+    Args:
+        sequence: a :class:`PackedSequence`.
+        batch_first: return ``(B, T, *)`` instead of ``(T, B, *)``.
+        padding_value: the value at padded positions.
+        total_length: pad to this length (``ValueError`` if a sequence is longer).
+
+    Returns:
+        ``(padded, lengths)`` in the caller's original batch order; ``lengths`` is int32 ``(B,)``.
+        ``T`` is ``total_length`` if given, else the longest length when the lengths are
+        concrete (torch's result), else (traced lengths) the static length of
+        ``sequence.padded``; pass ``total_length`` under ``jit`` for a fixed shape.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> packed = pack_padded_sequence(jnp.ones((2, 4, 1)), [3, 1], batch_first=True)
+        >>> padded, lengths = pad_packed_sequence(packed, batch_first=True, padding_value=-1.0)
+        >>> padded[..., 0].tolist(), lengths.tolist()
+        ([[1.0, 1.0, 1.0], [1.0, -1.0, -1.0]], [3, 1])
+    """
+    name = "pad_packed_sequence"
+    _checks.check_is_packed(name, "sequence", sequence, PackedSequence)
+    padded, lengths = sequence.padded, sequence.lengths
+    steps = padded.shape[0]
+    values = _concrete(lengths)
+    longest = (int(values.max()) if values.size else 0) if values is not None else None
+    target = _checks.check_total_length(name, total_length, longest, steps)
+    if target <= steps:
+        padded = padded[:target]
+    else:
+        widths = [(0, target - steps)] + [(0, 0)] * (padded.ndim - 1)
+        padded = jnp.pad(padded, widths)
+    mask = _time_mask(lengths, target, padded.ndim)
+    padded = jnp.where(mask, padded, jnp.asarray(padding_value, padded.dtype))
+    if batch_first:
+        padded = jnp.swapaxes(padded, 0, 1)
+    return padded, lengths
+
+
+def pad_sequence(
+    sequences,
+    batch_first: bool = False,
+    padding_value: float = 0.0,
+    padding_side: str = "right",
+) -> jax.Array:
+    """Pads a list of ``(L_i, *)`` sequences into ``(T, B, *)`` (``(B, T, *)``), as torch's.
+
+    ``T`` is the longest ``L_i``; shapes are static, so this works under ``jit``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> pad_sequence([jnp.ones(3), jnp.ones(1)], batch_first=True).tolist()
+        [[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]]
+    """
+    arrays = _checks.check_pad_sequences("pad_sequence", sequences, padding_side, convert=_to_array)
+    steps = max(a.shape[0] for a in arrays)
+    dtype = jnp.result_type(*arrays)
+    rows = []
+    for a in arrays:
+        gap = steps - a.shape[0]
+        width = (0, gap) if padding_side == "right" else (gap, 0)
+        rows.append(
+            jnp.pad(
+                a.astype(dtype), [width] + [(0, 0)] * (a.ndim - 1), constant_values=padding_value
+            )
+        )
+    return jnp.stack(rows, axis=0 if batch_first else 1)
+
+
+def unpad_sequence(padded_sequences, lengths, batch_first: bool = False) -> list[jax.Array]:
+    """Splits a padded batch into a list of ``(L_i, *)`` arrays, as torch's (concrete lengths)."""
+    padded = _to_array(padded_sequences)
+    values = _concrete(_to_array(lengths))
+    _checks.check_concrete_lengths("unpad_sequence", "a list of sequences", values is not None)
+    if not batch_first:
+        padded = jnp.swapaxes(padded, 0, 1)
+    return [padded[i, : int(n)] for i, n in enumerate(values)]
+
+
+def pack_sequence(sequences: Sequence, enforce_sorted: bool = True) -> PackedSequence:
+    """Packs a list of ``(L_i, *)`` sequences: :func:`pad_sequence` then
+    :func:`pack_padded_sequence`, as torch's.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> packed = pack_sequence([jnp.array([1.0, 2, 3]), jnp.array([4.0, 5]), jnp.array([6.0])])
+        >>> packed.data.tolist(), packed.batch_sizes.tolist()
+        ([1.0, 4.0, 6.0, 2.0, 5.0, 3.0], [3, 2, 1])
+    """
+    arrays = _checks.check_pad_sequences("pack_sequence", sequences, "right", convert=_to_array)
+    lengths = [a.shape[0] for a in arrays]
+    return pack_padded_sequence(pad_sequence(arrays), lengths, enforce_sorted=enforce_sorted)
+
+
+def unpack_sequence(packed_sequences: PackedSequence) -> list[jax.Array]:
+    """The list of ``(L_i, *)`` sequences in a :class:`PackedSequence`, as torch's."""
+    padded, lengths = pad_packed_sequence(packed_sequences, batch_first=True)
+    return unpad_sequence(padded, lengths, batch_first=True)
+
+
+def rnn_packed(forward: Callable, packed: PackedSequence, hx, seq_lengths, name: str):
+    """A recurrent layer on a :class:`PackedSequence`: ``forward`` runs the padded batch.
+
+    ``forward(padded, hx, seq_lengths=, batch_first=False)`` is the layer on a padded time-major
+    input (:func:`jaxrnn.functional.rnn` with the layer's parameters). Because ``padded`` is in
+    the caller's batch order, ``hx`` and the returned ``h_n`` are too, as torch's layers give them
+    after undoing ``sorted_indices``. Returns ``(PackedSequence output, h_n)``.
+    """
+    _checks.check_packed_call(name, packed.padded.ndim - 1, seq_lengths)
+    output, h_n = forward(packed.padded, hx, seq_lengths=packed.lengths, batch_first=False)
+    out = PackedSequence.from_padded(
+        output, packed.lengths, packed.sorted_indices, packed.unsorted_indices
+    )
+    return out, h_n
