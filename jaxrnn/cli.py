@@ -1,0 +1,104 @@
+"""``python -m jaxrnn``: inspect and convert checkpoint files from the command line.
+
+    python -m jaxrnn inspect FILE [--json]          list the recurrent layers in FILE
+    python -m jaxrnn convert IN OUT [--prefix P]    rewrite IN as OUT (format from the suffix)
+
+Formats: .pt/.pth/.bin/.ckpt (read with torch.load(weights_only=True)), .safetensors, .npz.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from jaxrnn import io
+
+_NOT_STORED = (
+    "not stored in weights: batch_first, dropout, and an RNN's nonlinearity (tanh or relu)"
+)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m jaxrnn",
+        description="Inspect and convert PyTorch recurrent-model checkpoints for jaxrnn.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("inspect", help="list the recurrent layers of a checkpoint file")
+    p.add_argument("file", help="a .pt/.pth/.bin/.ckpt, .safetensors or .npz file")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p = sub.add_parser(
+        "convert",
+        help="rewrite a checkpoint in another format, or extract one layer with --prefix",
+    )
+    p.add_argument("input", help="the file to read")
+    p.add_argument("output", help="the file to write (.safetensors, .pt/.pth/.bin or .npz)")
+    p.add_argument(
+        "--prefix",
+        default="",
+        help="keep only the recurrent layer under this key prefix (e.g. 'encoder.lstm.') and "
+        "strip the prefix, so the output loads into a bare torch.nn.LSTM/GRU/RNN or cell",
+    )
+    return parser
+
+
+def inspect(path: str, as_json: bool = False) -> str:
+    """The report of ``python -m jaxrnn inspect``: the file's recurrent layers and their config."""
+    state_dict = io.load_state_dict_file(path)
+    layers = io.find_recurrent_layers(state_dict)
+    if as_json:
+        return json.dumps(
+            dict(
+                file=path,
+                num_arrays=len(state_dict),
+                layers=[
+                    dict(
+                        prefix=layer.prefix,
+                        cls=layer.cls,
+                        config=layer.config,
+                        keys=list(layer.keys),
+                        error=layer.error,
+                    )
+                    for layer in layers
+                ],
+            ),
+            indent=2,
+        )
+    ok = [layer for layer in layers if layer.error is None]
+    in_layers = sum(len(layer.keys) for layer in ok)
+    lines = [
+        f"{path}: {len(state_dict)} arrays, {len(ok)} recurrent layer(s) "
+        f"({in_layers} arrays), {len(state_dict) - in_layers} other array(s)"
+    ]
+    width = max([len(repr(layer.prefix)) for layer in layers] + [6])
+    for layer in layers:
+        lines.append(f"  {layer.prefix!r:<{width}}  {layer.describe()}")
+    if ok:
+        lines.append(f"({_NOT_STORED})")
+    return "\n".join(lines)
+
+
+def convert(input: str, output: str, prefix: str = "") -> str:
+    """``python -m jaxrnn convert``: read ``input``, write ``output``; returns a summary line."""
+    state_dict = io.load_state_dict_file(input)
+    what = ""
+    if prefix:
+        what = " " + io.recurrent_layer(state_dict, prefix).describe()
+        state_dict = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    io.save_state_dict_file(state_dict, output)
+    return f"wrote {output}: {len(state_dict)} arrays{what}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status (0 ok, 1 a failed command, 2 bad usage)."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "inspect":
+            print(inspect(args.file, args.json))
+        else:
+            print(convert(args.input, args.output, args.prefix))
+    except (OSError, ValueError, TypeError, ImportError) as e:
+        print(f"jaxrnn: error: {e}", file=sys.stderr)
+        return 1
+    return 0

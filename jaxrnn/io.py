@@ -1,0 +1,408 @@
+"""Checkpoint files <-> flat state dicts, and the recurrent layers inside a model's checkpoint.
+
+Reads PyTorch files (``.pt``, ``.pth``, ``.bin``, ``.ckpt``: ``torch.load(weights_only=True)``, so
+loading never runs code from the file), ``.safetensors`` (no torch needed) and ``.npz`` into a
+flat ``{torch_name: numpy array}`` dict, writes a jaxrnn model back as a file that
+``torch.nn.Module.load_state_dict(strict=True)`` accepts, and finds the RNN/LSTM/GRU layers and
+cells of a full model's checkpoint from their keys and shapes.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from jaxrnn import _params, convert
+
+TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+SAFETENSORS_SUFFIXES = (".safetensors",)
+NUMPY_SUFFIXES = (".npz",)
+_SUPPORTED = ", ".join(TORCH_SUFFIXES + SAFETENSORS_SUFFIXES + NUMPY_SUFFIXES)
+
+
+# ---------------------------------------------------------------------------------------------
+# reading
+
+
+def load_state_dict_file(path: str | os.PathLike, prefix: str = "") -> dict[str, np.ndarray]:
+    """Read a checkpoint file as a flat state dict of numpy arrays.
+
+    Args:
+        path: a PyTorch file (``.pt``/``.pth``/``.bin``/``.ckpt``, read with
+            ``torch.load(weights_only=True)``: a file that needs arbitrary objects unpickled is
+            refused with a ``ValueError``, never executed), a ``.safetensors`` file (read without
+            torch) or an ``.npz`` archive (read without pickle).
+        prefix: keep only keys starting with it and strip it, e.g. ``'encoder.lstm.'`` to pick
+            one recurrent layer out of a full model's checkpoint.
+
+    Returns:
+        ``{name: numpy array}``. Nested dicts in a PyTorch file (``{'model': state_dict,
+        'epoch': 3}``) are flattened with dots (``'model.lstm.weight_ih_l0'``); values that are
+        not tensors (numbers, strings, lists) are left out.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: unknown suffix; corrupt, truncated or unsafe file; no array under ``prefix``.
+
+    Example:
+        >>> import numpy as np, tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), 'gru.npz')
+        >>> np.savez(path, **{'gru.weight_ih_l0': np.zeros((6, 3), np.float32)})
+        >>> {k: v.shape for k, v in load_state_dict_file(path, prefix='gru.').items()}
+        {'weight_ih_l0': (6, 3)}
+    """
+    path = _check_path(path)
+    if not isinstance(prefix, str):
+        raise TypeError(f"load_state_dict_file: prefix must be a str, got {type(prefix).__name__}")
+    suffix = _suffix(path)
+    if suffix in SAFETENSORS_SUFFIXES:
+        state_dict = _load_safetensors(path)
+    elif suffix in NUMPY_SUFFIXES:
+        state_dict = _load_npz(path)
+    else:
+        state_dict = _load_torch(path)
+    if not prefix:
+        return state_dict
+    picked = convert.state_dict_to_params(state_dict, prefix)
+    if not picked:
+        layers = [layer.prefix for layer in find_recurrent_layers(state_dict) if not layer.error]
+        raise ValueError(
+            f"{path}: no key starts with prefix {prefix!r}; recurrent layers in the file: "
+            f"{layers or 'none'}"
+        )
+    return picked
+
+
+def _check_path(path) -> str:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such checkpoint file: {path!r}")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"expected a checkpoint file, got a directory: {path!r}")
+    return path
+
+
+def _suffix(path: str) -> str:
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in TORCH_SUFFIXES + SAFETENSORS_SUFFIXES + NUMPY_SUFFIXES:
+        raise ValueError(f"{path}: unsupported checkpoint suffix {suffix!r}; expected {_SUPPORTED}")
+    return suffix
+
+
+def _load_safetensors(path: str) -> dict[str, np.ndarray]:
+    try:
+        from safetensors.numpy import load_file
+    except ImportError as e:
+        raise ModuleNotFoundError(
+            f"reading {path} needs the safetensors package (pip install safetensors)"
+        ) from e
+    try:
+        return dict(load_file(path))
+    except Exception as e:  # SafetensorError, OSError, ... : one message for all
+        raise ValueError(
+            f"{path}: not a valid .safetensors file (corrupt or truncated?): {e}"
+        ) from e
+
+
+def _load_npz(path: str) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if not hasattr(archive, "files"):
+                raise ValueError("a single .npy array, not an .npz archive")
+            return {key: np.array(archive[key]) for key in archive.files}
+    except Exception as e:  # BadZipFile, EOFError, ValueError (pickled objects), ...
+        raise ValueError(
+            f"{path}: not a valid .npz archive of arrays (corrupt, truncated or pickled?): {e}"
+        ) from e
+
+
+def _load_torch(path: str) -> dict[str, np.ndarray]:
+    try:
+        import torch
+    except ImportError as e:
+        raise ModuleNotFoundError(
+            f"reading the PyTorch file {path} needs torch; without torch, convert it to "
+            ".safetensors or .npz where torch is installed (python -m jaxrnn convert IN OUT)"
+        ) from e
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" not in str(e):
+            raise ValueError(f"{path}: not a readable PyTorch checkpoint: {e}") from e
+        detail = next((line.strip() for line in str(e).splitlines() if "Unsupported" in line), "")
+        raise ValueError(
+            f"{path}: refusing to load: this file needs arbitrary Python objects unpickled, "
+            "which could run code from it (torch.load(weights_only=True) failed"
+            + (f": {detail}" if detail else "")
+            + "). Save tensors only, e.g. torch.save(model.state_dict(), path), or use "
+            ".safetensors."
+        ) from None
+    except Exception as e:  # RuntimeError (zip), KeyError/EOFError (pickle), ...
+        raise ValueError(
+            f"{path}: not a readable PyTorch checkpoint (corrupt or truncated?): "
+            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from e
+    if not isinstance(obj, Mapping):
+        raise ValueError(
+            f"{path}: expected a state dict (a mapping of names to tensors), got "
+            f"{type(obj).__name__}"
+        )
+    flat = _flatten(obj)
+    if not flat:
+        raise ValueError(f"{path}: the file holds no tensors")
+    return flat
+
+
+def _flatten(obj: Mapping, prefix: str = "") -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for key, value in obj.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, name + "."))
+        elif hasattr(value, "detach") and hasattr(value, "shape"):  # a tensor
+            out[name] = convert.to_numpy(value)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# writing
+
+
+def save_state_dict_file(params_or_module: Any, path: str | os.PathLike, prefix: str = "") -> None:
+    """Write weights as a checkpoint file that PyTorch loads with ``load_state_dict(strict=True)``.
+
+    Args:
+        params_or_module: a jaxrnn module (its ``state_dict()``), any Flax NNX module (its
+            ``nnx.Param`` leaves, named by attribute path joined with dots, which gives torch's
+            names when attributes are named as in the torch model), or a mapping of arrays.
+        path: ``.safetensors`` (no torch needed), ``.pt``/``.pth``/``.bin`` (needs torch) or
+            ``.npz``. Written to a temporary file first, then renamed into place.
+        prefix: prepended to every key, e.g. ``'encoder.lstm.'`` to match the attribute path of
+            the layer in the torch model that will load the file.
+
+    Example:
+        >>> import os, tempfile
+        >>> from flax import nnx
+        >>> import jaxrnn
+        >>> path = os.path.join(tempfile.mkdtemp(), 'gru.safetensors')
+        >>> save_state_dict_file(jaxrnn.GRU(3, 2, rngs=nnx.Rngs(0)), path, prefix='gru.')
+        >>> sorted(load_state_dict_file(path))[:2]
+        ['gru.bias_hh_l0', 'gru.bias_ih_l0']
+    """
+    if not isinstance(prefix, str):
+        raise TypeError(f"save_state_dict_file: prefix must be a str, got {type(prefix).__name__}")
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+    path = os.fspath(path)
+    suffix = _suffix(path)
+    state_dict = _to_state_dict(params_or_module, prefix)
+    tmp = os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.tmp{suffix}")
+    try:
+        if suffix in SAFETENSORS_SUFFIXES:
+            from safetensors.numpy import save_file
+
+            save_file(state_dict, tmp, metadata={"format": "pt"})
+        elif suffix in NUMPY_SUFFIXES:
+            with open(tmp, "wb") as f:
+                np.savez(f, **state_dict)
+        else:
+            _save_torch(state_dict, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _to_state_dict(obj, prefix: str) -> dict[str, np.ndarray]:
+    if isinstance(obj, Mapping):
+        sd = convert.params_to_state_dict(obj, prefix)
+    elif callable(getattr(obj, "state_dict", None)):  # jaxrnn modules, torch modules
+        sd = {k: convert.to_numpy(v) for k, v in obj.state_dict(prefix=prefix).items()}
+    else:
+        from flax import nnx
+
+        if not isinstance(obj, nnx.Module):
+            raise TypeError(
+                "save_state_dict_file: expected a jaxrnn or Flax NNX module or a mapping of "
+                f"arrays, got {type(obj).__name__}"
+            )
+        flat = nnx.state(obj, nnx.Param).flat_state()
+        sd = {
+            prefix + ".".join(str(p) for p in path): convert.to_numpy(v.get_value())
+            for path, v in flat
+        }
+    return {k: np.ascontiguousarray(v) for k, v in sd.items()}
+
+
+def _save_torch(state_dict: Mapping[str, np.ndarray], path: str) -> None:
+    import torch
+
+    def tensor(v: np.ndarray):
+        if v.dtype.name == "bfloat16":  # numpy has no bfloat16; go through the bits
+            return torch.from_numpy(v.view(np.uint16).copy()).view(torch.bfloat16)
+        return torch.from_numpy(v.copy())
+
+    torch.save({k: tensor(v) for k, v in state_dict.items()}, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# recurrent layers in a checkpoint
+
+
+# the keys of a layer or cell with an empty prefix, as split_recurrent_key gives them
+_DIRECT = {("", name, "_l0") for name in ("weight_ih", "weight_hh")} | {
+    ("", name, "") for name in ("weight_ih", "weight_hh")
+}
+
+
+class RecurrentLayer(NamedTuple):
+    """A recurrent layer or cell found in a state dict.
+
+    Attributes:
+        prefix: the key prefix of its parameters (``'encoder.lstm.'``, ``''`` at the top).
+        cls: torch's class name: ``'RNN'``, ``'LSTM'``, ``'GRU'``, ``'RNNCell'``, ``'LSTMCell'``
+            or ``'GRUCell'``. An RNN's nonlinearity (tanh or relu) is not stored in its weights.
+        config: its constructor arguments as far as the weights tell (``input_size``,
+            ``hidden_size``, ``bias``; for layers ``num_layers``, ``bidirectional`` and, for LSTM,
+            ``proj_size``). ``batch_first``, ``dropout`` and ``nonlinearity`` are not stored.
+        keys: the full keys of its parameters.
+        error: ``None``, or why keys named like recurrent parameters do not form a layer.
+    """
+
+    prefix: str
+    cls: str | None
+    config: dict
+    keys: tuple[str, ...]
+    error: str | None = None
+
+    def describe(self) -> str:
+        """Torch's repr of the module, e.g. ``'LSTM(40, 64, num_layers=2, bidirectional=True)'``."""
+        if self.error is not None:
+            return f"not a recurrent layer: {self.error}"
+        c = self.config
+        args = [str(c["input_size"]), str(c["hidden_size"])]
+        defaults = dict(num_layers=1, bias=True, bidirectional=False, proj_size=0)
+        args += [f"{k}={c[k]}" for k, d in defaults.items() if k in c and c[k] != d]
+        return f"{self.cls}({', '.join(args)})"
+
+
+def recurrent_layer(state_dict: Mapping, prefix: str = "") -> RecurrentLayer:
+    """The recurrent layer or cell whose parameters are exactly the keys under ``prefix``.
+
+    Raises:
+        ValueError: the keys under ``prefix`` are not exactly one RNN/LSTM/GRU layer's or cell's
+            (missing, unexpected or mis-shaped keys are named, in torch's wording).
+    """
+    params = convert.state_dict_to_params(state_dict, prefix)
+    where = f"prefix {prefix!r}" if prefix else "the top level"
+    if not any(_params.split_recurrent_key(k) in _DIRECT for k in params):
+        search, base = (params, prefix) if params else (state_dict, "")
+        found = [
+            f"{base + layer.prefix!r} ({layer.describe()})"
+            for layer in find_recurrent_layers(search)
+            if layer.error is None
+        ]
+        what = (
+            f"no weight_ih_l0/weight_hh_l0 (layer) or weight_ih/weight_hh (cell) key there "
+            f"({len(params)} keys under it); recurrent layers under it"
+            if params
+            else f"no key starts with {prefix!r}; recurrent layers in the state dict"
+        )
+        raise ValueError(
+            f"no recurrent layer at {where}: {what}: {', '.join(found) if found else 'none'}"
+        )
+    try:
+        cls, config, expected = _infer(params)
+    except ValueError as e:
+        raise ValueError(f"the keys under {where} do not form a recurrent layer: {e}") from None
+    return RecurrentLayer(prefix, cls, config, tuple(prefix + k for k in expected))
+
+
+def _infer(params: Mapping) -> tuple[str, dict, dict]:
+    """Class, config and expected shapes of ``params``; ValueError unless they match exactly."""
+    cls, config = _params.infer_module_config(params)
+    mode = {"LSTM": "LSTM", "GRU": "GRU"}.get(cls.removesuffix("Cell"), "RNN_TANH")
+    if cls.endswith("Cell"):
+        expected = _params.cell_param_shapes(mode, **config)
+    else:
+        expected = _params.layer_param_shapes(mode, **config)
+    convert.match_state_dict(cls, params, expected, strict=True)
+    return cls, config, expected
+
+
+def find_recurrent_layers(state_dict: Mapping) -> list[RecurrentLayer]:
+    """Every RNN/LSTM/GRU layer and cell in a (full model's) state dict, found by key prefix.
+
+    Keys named as torch's recurrent parameters (``<prefix>weight_ih_l0``, ``<prefix>bias_hh``,
+    ...) are grouped by prefix; each group's class and configuration is inferred from its names
+    and shapes (see :class:`RecurrentLayer`). A group that does not form a layer (a missing key,
+    a shape that fits no class) is returned with ``error`` set rather than raising.
+
+    Example:
+        >>> import numpy as np
+        >>> sd = {'rnn.weight_ih': np.zeros((12, 3)), 'rnn.weight_hh': np.zeros((12, 3)),
+        ...       'fc.weight': np.zeros((1, 3))}
+        >>> [layer.describe() for layer in find_recurrent_layers(sd)]
+        ['LSTMCell(3, 3, bias=False)']
+    """
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
+    groups: dict[str, list[str]] = {}
+    for key in state_dict:
+        parts = _params.split_recurrent_key(key) if isinstance(key, str) else None
+        if parts is not None:
+            groups.setdefault(parts[0], []).append(key)
+    layers = []
+    for prefix, keys in groups.items():
+        params = {k[len(prefix) :]: state_dict[k] for k in keys}
+        try:
+            cls, config, expected = _infer(params)
+        except ValueError as e:
+            layers.append(RecurrentLayer(prefix, None, {}, tuple(keys), str(e)))
+            continue
+        layers.append(RecurrentLayer(prefix, cls, config, tuple(prefix + k for k in expected)))
+    return layers
+
+
+def module_from_state_dict(
+    state_dict: Mapping, prefix: str = "", *, nonlinearity: str = "tanh", rngs=None, **kwargs
+):
+    """A jaxrnn NNX module built from the recurrent layer under ``prefix``, its weights loaded.
+
+    The class and sizes are inferred from the keys and shapes (:func:`recurrent_layer`).
+
+    Args:
+        state_dict: a mapping of arrays, e.g. from :func:`load_state_dict_file`.
+        prefix: the layer's key prefix (``'encoder.lstm.'``).
+        nonlinearity: for an RNN/RNNCell, ``'tanh'`` (torch's default) or ``'relu'``: the weights
+            cannot tell.
+        rngs: ``nnx.Rngs`` for the new module; ``nnx.Rngs(0)`` if omitted.
+        **kwargs: other constructor arguments not stored in weights (``batch_first``,
+            ``dropout``, ``dtype``, ...).
+
+    Example:
+        >>> import numpy as np
+        >>> sd = {'gru.weight_ih_l0': np.ones((6, 3), np.float32),
+        ...       'gru.weight_hh_l0': np.ones((6, 2), np.float32)}
+        >>> gru = module_from_state_dict(sd, 'gru.', batch_first=True)
+        >>> type(gru).__name__, gru.input_size, gru.hidden_size, gru.bias, gru.batch_first
+        ('GRU', 3, 2, False, True)
+    """
+    from flax import nnx
+
+    import jaxrnn
+
+    layer = recurrent_layer(state_dict, prefix)
+    args = dict(layer.config)
+    if layer.cls in ("RNN", "RNNCell"):
+        args["nonlinearity"] = nonlinearity
+    args.update(kwargs)
+    module = getattr(jaxrnn, layer.cls)(**args, rngs=nnx.Rngs(0) if rngs is None else rngs)
+    module.load_state_dict(convert.state_dict_to_params(state_dict, prefix))
+    return module
