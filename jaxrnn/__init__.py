@@ -8,6 +8,12 @@ from jaxrnn import functional as functional
 from jaxrnn.convert import from_torch as from_torch
 from jaxrnn.convert import params_to_state_dict as params_to_state_dict
 from jaxrnn.convert import state_dict_to_params as state_dict_to_params
+from jaxrnn.io import RecurrentLayer as RecurrentLayer
+from jaxrnn.io import find_recurrent_layers as find_recurrent_layers
+from jaxrnn.io import load_state_dict_file as load_state_dict_file
+from jaxrnn.io import module_from_state_dict as module_from_state_dict
+from jaxrnn.io import recurrent_layer as recurrent_layer
+from jaxrnn.io import save_state_dict_file as save_state_dict_file
 from jaxrnn.nnx import GRU as GRU
 from jaxrnn.nnx import LSTM as LSTM
 from jaxrnn.nnx import RNN as RNN
