@@ -474,3 +474,61 @@ def check_packed_call(name: str, data_ndim: int, seq_lengths) -> None:
         )
     if data_ndim != 2:
         raise ValueError(f"{name}: input must have 2 dimensions, got {data_ndim}")
+
+
+# ---------------------------------------------------------------------------------------------
+# interop with Flax's recurrent cells (jaxrnn.interop)
+
+
+def check_adapted_cell(name: str, cell, base: type, what: str) -> None:
+    """The cell wrapped by a Flax adapter is a jaxrnn cell of the right front-end."""
+    if not isinstance(cell, base):
+        raise TypeError(
+            f"{name}: expected {what} (RNNCell, LSTMCell or GRUCell), got {type(cell).__name__}"
+        )
+
+
+def check_flax_cell_kind(name: str, cell, kind):
+    """``kind`` (front-end, class name) of a Flax built-in cell; TypeError when it is None."""
+    if kind is None:
+        raise TypeError(
+            f"{name}: expected one of Flax's built-in cells (flax.linen or flax.nnx LSTMCell, "
+            f"OptimizedLSTMCell, GRUCell, SimpleCell), got {type(cell).__name__}"
+        )
+    return kind
+
+
+def check_flax_activations(name: str, gate_fn, activation_fn, *, simple: bool = False) -> str:
+    """Torch's mode for a Flax cell's functions: sigmoid gates and tanh (relu for SimpleCell)."""
+    if simple:
+        if activation_fn is jnp.tanh:
+            return "RNN_TANH"
+        if activation_fn is jax.nn.relu:
+            return "RNN_RELU"
+        raise ValueError(
+            f"{name}: activation_fn must be tanh or relu to match torch's RNNCell, "
+            f"got {getattr(activation_fn, '__name__', activation_fn)!r}"
+        )
+    for arg, fn, want in (("gate_fn", gate_fn, jax.nn.sigmoid), ("activation_fn", activation_fn, jnp.tanh)):
+        if fn is not want:
+            raise ValueError(
+                f"{name}: {arg} must be {want.__name__} to match torch's equations, "
+                f"got {getattr(fn, '__name__', fn)!r}"
+            )
+    return "LSTM"
+
+
+def check_flax_foldable(name: str, *, weight_hr=None, b_hn=None) -> None:
+    """Torch weights a Flax cell can represent: no projection, and ``b_hn == 0`` where the
+    target (nnx ``GRUCell``) has no ``b_hn``."""
+    if weight_hr is not None:
+        raise ValueError(
+            f"{name}: an LSTM with a projection (weight_hr, proj_size > 0) has no Flax "
+            "counterpart; Flax's LSTM cells have no projection"
+        )
+    if b_hn is not None and np.any(np.asarray(b_hn) != 0):
+        raise ValueError(
+            f"{name}: flax.nnx.GRUCell has no b_hn (the bias inside r * (W_hn h + b_hn)), so "
+            f"torch's bias_hh[2*H:] must be zero to convert exactly, got max |b_hn| = "
+            f"{float(np.max(np.abs(b_hn))):.3g}; use flax.linen.GRUCell, which has b_hn"
+        )
