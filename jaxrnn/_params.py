@@ -181,11 +181,12 @@ def infer_module_config(params: Mapping) -> tuple[str, dict]:
             f"{ih} has {w_ih[0]} rows, expected 1, 3 or 4 (RNN, GRU, LSTM) times hidden_size "
             f"{hidden_size} (from {source})"
         )
+    bias = "bias_ih" + s in params or "bias_hh" + s in params
     if not layered:
-        config = dict(input_size=int(w_ih[1]), hidden_size=hidden_size, bias="bias_ih" in params)
-        return cls + "Cell", config
+        return cls + "Cell", dict(input_size=int(w_ih[1]), hidden_size=hidden_size, bias=bias)
     mode = "LSTM" if cls == "LSTM" else "GRU" if cls == "GRU" else "RNN_TANH"
     config = infer_layer_config(mode, params)
+    config["bias"] = bias  # either bias present: the other is then reported missing
     if cls != "LSTM":
         if config["proj_size"]:
             raise ValueError(f"weight_hr_l0 (a projection) is only supported for LSTM, not {cls}")

@@ -133,7 +133,11 @@ def _load_torch(path: str) -> dict[str, np.ndarray]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Weights only load failed" not in str(e):
+        with open(path, "rb") as f:
+            head = f.read(2)
+        # a zip (torch.save's format) or a pickle (PROTO opcode) that holds more than tensors;
+        # anything else is not a checkpoint at all
+        if "Weights only load failed" not in str(e) or head[:1] not in (b"P", b"\x80"):
             raise ValueError(f"{path}: not a readable PyTorch checkpoint: {e}") from e
         detail = next((line.strip() for line in str(e).splitlines() if "Unsupported" in line), "")
         raise ValueError(
@@ -237,6 +241,11 @@ def _to_state_dict(obj, prefix: str) -> dict[str, np.ndarray]:
             prefix + ".".join(str(p) for p in path): convert.to_numpy(v.get_value())
             for path, v in flat
         }
+    for key, value in sd.items():
+        if value.dtype.kind not in "biufc" and value.dtype.name != "bfloat16":
+            raise TypeError(
+                f"save_state_dict_file: {key} must be a numeric array, got dtype {value.dtype}"
+            )
     return {k: np.ascontiguousarray(v) for k, v in sd.items()}
 
 
@@ -287,7 +296,7 @@ class RecurrentLayer(NamedTuple):
             return f"not a recurrent layer: {self.error}"
         c = self.config
         args = [str(c["input_size"]), str(c["hidden_size"])]
-        defaults = dict(num_layers=1, bias=True, bidirectional=False, proj_size=0)
+        defaults = dict(proj_size=0, num_layers=1, bias=True, bidirectional=False)  # torch's order
         args += [f"{k}={c[k]}" for k, d in defaults.items() if k in c and c[k] != d]
         return f"{self.cls}({', '.join(args)})"
 

@@ -1,0 +1,491 @@
+"""jaxrnn.io: checkpoint files in and out, and recurrent layers found in a model's state dict.
+
+PyTorch is the oracle: files are written by torch (or read back by torch), configurations are
+compared with the torch modules' own attributes, and models built from files are compared with
+torch's outputs and gradients.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+from safetensors.torch import save_file as torch_save_safetensors
+
+import jaxrnn
+from jaxrnn import io
+
+FORMATS = ("pt", "safetensors", "npz")
+
+
+class Model(torch.nn.Module):
+    """A small full model: recurrent layers and cells among other layers."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = torch.nn.Linear(3, 5)
+        self.encoder = torch.nn.Sequential()
+        self.encoder.add_module("lstm", torch.nn.LSTM(5, 8, 2, bidirectional=True, proj_size=3))
+        self.gru = torch.nn.GRU(4, 6, bias=False)
+        self.rnn = torch.nn.RNN(2, 3, 3, nonlinearity="relu")
+        self.lstm_cell = torch.nn.LSTMCell(6, 5)
+        self.gru_cell = torch.nn.GRUCell(3, 4, bias=False)
+        self.rnn_cell = torch.nn.RNNCell(2, 7)
+        self.head = torch.nn.Linear(6, 1)
+
+
+RECURRENT = {
+    "encoder.lstm.": "LSTM",
+    "gru.": "GRU",
+    "rnn.": "RNN",
+    "lstm_cell.": "LSTMCell",
+    "gru_cell.": "GRUCell",
+    "rnn_cell.": "RNNCell",
+}
+
+
+def torch_config(module) -> dict:
+    """The constructor arguments a torch recurrent module was built with (what weights store)."""
+    config = dict(input_size=module.input_size, hidden_size=module.hidden_size, bias=module.bias)
+    if isinstance(module, torch.nn.RNNBase):
+        config.update(num_layers=module.num_layers, bidirectional=module.bidirectional)
+        if isinstance(module, torch.nn.LSTM):
+            config["proj_size"] = module.proj_size
+    return config
+
+
+def write(state_dict, path):
+    """Write a torch state dict with torch's own writer (or numpy's for .npz)."""
+    if path.endswith(".pt"):
+        torch.save(state_dict, path)
+    elif path.endswith(".safetensors"):
+        torch_save_safetensors({k: v.contiguous() for k, v in state_dict.items()}, path)
+    else:
+        np.savez(path, **{k: v.numpy() for k, v in state_dict.items()})
+
+
+@pytest.fixture(scope="module")
+def model():
+    return Model()
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_load_returns_torch_arrays_and_finds_layers(model, tmp_path, fmt):
+    path = str(tmp_path / f"model.{fmt}")
+    write(model.state_dict(), path)
+    sd = jaxrnn.load_state_dict_file(path)
+    assert set(sd) == set(model.state_dict())
+    if fmt != "safetensors":  # safetensors stores keys sorted, the others in torch's order
+        assert list(sd) == list(model.state_dict())
+    for key, value in model.state_dict().items():
+        assert isinstance(sd[key], np.ndarray)
+        np.testing.assert_array_equal(sd[key], value.numpy())
+    layers = {layer.prefix: layer for layer in jaxrnn.find_recurrent_layers(sd)}
+    assert set(layers) == set(RECURRENT)
+    for prefix, cls in RECURRENT.items():
+        layer = layers[prefix]
+        module = model.get_submodule(prefix.rstrip("."))
+        assert layer.error is None
+        assert layer.cls == cls == type(module).__name__
+        assert layer.config == torch_config(module)
+        assert set(layer.keys) == {prefix + k for k in module.state_dict()}
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_prefix_picks_one_layer(model, tmp_path, fmt):
+    path = str(tmp_path / f"model.{fmt}")
+    write(model.state_dict(), path)
+    params = jaxrnn.load_state_dict_file(path, prefix="encoder.lstm.")
+    expected = model.encoder.lstm.state_dict()
+    assert set(params) == set(expected)
+    for key, value in expected.items():
+        np.testing.assert_array_equal(params[key], value.numpy())
+
+
+def test_nested_checkpoint_is_flattened(model, tmp_path):
+    opt = torch.optim.Adam(model.parameters())
+    path = str(tmp_path / "ckpt.pt")
+    torch.save({"model": model.state_dict(), "epoch": 3, "optimizer": opt.state_dict()}, path)
+    sd = jaxrnn.load_state_dict_file(path)
+    assert "epoch" not in sd
+    gru = jaxrnn.load_state_dict_file(path, prefix="model.gru.")
+    for key, value in model.gru.state_dict().items():
+        np.testing.assert_array_equal(gru[key], value.numpy())
+    prefixes = {layer.prefix for layer in jaxrnn.find_recurrent_layers(sd)}
+    assert prefixes == {"model." + p for p in RECURRENT}
+
+
+# ---------------------------------------------------------------------------------------------
+# a model built from a file computes what torch computes
+
+
+def _parity(torch_module, jax_module, x):
+    """Outputs and gradients (input and every parameter) of the same loss, torch vs jax."""
+    rng = np.random.default_rng(1)
+    xt = torch.tensor(x, requires_grad=True)
+    out_t = torch_module(xt)
+    outs_t = out_t if isinstance(out_t, tuple) else (out_t,)
+    flat_t = [o for o in outs_t for o in (o if isinstance(o, tuple) else (o,))]
+    weights = [rng.standard_normal(tuple(o.shape)).astype(np.float32) for o in flat_t]
+    loss_t = sum((o * torch.from_numpy(w)).sum() for o, w in zip(flat_t, weights, strict=True))
+    loss_t.backward()
+
+    def loss(module, x):
+        out = module(x)
+        flat = jax.tree.leaves(out)
+        return sum((o * w).sum() for o, w in zip(flat, weights, strict=True)), flat
+
+    grad_fn = nnx.jit(nnx.value_and_grad(loss, argnums=(0, 1), has_aux=True))
+    (_, flat_j), (g_mod, g_x) = grad_fn(jax_module, jnp.asarray(x))
+    for o_t, o_j in zip(flat_t, flat_j, strict=True):
+        np.testing.assert_allclose(o_j, o_t.detach().numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(g_x, xt.grad.numpy(), rtol=1e-5, atol=1e-5)
+    for name, p in torch_module.named_parameters():
+        np.testing.assert_allclose(g_mod[name][...], p.grad.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("prefix", list(RECURRENT))
+def test_module_from_file_matches_torch(model, tmp_path, prefix):
+    path = str(tmp_path / "model.safetensors")
+    write(model.state_dict(), path)
+    sd = jaxrnn.load_state_dict_file(path)
+    torch_module = model.get_submodule(prefix.rstrip("."))
+    nonlinearity = getattr(torch_module, "nonlinearity", "tanh")
+    jax_module = jaxrnn.module_from_state_dict(sd, prefix, nonlinearity=nonlinearity)
+    assert type(jax_module).__name__ == type(torch_module).__name__
+    x = np.random.default_rng(0).standard_normal((4, 2, torch_module.input_size), np.float32)
+    if prefix.endswith("cell."):
+        x = x[0]
+    _parity(torch_module, jax_module, x)
+
+
+# ---------------------------------------------------------------------------------------------
+# export: files that torch's load_state_dict(strict=True) accepts
+
+
+class Wrapper(torch.nn.Module):
+    def __init__(self, name, module):
+        super().__init__()
+        self.add_module(name, module)
+
+
+JAX_MODULES = {
+    "lstm": lambda: jaxrnn.LSTM(3, 6, 2, bidirectional=True, proj_size=2, rngs=nnx.Rngs(1)),
+    "gru": lambda: jaxrnn.GRU(3, 5, bias=False, rngs=nnx.Rngs(2)),
+    "cell": lambda: jaxrnn.LSTMCell(3, 4, rngs=nnx.Rngs(3)),
+}
+TORCH_TWINS = {
+    "lstm": lambda: torch.nn.LSTM(3, 6, 2, bidirectional=True, proj_size=2),
+    "gru": lambda: torch.nn.GRU(3, 5, bias=False),
+    "cell": lambda: torch.nn.LSTMCell(3, 4),
+}
+
+
+@pytest.mark.parametrize("fmt", ("safetensors", "pt", "npz"))
+@pytest.mark.parametrize("kind", list(JAX_MODULES))
+def test_export_loads_into_torch_strict(tmp_path, fmt, kind):
+    jax_module = JAX_MODULES[kind]()
+    path = str(tmp_path / f"out.{fmt}")
+    jaxrnn.save_state_dict_file(jax_module, path, prefix="encoder.")
+    target = Wrapper("encoder", TORCH_TWINS[kind]())
+    if fmt == "npz":
+        sd = {k: torch.from_numpy(v) for k, v in np.load(path).items()}
+    elif fmt == "pt":
+        sd = torch.load(path, weights_only=True)
+    else:
+        from safetensors.torch import load_file
+
+        sd = load_file(path)
+    target.load_state_dict(sd, strict=True)
+    x = np.random.default_rng(0).standard_normal((5, 2, 3), np.float32)
+    if kind == "cell":
+        x = x[0]
+    out_t = target.encoder(torch.from_numpy(x))
+    out_j = nnx.jit(lambda m, x: m(x))(jax_module, jnp.asarray(x))
+    for o_j, o_t in zip(jax.tree.leaves(out_j), jax.tree.leaves(out_t), strict=True):
+        np.testing.assert_allclose(o_j, o_t.detach().numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_export_nnx_model_uses_attribute_paths(tmp_path):
+    class JaxModel(nnx.Module):
+        def __init__(self):
+            self.gru = jaxrnn.GRU(3, 4, rngs=nnx.Rngs(0))
+            self.cells = nnx.List([jaxrnn.RNNCell(4, 2, rngs=nnx.Rngs(1))])
+            self.scale = nnx.Param(jnp.arange(2.0))
+
+    class TorchModel(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gru = torch.nn.GRU(3, 4)
+            self.cells = torch.nn.ModuleList([torch.nn.RNNCell(4, 2)])
+            self.scale = torch.nn.Parameter(torch.zeros(2))
+
+    jax_model, target = JaxModel(), TorchModel()
+    path = str(tmp_path / "model.safetensors")
+    jaxrnn.save_state_dict_file(jax_model, path)
+    from safetensors.torch import load_file
+
+    target.load_state_dict(load_file(path), strict=True)
+    np.testing.assert_array_equal(target.scale.detach().numpy(), [0.0, 1.0])
+    np.testing.assert_array_equal(
+        target.cells[0].weight_ih.detach().numpy(), jax_model.cells[0].weight_ih[...]
+    )
+
+
+@pytest.mark.parametrize("fmt", ("pt", "safetensors"))
+def test_export_bfloat16(tmp_path, fmt):
+    jax_module = jaxrnn.GRUCell(3, 2, param_dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    path = str(tmp_path / f"bf16.{fmt}")
+    jaxrnn.save_state_dict_file(jax_module, path)
+    target = torch.nn.GRUCell(3, 2).to(torch.bfloat16)
+    if fmt == "pt":
+        sd = torch.load(path, weights_only=True)
+    else:
+        from safetensors.torch import load_file
+
+        sd = load_file(path)
+    target.load_state_dict(sd, strict=True)
+    assert target.weight_ih.dtype == torch.bfloat16
+    np.testing.assert_array_equal(
+        target.weight_ih.detach().float().numpy(), np.asarray(jax_module.weight_ih[...], np.float32)
+    )
+    back = jaxrnn.load_state_dict_file(path)
+    assert back["weight_ih"].dtype == jnp.bfloat16
+
+
+# ---------------------------------------------------------------------------------------------
+# safety: loading never runs code from the file
+
+
+class _Evil:
+    """Unpickling this creates the marker file: proof that code from the checkpoint ran."""
+
+    marker = ""
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
+@pytest.mark.parametrize("how", ("torch.save", "pickle.dump"))
+def test_malicious_pickle_is_refused_not_executed(tmp_path, how):
+    marker = tmp_path / "pwned"
+    evil = _Evil()
+    evil.marker = str(marker)
+    path = str(tmp_path / "evil.pt")
+    payload = {"weight_ih_l0": torch.zeros(4, 3), "payload": evil}
+    if how == "torch.save":
+        torch.save(payload, path)
+    else:
+        with open(path, "wb") as f:
+            pickle.dump(payload, f)
+    # the file really is malicious: a plain unpickle would run the payload
+    assert not marker.exists()
+    with pytest.raises(ValueError, match="refusing to load.*arbitrary Python objects"):
+        jaxrnn.load_state_dict_file(path)
+    assert not marker.exists()
+    if how == "pickle.dump":
+        with open(path, "rb") as f:
+            pickle.load(f)
+        assert marker.exists()
+
+
+def test_whole_module_pickle_is_refused(tmp_path):
+    path = str(tmp_path / "module.pt")
+    torch.save(torch.nn.GRU(2, 3), path)
+    with pytest.raises(ValueError, match=r"refusing to load.*torch\.save\(model\.state_dict\(\)"):
+        jaxrnn.load_state_dict_file(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# without torch
+
+
+def test_safetensors_and_npz_without_torch(tmp_path, model):
+    st, npz, pt = (str(tmp_path / f"m.{s}") for s in ("safetensors", "npz", "pt"))
+    for path in (st, npz, pt):
+        write(model.state_dict(), path)
+    expected = model.gru.state_dict()["weight_ih_l0"].numpy()
+    np.save(tmp_path / "expected.npy", expected)
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["torch"] = None  # any `import torch` now raises ImportError
+        import numpy as np
+        import jaxrnn
+        expected = np.load({str(tmp_path / "expected.npy")!r})
+        for path in ({st!r}, {npz!r}):
+            params = jaxrnn.load_state_dict_file(path, prefix="gru.")
+            np.testing.assert_array_equal(params["weight_ih_l0"], expected)
+            gru = jaxrnn.module_from_state_dict(params)
+            assert type(gru).__name__ == "GRU" and not gru.bias
+        out = {str(tmp_path / "out.safetensors")!r}
+        jaxrnn.save_state_dict_file(gru, out, prefix="gru.")
+        np.testing.assert_array_equal(jaxrnn.load_state_dict_file(out)["gru.weight_ih_l0"], expected)
+        try:
+            jaxrnn.load_state_dict_file({pt!r})
+        except ModuleNotFoundError as e:
+            assert "needs torch" in str(e), e
+        else:
+            raise AssertionError("a .pt file loaded without torch")
+        print("OK")
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "OK"
+
+
+# ---------------------------------------------------------------------------------------------
+# clear errors
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such checkpoint file"):
+        jaxrnn.load_state_dict_file(tmp_path / "nope.pt")
+    with pytest.raises(IsADirectoryError):
+        jaxrnn.load_state_dict_file(tmp_path)
+
+
+def test_unsupported_suffix(tmp_path):
+    path = tmp_path / "model.h5"
+    path.write_bytes(b"x")
+    with pytest.raises(ValueError, match=r"unsupported checkpoint suffix '\.h5'"):
+        jaxrnn.load_state_dict_file(path)
+    with pytest.raises(ValueError, match="unsupported checkpoint suffix"):
+        jaxrnn.save_state_dict_file({"a": np.zeros(2)}, tmp_path / "out.json")
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("damage", ("truncated", "garbage", "empty"))
+def test_corrupt_files(model, tmp_path, fmt, damage):
+    path = str(tmp_path / f"model.{fmt}")
+    write(model.state_dict(), path)
+    data = open(path, "rb").read()
+    data = {"truncated": data[: len(data) // 2], "garbage": b"not a checkpoint" * 7, "empty": b""}
+    with open(path, "wb") as f:
+        f.write(data[damage])
+    with pytest.raises(ValueError, match=rf"{path}: not a (valid|readable)"):
+        jaxrnn.load_state_dict_file(path)
+
+
+def test_npz_with_pickled_objects_is_refused(tmp_path):
+    path = str(tmp_path / "objects.npz")
+    np.savez(path, w=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(ValueError, match="not a valid .npz archive"):
+        jaxrnn.load_state_dict_file(path)
+
+
+def test_torch_file_without_state_dict(tmp_path):
+    path = str(tmp_path / "tensor.pt")
+    torch.save(torch.zeros(3), path)
+    with pytest.raises(ValueError, match="expected a state dict.*got Tensor"):
+        jaxrnn.load_state_dict_file(path)
+    torch.save({"epoch": 3}, path)
+    with pytest.raises(ValueError, match="holds no tensors"):
+        jaxrnn.load_state_dict_file(path)
+
+
+def test_prefix_not_in_file_names_the_layers(model, tmp_path):
+    path = str(tmp_path / "model.safetensors")
+    write(model.state_dict(), path)
+    with pytest.raises(
+        ValueError, match=r"no key starts with prefix 'decoder\.'.*'encoder\.lstm\.'"
+    ):
+        jaxrnn.load_state_dict_file(path, prefix="decoder.")
+
+
+def _lstm_sd(**changes):
+    sd = {k: v.numpy() for k, v in torch.nn.LSTM(3, 4, 2).state_dict().items()}
+    sd.update(changes)
+    return {k: v for k, v in sd.items() if v is not None}
+
+
+@pytest.mark.parametrize(
+    "sd, match",
+    [
+        (_lstm_sd(weight_hh_l1=None), r'Missing key\(s\) in state_dict: "weight_hh_l1"'),
+        (_lstm_sd(bias_ih_l0=None), r'Missing key\(s\) in state_dict: "bias_ih_l0"'),
+        (_lstm_sd(weight_ih_l3=np.zeros((16, 4))), r'Unexpected key\(s\).*"weight_ih_l3"'),
+        (_lstm_sd(fc=np.zeros(2)), r'Unexpected key\(s\) in state_dict: "fc"'),
+        (_lstm_sd(bias_hh_l1=np.zeros(12)), r"size mismatch for bias_hh_l1: .*\(12,\).*\(16,\)"),
+        (_lstm_sd(weight_ih_l0=np.zeros((20, 3))), r"weight_ih_l0 has 20 rows, expected 1, 3 or 4"),
+        (_lstm_sd(weight_hh_l0=np.zeros(16)), r"must be 2-D"),
+        ({"weight_ih_l0": np.zeros((12, 3))}, r"missing parameter weight_hh_l0"),
+        (
+            {
+                "weight_ih_l0": np.zeros((6, 3)),
+                "weight_hh_l0": np.zeros((6, 1)),
+                "weight_hr_l0": np.zeros((1, 2)),
+            },
+            r"weight_hr_l0 \(a projection\) is only supported for LSTM, not GRU",
+        ),
+    ],
+)
+def test_keys_that_do_not_form_a_layer(sd, match):
+    with pytest.raises(ValueError, match=match) as info:
+        jaxrnn.recurrent_layer(sd)
+    assert "the keys under the top level do not form a recurrent layer: " in str(info.value)
+    (found,) = jaxrnn.find_recurrent_layers(sd)
+    if "fc" not in sd:  # find_recurrent_layers only groups keys named as recurrent parameters
+        assert found.cls is None and found.error is not None
+    with pytest.raises(ValueError, match=match):
+        jaxrnn.module_from_state_dict(sd)
+
+
+def test_no_layer_at_prefix_lists_the_layers_below(model):
+    sd = model.state_dict()
+    with pytest.raises(
+        ValueError,
+        match=r"no recurrent layer at prefix 'encoder\.'.*'encoder\.lstm\.' \(LSTM\(5, 8",
+    ):
+        jaxrnn.recurrent_layer(sd, "encoder.")
+
+
+def test_describe_is_torch_repr(model):
+    for layer in jaxrnn.find_recurrent_layers(model.state_dict()):
+        torch_repr = repr(model.get_submodule(layer.prefix.rstrip(".")))
+        if layer.cls == "RNN":  # torch shows the nonlinearity, which the weights do not store
+            torch_repr = torch_repr.replace(", nonlinearity=relu", "")
+        assert layer.describe() == torch_repr
+
+
+def test_rnn_nonlinearity_comes_from_the_caller(model):
+    sd = model.state_dict()
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((3, 2), np.float32))
+    relu = jaxrnn.module_from_state_dict(sd, "rnn_cell.", nonlinearity="relu")
+    tanh = jaxrnn.module_from_state_dict(sd, "rnn_cell.")
+    expected = model.rnn_cell(torch.tensor(np.asarray(x))).detach().numpy()
+    np.testing.assert_allclose(tanh(x), expected, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(relu(x), expected, atol=1e-3)
+
+
+def test_argument_types(tmp_path):
+    with pytest.raises(TypeError, match="path must be a str"):
+        jaxrnn.load_state_dict_file(3)
+    with pytest.raises(TypeError, match="expected a jaxrnn or Flax NNX module or a mapping"):
+        jaxrnn.save_state_dict_file([1, 2], tmp_path / "x.safetensors")
+    with pytest.raises(TypeError, match="state_dict must be a mapping"):
+        jaxrnn.find_recurrent_layers([("weight_ih", 1)])
+    assert io.find_recurrent_layers({"fc.weight": np.zeros(2)}) == []
+
+
+def test_save_is_atomic_on_failure(tmp_path):
+    path = tmp_path / "out.safetensors"
+    path.write_bytes(b"old")
+    with pytest.raises(TypeError, match="a must be a numeric array, got dtype <U12"):
+        jaxrnn.save_state_dict_file({"a": "not an array"}, path)
+    assert path.read_bytes() == b"old"
+    assert os.listdir(tmp_path) == ["out.safetensors"]
