@@ -2,7 +2,9 @@
 
 ``variables = m.init(key, input)`` creates a ``params`` collection that is a flat dict keyed by
 torch's names; ``m.apply(variables, input, hx=None, deterministic=True)`` runs the functional
-core. Dropout between layers: ``deterministic=False, rngs={'dropout': key}``.
+core. ``dtype``/``param_dtype`` mean what they mean on the NNX twins: a call computes, carries
+its state and returns in one compute dtype. Dropout between layers: ``deterministic=False,
+rngs={'dropout': key}``.
 
 Example:
     >>> import jax, jax.numpy as jnp

@@ -177,7 +177,9 @@ _LAYER_DOC = """
 
     Extra keyword-only arguments (JAX):
         rngs: ``nnx.Rngs``; ``params`` initialises the weights, ``dropout`` drives dropout.
-        dtype: computation dtype (default: the promoted input/parameter dtype).
+        dtype: computation dtype (default: the promoted input/parameter dtype). Input, ``hx``
+            and parameters are cast to it, the carry (``h`` and LSTM ``c``) stays in it and the
+            outputs come back in it, e.g. float32 parameters with ``dtype=jnp.bfloat16``.
         param_dtype: parameter dtype (default float32).
         precision: ``jax.lax.Precision`` for the matmuls.
         unroll: time steps unrolled per ``lax.scan`` iteration.

@@ -124,6 +124,12 @@ def rnn(
 
     ``remat`` trades recompute for memory on long sequences (see :func:`time_scan`).
 
+    Dtypes: everything runs in one compute dtype, ``dtype`` if given, else the promoted dtype
+    of ``input`` and ``weight_ih_l0``. Input, ``hx`` and parameters are cast to it (so float32
+    parameters with ``dtype=jnp.bfloat16`` give bfloat16 matmuls), the carry (``h`` and the LSTM
+    cell state ``c``) stays in it through the scan, and ``output``/``h_n`` come back in it.
+    Gradients reach the parameters in their own dtype. No float32 copy of ``c`` is kept.
+
     Dropout with probability ``dropout`` is applied to the outputs of every layer but the last
     when ``training`` is true (needs ``dropout_key``).
     """
@@ -283,7 +289,10 @@ def cell_forward(
     name: str | None = None,
 ):
     """A torch cell call with torch's checks: batched ``(N, H_in)`` or unbatched ``(H_in,)``
-    input, ``hx`` defaulting to zeros; returns ``h'`` (LSTM: ``(h', c')``) shaped like ``hx``."""
+    input, ``hx`` defaulting to zeros; returns ``h'`` (LSTM: ``(h', c')``) shaped like ``hx``.
+
+    Input, ``hx`` and parameters are cast to the compute dtype (``dtype``, else the promoted
+    dtype of ``input`` and ``weight_ih``); the new state comes back in it, as in :func:`rnn`."""
     name = name or ("LSTMCell" if mode == "LSTM" else "GRUCell" if mode == "GRU" else "RNNCell")
     _checks.check_mode(name, mode)
     _checks.check_params(name, params, {"weight_ih": None, "weight_hh": None})
