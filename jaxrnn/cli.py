@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(convert(args.input, args.output, args.prefix))
     except (OSError, ValueError, TypeError, ImportError) as e:
-        print(f"jaxrnn: error: {e}", file=sys.stderr)
+        message = " ".join(line.strip() for line in str(e).splitlines())
+        print(f"jaxrnn: error: {message}", file=sys.stderr)
         return 1
     return 0
