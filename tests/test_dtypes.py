@@ -1,0 +1,184 @@
+"""Dtypes: float64 parity with torch float64, and mixed precision (bfloat16/float16 compute with
+float32 parameters) with its error against torch float32 measured and bounded.
+
+The compute-dtype contract (see :func:`jaxrnn.functional.rnn`): input, ``hx`` and parameters are
+cast to one compute dtype, the carry (``h`` and LSTM ``c``) stays in it, outputs and final states
+come back in it, and gradients reach the parameters in the parameters' dtype.
+
+float64 runs under ``jax.enable_x64(True)``, a context manager that restores the global flag, so
+the other tests of an xdist worker keep float32 defaults.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from _torch_oracle import (
+    assert_close,
+    loss_weights,
+    torch_cell,
+    torch_layer,
+    torch_run,
+    weighted_sum,
+)
+from flax import nnx
+
+import jaxrnn
+from jaxrnn import functional as F
+from jaxrnn import linen as jrl
+
+T, N, IN, H = 7, 3, 4, 6
+
+
+def _jax_run(params, x, hx, weights, **kwargs):
+    """Outputs and gradients (params, input, hx) of ``sum(weights * outputs)`` in jaxrnn."""
+
+    def loss(p, x, hx):
+        outs = F.rnn(p, x, hx, **kwargs)
+        return weighted_sum(outs, weights, jnp), outs
+
+    (_, outs), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(
+        params, x, hx
+    )
+    return outs, grads
+
+
+# ---------------------------------------------------------------------------------------------
+# float64
+
+
+@pytest.mark.parametrize("mode,proj", [("RNN_TANH", 0), ("RNN_RELU", 0), ("LSTM", 3), ("GRU", 0)])
+def test_float64_matches_torch_float64(mode, proj):
+    """Outputs, final states and all gradients at 1e-10 against torch in float64."""
+    rng = np.random.default_rng(0)
+    kwargs = dict(num_layers=2, bidirectional=True, batch_first=True)
+    if proj:
+        kwargs["proj_size"] = proj
+    tmod = torch_layer(mode, IN, H, dtype=torch.float64, **kwargs)
+    x = rng.standard_normal((N, T, IN))
+    h0 = rng.standard_normal((4, N, proj or H))
+    hx = (h0, rng.standard_normal((4, N, H))) if mode == "LSTM" else h0
+    lengths = np.array([T, 3, 5])
+    with torch.no_grad():
+        ref_out = tmod(torch.from_numpy(x), jax.tree.map(torch.from_numpy, hx))
+    weights = loss_weights(rng, jax.tree.map(lambda t: t.numpy(), ref_out))
+    t_outs, t_grads, t_gx, t_ghx = torch_run(tmod, x, hx, weights)
+    sd = jaxrnn.state_dict_to_params(tmod.state_dict())
+    with jax.enable_x64(True):
+        outs, (g_p, g_x, g_hx) = _jax_run(sd, x, hx, weights, mode=mode, batch_first=True)
+        assert outs[0].dtype == jnp.float64
+        assert_close(outs, t_outs, 1e-10, 1e-10, "outputs")
+        assert_close(g_p, t_grads, 1e-10, 1e-10, "grad params")
+        assert_close(g_x, t_gx, 1e-10, 1e-10, "grad input")
+        assert_close(g_hx, t_ghx, 1e-10, 1e-10, "grad hx")
+        # variable lengths in float64: the valid prefix of each sequence is torch's full run
+        out_v, _ = F.rnn(sd, x, hx, mode=mode, batch_first=True, seq_lengths=lengths)
+        for n, length in enumerate(lengths):
+            with torch.no_grad():
+                hx_n = jax.tree.map(lambda a, n=n: torch.from_numpy(a[:, n : n + 1]), hx)
+                ref_n, _ = tmod(torch.from_numpy(x[n : n + 1, :length]), hx_n)
+            assert_close(out_v[n, :length], ref_n[0].numpy(), 1e-10, 1e-10, f"seq {n}")
+    assert not jax.config.jax_enable_x64  # the flag is restored for the rest of the worker
+
+
+@pytest.mark.parametrize("front", ["nnx", "linen"])
+def test_float64_modules_and_cell(front):
+    rng = np.random.default_rng(1)
+    tmod = torch_layer("GRU", IN, H, dtype=torch.float64)
+    tcell = torch_cell("LSTM", IN, H).double()
+    x = rng.standard_normal((T, N, IN))
+    with torch.no_grad():
+        ref, _ = tmod(torch.from_numpy(x))
+        ref_h, ref_c = tcell(torch.from_numpy(x[0]))
+    with jax.enable_x64(True):
+        if front == "nnx":
+            mod = jaxrnn.from_torch(tmod, param_dtype=jnp.float64)
+            cell = jaxrnn.from_torch(tcell, param_dtype=jnp.float64)
+            out, _ = mod(x)
+            h, c = cell(x[0])
+            assert mod.weight_ih_l0[...].dtype == jnp.float64
+        else:
+            params = {"params": jaxrnn.state_dict_to_params(tmod.state_dict())}
+            out, _ = jrl.GRU(IN, H, param_dtype=jnp.float64).apply(params, x)
+            cparams = {"params": jaxrnn.state_dict_to_params(tcell.state_dict())}
+            h, c = jrl.LSTMCell(IN, H, param_dtype=jnp.float64).apply(cparams, x[0])
+        assert out.dtype == h.dtype == jnp.float64
+        assert_close(out, ref.numpy(), 1e-10, 1e-10)
+        assert_close((h, c), (ref_h.numpy(), ref_c.numpy()), 1e-10, 1e-10)
+
+
+# ---------------------------------------------------------------------------------------------
+# mixed precision
+
+
+# Bounds in units of the compute dtype's epsilon (bfloat16 2**-7, float16 2**-10): outputs and
+# final states within 4 eps absolute (values lie in [-1, 1]); gradients within 8 eps of the
+# largest gradient entry. Measured on this grid: outputs <= 1.1 eps, gradients <= 2.9 eps.
+OUT_EPS, GRAD_EPS = 4, 8
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("mode", ["RNN_TANH", "LSTM", "GRU"])
+def test_mixed_precision_against_torch_float32(mode, dtype):
+    rng = np.random.default_rng(2)
+    compute = jnp.dtype(dtype)
+    eps = float(jnp.finfo(compute).eps)
+    tmod = torch_layer(mode, IN, H, num_layers=2, bidirectional=True)
+    x = rng.standard_normal((T, N, IN)).astype(np.float32)
+    h0 = (0.5 * rng.standard_normal((4, N, H))).astype(np.float32)
+    hx = (h0, h0.copy()) if mode == "LSTM" else h0
+    with torch.no_grad():
+        ref_out = tmod(torch.from_numpy(x), jax.tree.map(torch.from_numpy, hx))
+    weights = loss_weights(rng, jax.tree.map(lambda t: t.numpy(), ref_out))
+    t_outs, t_grads, _, _ = torch_run(tmod, x, hx, weights)
+    params = jaxrnn.state_dict_to_params(tmod.state_dict())  # float32
+    outs, (g_p, _, _) = _jax_run(params, x, hx, weights, mode=mode, dtype=compute)
+
+    for leaf in jax.tree.leaves(outs):  # output, h_n (and c_n) in the compute dtype
+        assert leaf.dtype == compute
+    for k, g in g_p.items():  # gradients in the parameters' dtype
+        assert g.dtype == jnp.float32, k
+    out_err = max(
+        float(np.max(np.abs(np.asarray(a, np.float32) - b)))
+        for a, b in zip(jax.tree.leaves(outs), jax.tree.leaves(t_outs), strict=True)
+    )
+    grad_err = max(
+        float(np.max(np.abs(np.asarray(g_p[k]) - t_grads[k])) / np.max(np.abs(t_grads[k])))
+        for k in t_grads
+    )
+    print(f"{mode}/{dtype}: output error {out_err / eps:.2f} eps, grads {grad_err / eps:.2f} eps")
+    assert out_err <= OUT_EPS * eps, f"{mode}/{dtype}: output error {out_err / eps:.2f} eps"
+    assert grad_err <= GRAD_EPS * eps, f"{mode}/{dtype}: gradient error {grad_err / eps:.2f} eps"
+    # and it is really computed in the low precision: not float32-accurate
+    assert out_err > 1e-5
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_mixed_precision_modules(dtype):
+    """NNX and Linen modules with float32 parameters and ``dtype=``: carry and outputs in it."""
+    x = jnp.asarray(np.random.default_rng(3).standard_normal((T, N, IN)), jnp.float32)
+    lstm = jaxrnn.LSTM(IN, H, rngs=nnx.Rngs(0), dtype=dtype)
+    out, (h, c) = lstm(x)
+    assert lstm.weight_ih_l0[...].dtype == jnp.float32
+    assert out.dtype == h.dtype == c.dtype == dtype
+    ref, (ref_h, ref_c) = jaxrnn.LSTM(IN, H, rngs=nnx.Rngs(0))(x)
+    eps = float(jnp.finfo(dtype).eps)
+    assert_close(out.astype(jnp.float32), ref, atol=OUT_EPS * eps, rtol=0)
+    variables = jrl.GRU(IN, H, dtype=dtype).init(jax.random.key(0), x)
+    out, h_n = jrl.GRU(IN, H, dtype=dtype).apply(variables, x, jnp.zeros((1, N, H), jnp.float32))
+    assert out.dtype == h_n.dtype == dtype
+    assert variables["params"]["weight_ih_l0"].dtype == jnp.float32
+    cell = jaxrnn.GRUCell(IN, H, rngs=nnx.Rngs(0), dtype=dtype)
+    assert cell(x[0], jnp.zeros((N, H))).dtype == dtype
+
+
+def test_low_precision_parameters_promote_with_float32_input():
+    """bfloat16 parameters, float32 input, no ``dtype``: computes in the promoted float32."""
+    gru = jaxrnn.GRU(IN, H, rngs=nnx.Rngs(0), param_dtype=jnp.bfloat16)
+    out, h_n = gru(jnp.ones((T, N, IN), jnp.float32))
+    assert out.dtype == h_n.dtype == jnp.float32
+    out, _ = gru(jnp.ones((T, N, IN), jnp.bfloat16))
+    assert out.dtype == jnp.bfloat16
