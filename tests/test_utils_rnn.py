@@ -1,0 +1,290 @@
+"""``jaxrnn.utils.rnn`` against ``torch.nn.utils.rnn``: same inputs, same results, same errors."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import torch.nn.utils.rnn as tr
+
+from jaxrnn.utils import rnn as jr
+
+RNG = np.random.default_rng(0)
+
+
+def randn(*shape):
+    return RNG.standard_normal(shape).astype(np.float32)
+
+
+def assert_same_packed(ours, theirs):
+    """Torch's four fields, exactly."""
+    np.testing.assert_array_equal(ours.data, theirs.data.numpy())
+    np.testing.assert_array_equal(ours.batch_sizes, theirs.batch_sizes.numpy())
+    assert ours.batch_sizes.dtype == np.int64
+    for mine, torchs in (
+        (ours.sorted_indices, theirs.sorted_indices),
+        (ours.unsorted_indices, theirs.unsorted_indices),
+    ):
+        assert (mine is None) == (torchs is None)
+        if torchs is not None:
+            np.testing.assert_array_equal(mine, torchs.numpy())
+
+
+def torch_error(fn) -> str:
+    with pytest.raises((RuntimeError, ValueError, TypeError, IndexError)) as info:
+        fn()
+    return str(info.value)
+
+
+# (lengths, enforce_sorted): unsorted with ties, 1 and the full length; sorted with ties
+CASES = [
+    ([2, 5, 1, 4, 5], False),
+    ([3, 3, 1, 5, 3], False),
+    ([5, 4, 4, 2, 1], True),
+    ([5, 5, 5, 5, 5], False),
+]
+
+
+@pytest.mark.parametrize("feature", [(), (3,), (2, 3)], ids=["0d", "1d", "2d"])
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("lengths,enforce_sorted", CASES)
+def test_pack_pad_roundtrip_matches_torch(lengths, enforce_sorted, batch_first, feature):
+    shape = ((len(lengths), 6) if batch_first else (6, len(lengths))) + feature
+    x = randn(*shape)  # padded to 6 > max length: torch's data drops the extra step too
+    for lens in (lengths, np.array(lengths), jnp.array(lengths), torch.tensor(lengths)):
+        ours = jr.pack_padded_sequence(x, lens, batch_first, enforce_sorted)
+        theirs = tr.pack_padded_sequence(
+            torch.tensor(x), torch.tensor(lengths), batch_first, enforce_sorted
+        )
+        assert_same_packed(ours, theirs)
+    for padding_value, total_length in ((0.0, None), (-7.5, 8)):
+        padded, out_lengths = jr.pad_packed_sequence(ours, batch_first, padding_value, total_length)
+        ref, ref_lengths = tr.pad_packed_sequence(theirs, batch_first, padding_value, total_length)
+        np.testing.assert_array_equal(padded, ref.numpy())
+        np.testing.assert_array_equal(out_lengths, ref_lengths.numpy())
+
+
+def test_pack_pad_under_jit_with_traced_lengths():
+    """One compilation for every set of lengths; results as torch's (with total_length)."""
+    x = randn(6, 4, 3)
+    traces = []
+
+    @jax.jit
+    def roundtrip(x, lengths):
+        traces.append(1)
+        packed = jr.pack_padded_sequence(x, lengths, enforce_sorted=False)
+        with pytest.raises(ValueError, match="traced"):
+            packed.data  # noqa: B018 - needs concrete lengths
+        return packed, jr.pad_packed_sequence(packed, padding_value=-1.0, total_length=7)
+
+    for lengths in ([2, 6, 1, 4], [3, 3, 5, 1]):
+        packed, (padded, out_lengths) = roundtrip(x, jnp.array(lengths))
+        theirs = tr.pack_padded_sequence(torch.tensor(x), lengths, enforce_sorted=False)
+        ref, ref_lengths = tr.pad_packed_sequence(theirs, padding_value=-1.0, total_length=7)
+        np.testing.assert_array_equal(padded, ref.numpy())
+        np.testing.assert_array_equal(out_lengths, ref_lengths.numpy())
+        # the PackedSequence returned from jit has concrete lengths again: torch's fields
+        assert_same_packed(packed, theirs)
+        padded, _ = jr.pad_packed_sequence(packed)  # trimmed to the longest, as torch
+        np.testing.assert_array_equal(padded, tr.pad_packed_sequence(theirs)[0].numpy())
+    assert len(traces) == 1
+
+
+def test_pack_pad_gradients_match_torch():
+    x = randn(5, 4, 3)
+    w = randn(4, 6, 3)
+    lengths = [2, 5, 1, 4]
+
+    def ours(x):
+        packed = jr.pack_padded_sequence(x, lengths, enforce_sorted=False)
+        padded, _ = jr.pad_packed_sequence(packed, batch_first=True, total_length=6)
+        return (padded * w).sum() + (packed.data**2).sum()
+
+    xt = torch.tensor(x, requires_grad=True)
+    packed = tr.pack_padded_sequence(xt, lengths, enforce_sorted=False)
+    padded, _ = tr.pad_packed_sequence(packed, batch_first=True, total_length=6)
+    ((padded * torch.tensor(w)).sum() + (packed.data**2).sum()).backward()
+    np.testing.assert_allclose(jax.grad(ours)(x), xt.grad.numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_packed_sequence_from_torch_fields():
+    x = randn(5, 4, 2)
+    for lengths, enforce_sorted in (([2, 5, 1, 4], False), ([5, 3, 3, 1], True)):
+        theirs = tr.pack_padded_sequence(torch.tensor(x), lengths, enforce_sorted=enforce_sorted)
+        fields = [theirs.data, theirs.batch_sizes, theirs.sorted_indices, theirs.unsorted_indices]
+        for ours in (
+            jr.PackedSequence(*fields),
+            jr.PackedSequence(*fields[:3]),  # unsorted_indices computed, as torch does
+            jr.PackedSequence((fields[0], fields[1]), sorted_indices=fields[2]),
+            jr.PackedSequence(*(None if f is None else f.numpy() for f in fields)),
+        ):
+            assert_same_packed(ours, theirs)
+            np.testing.assert_array_equal(ours.lengths, lengths)
+            padded, _ = jr.pad_packed_sequence(ours)
+            np.testing.assert_array_equal(padded, tr.pad_packed_sequence(theirs)[0].numpy())
+
+
+def test_packed_sequence_is_a_pytree():
+    x = randn(4, 3, 2)
+    packed = jr.pack_padded_sequence(x, [1, 4, 2], enforce_sorted=False)
+    leaves, treedef = jax.tree.flatten(packed)
+    assert len(leaves) == 4
+    again = jax.tree.unflatten(treedef, leaves)
+    assert_same_packed(
+        again, tr.pack_padded_sequence(torch.tensor(x), [1, 4, 2], enforce_sorted=False)
+    )
+    doubled = jax.tree.map(lambda a: a * 2 if a.dtype == jnp.float32 else a, packed)
+    np.testing.assert_array_equal(doubled.data, packed.data * 2)
+    sorted_packed = jr.pack_padded_sequence(randn(4, 3, 2), [4, 2, 1])
+    assert len(jax.tree.leaves(sorted_packed)) == 2  # no indices when enforce_sorted
+    assert "batch_sizes=array([3, 2, 1, 1])" in repr(sorted_packed)
+
+
+def test_invert_permutation():
+    perm = torch.tensor([2, 0, 3, 1])
+    np.testing.assert_array_equal(
+        jr.invert_permutation(perm.numpy()), tr.invert_permutation(perm).numpy()
+    )
+    assert jr.invert_permutation(None) is None
+
+
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_pad_sequence_matches_torch(batch_first, padding_side):
+    seqs = [randn(3, 2, 2), randn(5, 2, 2), randn(1, 2, 2)]
+    ref = tr.pad_sequence([torch.tensor(s) for s in seqs], batch_first, 1.5, padding_side)
+    ours = jr.pad_sequence(seqs, batch_first, 1.5, padding_side)
+    np.testing.assert_array_equal(ours, ref.numpy())
+    jitted = jax.jit(lambda s: jr.pad_sequence(s, batch_first, 1.5, padding_side))(seqs)
+    np.testing.assert_array_equal(jitted, ref.numpy())
+    # an array is a sequence of its rows, as a torch tensor is
+    stacked = randn(2, 4)
+    np.testing.assert_array_equal(
+        jr.pad_sequence(stacked, batch_first), tr.pad_sequence(torch.tensor(stacked), batch_first)
+    )
+
+
+@pytest.mark.parametrize("enforce_sorted", [True, False])
+def test_pack_unpack_sequence_match_torch(enforce_sorted):
+    seqs = [randn(4, 3), randn(3, 3), randn(3, 3), randn(1, 3)]
+    if not enforce_sorted:
+        seqs = [seqs[2], seqs[3], seqs[0], seqs[1]]
+    ours = jr.pack_sequence(seqs, enforce_sorted)
+    theirs = tr.pack_sequence([torch.tensor(s) for s in seqs], enforce_sorted)
+    assert_same_packed(ours, theirs)
+    for a, b in zip(jr.unpack_sequence(ours), tr.unpack_sequence(theirs), strict=True):
+        np.testing.assert_array_equal(a, b.numpy())
+    padded = tr.pad_sequence([torch.tensor(s) for s in seqs])
+    for a, b in zip(
+        jr.unpad_sequence(padded.numpy(), ours.lengths),
+        tr.unpad_sequence(padded, torch.tensor([len(s) for s in seqs])),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b.numpy())
+
+
+# ------------------------------------------------------------------------------------------
+# errors: torch's wording where torch has one (torch raises RuntimeError, we ValueError)
+
+X = randn(5, 4, 3)
+
+
+@pytest.mark.parametrize(
+    "lengths,enforce_sorted,kind",
+    [
+        ([5, 3, 2, 0], True, "zero"),
+        ([5, 0, 2, 1], False, "zero"),
+        ([5, 3, 2, -1], False, "zero"),
+        ([3, 5, 2, 1], True, "unsorted"),
+        ([5, 3, 2], True, "batch"),
+        ([5, 3, 2, 1, 1], True, "batch"),
+    ],
+)
+def test_pack_padded_sequence_errors_as_torch(lengths, enforce_sorted, kind):
+    theirs = torch_error(
+        lambda: tr.pack_padded_sequence(torch.tensor(X), lengths, enforce_sorted=enforce_sorted)
+    )
+    with pytest.raises(ValueError) as info:
+        jr.pack_padded_sequence(X, lengths, enforce_sorted=enforce_sorted)
+    assert theirs in str(info.value)
+    assert str(info.value).startswith("pack_padded_sequence: ")
+
+
+def test_pack_errors_torch_does_not_raise():
+    # torch reads past the input for a length above T, and with enforce_sorted=False drops the
+    # sequences that have no length; we refuse both
+    with pytest.raises(ValueError, match=r"Expected `len\(lengths\)` to be equal to batch_size"):
+        jr.pack_padded_sequence(X, [5, 3, 2], enforce_sorted=False)
+    with pytest.raises(ValueError, match="at most the padded sequence length 5"):
+        jr.pack_padded_sequence(X, [6, 3, 2, 1])
+    with pytest.raises(ValueError, match="should be a 1D array, but got 2D"):
+        jr.pack_padded_sequence(X, [[5, 3], [2, 1]])
+    with pytest.raises(TypeError, match="should be integers"):
+        jr.pack_padded_sequence(X, jnp.array([5.0, 3, 2, 1]))
+    with pytest.raises(ValueError, match="at least 2 dimensions"):
+        jr.pack_padded_sequence(X[:, 0, 0], [5])
+
+
+def test_traced_lengths_are_not_checked_but_documented():
+    """Under jit a length above T acts as T, and enforce_sorted is not verified."""
+
+    @jax.jit
+    def run(lengths):
+        packed = jr.pack_padded_sequence(X, lengths)
+        return jr.pad_packed_sequence(packed, total_length=5)
+
+    padded, _ = run(jnp.array([9, 1, 3, 2]))
+    np.testing.assert_array_equal(padded[:, 0], X[:, 0])
+    np.testing.assert_array_equal(padded[3:, 2], 0.0)
+
+
+def test_pad_packed_sequence_errors():
+    packed = jr.pack_padded_sequence(X, [5, 3, 2, 1])
+    theirs = torch_error(
+        lambda: tr.pad_packed_sequence(
+            tr.pack_padded_sequence(torch.tensor(X), [5, 3, 2, 1]), total_length=3
+        )
+    )
+    with pytest.raises(ValueError) as info:
+        jr.pad_packed_sequence(packed, total_length=3)
+    assert theirs in str(info.value)
+    with pytest.raises(ValueError, match="traced"):
+        jax.jit(lambda p: jr.pad_packed_sequence(p, total_length=4))(packed)
+    with pytest.raises(TypeError, match="must be a PackedSequence"):
+        jr.pad_packed_sequence(X)
+
+
+def test_pad_and_pack_sequence_errors_as_torch():
+    cases = [
+        ([], "pad"),
+        ([randn(2, 3), randn(3, 4)], None),
+        (3, "pad"),
+        ([randn(2), randn(0)], "pack"),
+        ([randn(2), randn(3)], "pack"),
+    ]
+    for seqs, compare in cases:
+        t_seqs = seqs if isinstance(seqs, int) else [torch.tensor(s) for s in seqs]
+        fn = tr.pad_sequence if compare == "pad" else tr.pack_sequence
+        theirs = torch_error(lambda fn=fn, t=t_seqs: fn(t))
+        ours_fn = jr.pad_sequence if compare == "pad" else jr.pack_sequence
+        with pytest.raises((ValueError, TypeError)) as info:
+            ours_fn(seqs)
+        if compare is not None:
+            assert theirs in str(info.value)
+        else:
+            assert "same trailing shape" in str(info.value)
+    theirs = torch_error(lambda: tr.pad_sequence([torch.ones(2)], padding_side="middle"))
+    with pytest.raises(ValueError) as info:
+        jr.pad_sequence([np.ones(2)], padding_side="middle")
+    assert theirs in str(info.value)
+
+
+def test_packed_sequence_constructor_errors():
+    with pytest.raises(ValueError, match="sum\\(batch_sizes\\) = 6 rows"):
+        jr.PackedSequence(randn(5, 2), np.array([3, 2, 1]))
+    with pytest.raises(ValueError, match="positive and non-increasing"):
+        jr.PackedSequence(randn(6, 2), np.array([1, 2, 3]))
+    with pytest.raises(TypeError, match="batch_sizes"):
+        jr.PackedSequence(randn(6, 2))
