@@ -360,6 +360,12 @@ def check_pack_lengths(name: str, lengths, batch: int, steps: int, enforce_sorte
     return jnp.asarray(arr, jnp.int32), values
 
 
+def check_sorted_lengths(name: str, values: np.ndarray) -> None:
+    """Concrete lengths of a PackedSequence without ``sorted_indices`` must be decreasing."""
+    if np.any(np.diff(values) > 0):
+        raise ValueError(f"{name}: {_UNSORTED} (got lengths {values.tolist()})")
+
+
 def check_total_length(name: str, total_length, longest: int | None, steps: int) -> int:
     """The padded length of ``pad_packed_sequence``'s result.
 

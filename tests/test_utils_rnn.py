@@ -233,11 +233,15 @@ def test_traced_lengths_are_not_checked_but_documented():
     @jax.jit
     def run(lengths):
         packed = jr.pack_padded_sequence(X, lengths)
-        return jr.pad_packed_sequence(packed, total_length=5)
+        return packed, jr.pad_packed_sequence(packed, total_length=5)
 
-    padded, _ = run(jnp.array([9, 1, 3, 2]))
+    packed, (padded, _) = run(jnp.array([5, 1, 3, 2]))
     np.testing.assert_array_equal(padded[:, 0], X[:, 0])
     np.testing.assert_array_equal(padded[3:, 2], 0.0)
+    with pytest.raises(ValueError, match="must be sorted in decreasing order"):
+        packed.data  # noqa: B018 - torch's layout needs sorted lengths (or sorted_indices)
+    _, (padded, _) = run(jnp.array([9, 5, 3, 2]))
+    np.testing.assert_array_equal(padded[:, 0], X[:, 0])
 
 
 def test_pad_packed_sequence_errors():

@@ -158,6 +158,8 @@ class PackedSequence:
         sizes = self.batch_sizes
         step, slot = np.nonzero(np.arange(self.padded.shape[1])[None, :] < sizes[:, None])
         order = self.sorted_indices
+        if order is None:  # packed with enforce_sorted under jit, where it could not be checked
+            _checks.check_sorted_lengths("PackedSequence", np.asarray(self.lengths))
         return self.padded[step, slot if order is None else order[slot]]
 
     def __repr__(self) -> str:
