@@ -139,6 +139,10 @@ def check_params(name: str, params, expected: Mapping[str, tuple[int, ...]]) -> 
     if missing:
         raise ValueError(f"{name}: missing parameters {missing} (have {sorted(params)})")
     for key, shape in expected.items():
+        if not (hasattr(params[key], "shape") and hasattr(params[key], "dtype")):
+            raise TypeError(
+                f"{name}: parameter {key} must be an array, got {type(params[key]).__name__}"
+            )
         if shape is None:
             continue
         got = tuple(np.shape(params[key]))
@@ -164,6 +168,28 @@ def check_layer_input(
             f"Expected {input_size}, got {input_shape[-1]}"
         )
     return packed or ndim == 3
+
+
+def check_seq_len(name: str, seq_len: int) -> None:
+    """A layer's input has at least one time step (torch's wording)."""
+    if seq_len == 0:
+        raise ValueError(f"{name}: Expected sequence length to be larger than 0 in RNN")
+
+
+def compute_dtype(name: str, dtype, *operands):
+    """The compute dtype: ``dtype`` if given (must be floating), else the operands' promotion."""
+    if dtype is None:
+        return jnp.result_type(*operands)
+    try:
+        resolved = jnp.dtype(dtype)
+    except TypeError:
+        resolved = None
+    if resolved is None or not jnp.issubdtype(resolved, jnp.floating):
+        shown = repr(dtype) if resolved is None else str(resolved)
+        raise TypeError(
+            f"{name}: dtype must be a floating-point dtype ({_FLOAT_KINDS}), got {shown}"
+        )
+    return resolved
 
 
 def check_layer_hidden(
@@ -299,6 +325,20 @@ def check_dropout_key(name: str, dropout: float, training: bool, num_layers: int
             f"{name}: dropout={dropout} in training mode needs a PRNG key (dropout_key=...) "
             "for the dropout between layers"
         )
+    if training and dropout > 0 and num_layers > 1 and not _is_prng_key(key):
+        raise TypeError(
+            f"{name}: dropout_key must be a JAX PRNG key (jax.random.key(seed) or "
+            f"jax.random.PRNGKey(seed)), got {_describe(key)}"
+        )
+
+
+def _is_prng_key(key) -> bool:
+    dtype, shape = getattr(key, "dtype", None), getattr(key, "shape", None)
+    if dtype is None or shape is None:
+        return False
+    if jnp.issubdtype(dtype, jax.dtypes.prng_key):
+        return True
+    return dtype == jnp.uint32 and tuple(shape[-1:]) == (2,)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -176,6 +176,7 @@ def rnn(
     elif batch_first:
         x = jnp.swapaxes(x, 0, 1)
     seq_len, batch = x.shape[0], x.shape[1]
+    _checks.check_seq_len(name, seq_len)
     out_size = proj_size or hidden_size
     lead = num_layers * num_directions
 
@@ -202,7 +203,7 @@ def rnn(
         lengths = _checks.check_seq_lengths(name, seq_lengths, batch, seq_len, batched)
         mask = (jnp.arange(seq_len)[:, None] < lengths[None, :])[..., None]
 
-    compute = jnp.dtype(dtype) if dtype is not None else jnp.result_type(x, params["weight_ih_l0"])
+    compute = _checks.compute_dtype(name, dtype, x, params["weight_ih_l0"])
     x = x.astype(compute)
     state = jax.tree.map(lambda s: s.astype(compute), state)
     if mask is not None:  # padding never reaches the cell, so NaN there cannot leak anywhere
@@ -306,7 +307,7 @@ def cell_forward(
         ),
     )
     x, state, batched = _checks.check_cell_call(name, mode, input, hx, input_size, hidden_size)
-    compute = jnp.dtype(dtype) if dtype is not None else jnp.result_type(x, params["weight_ih"])
+    compute = _checks.compute_dtype(name, dtype, x, params["weight_ih"])
     if not batched:
         x = x[None]
         state = None if state is None else jax.tree.map(lambda s: s[None], state)
