@@ -78,7 +78,9 @@ def match_state_dict(
     torch) and the others are skipped. Nothing is assigned here, so a failed load changes nothing.
     """
     if not isinstance(state_dict, Mapping):
-        raise TypeError(f"{name}.load_state_dict: expected a mapping, got {type(state_dict).__name__}")
+        raise TypeError(
+            f"{name}.load_state_dict: expected a mapping, got {type(state_dict).__name__}"
+        )
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
     errors = []
@@ -94,13 +96,15 @@ def match_state_dict(
             )
         loaded[key] = value
     if strict and unexpected:
-        errors.insert(0, "Unexpected key(s) in state_dict: " + ", ".join(f'"{k}"' for k in unexpected) + ".")
-    if strict and missing:
-        errors.insert(0, "Missing key(s) in state_dict: " + ", ".join(f'"{k}"' for k in missing) + ".")
-    if errors:
-        raise ValueError(
-            f"Error(s) in loading state_dict for {name}:\n\t" + "\n\t".join(errors)
+        errors.insert(
+            0, "Unexpected key(s) in state_dict: " + ", ".join(f'"{k}"' for k in unexpected) + "."
         )
+    if strict and missing:
+        errors.insert(
+            0, "Missing key(s) in state_dict: " + ", ".join(f'"{k}"' for k in missing) + "."
+        )
+    if errors:
+        raise ValueError(f"Error(s) in loading state_dict for {name}:\n\t" + "\n\t".join(errors))
     return loaded
 
 

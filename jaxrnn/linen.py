@@ -51,8 +51,15 @@ class _LayerBase(_LinenBase):
 
     def __post_init__(self):
         _checks.check_constructor(
-            type(self).__name__, self._mode(), self.input_size, self.hidden_size,
-            self.num_layers, self.bias, self.batch_first, self.dropout, self.bidirectional,
+            type(self).__name__,
+            self._mode(),
+            self.input_size,
+            self.hidden_size,
+            self.num_layers,
+            self.bias,
+            self.batch_first,
+            self.dropout,
+            self.bidirectional,
             getattr(self, "proj_size", 0),
         )
         super().__post_init__()
@@ -63,8 +70,13 @@ class _LayerBase(_LinenBase):
         mode = self._mode()
         params = self._torch_params(
             _params.layer_param_shapes(
-                mode, self.input_size, self.hidden_size, self.num_layers, self.bias,
-                self.bidirectional, getattr(self, "proj_size", 0),
+                mode,
+                self.input_size,
+                self.hidden_size,
+                self.num_layers,
+                self.bias,
+                self.bidirectional,
+                getattr(self, "proj_size", 0),
             )
         )
         training = not deterministic
@@ -72,9 +84,20 @@ class _LayerBase(_LinenBase):
         if training and self.dropout > 0 and self.num_layers > 1:
             key = self.make_rng("dropout")
         return F.rnn(
-            params, input, hx, mode=mode, batch_first=self.batch_first, dropout=self.dropout,
-            training=training, dropout_key=key, seq_lengths=seq_lengths, dtype=self.dtype,
-            precision=self.precision, unroll=self.unroll, remat=self.remat, name=type(self).__name__,
+            params,
+            input,
+            hx,
+            mode=mode,
+            batch_first=self.batch_first,
+            dropout=self.dropout,
+            training=training,
+            dropout_key=key,
+            seq_lengths=seq_lengths,
+            dtype=self.dtype,
+            precision=self.precision,
+            unroll=self.unroll,
+            remat=self.remat,
+            name=type(self).__name__,
         )
 
 
@@ -145,7 +168,9 @@ class _CellBase(_LinenBase):
         raise NotImplementedError
 
     def __post_init__(self):
-        _checks.check_cell_constructor(type(self).__name__, self.input_size, self.hidden_size, self.bias)
+        _checks.check_cell_constructor(
+            type(self).__name__, self.input_size, self.hidden_size, self.bias
+        )
         super().__post_init__()
 
     @nn.compact
@@ -156,7 +181,12 @@ class _CellBase(_LinenBase):
             _params.cell_param_shapes(mode, self.input_size, self.hidden_size, self.bias)
         )
         return F.cell_forward(
-            mode, params, input, hx, dtype=self.dtype, precision=self.precision,
+            mode,
+            params,
+            input,
+            hx,
+            dtype=self.dtype,
+            precision=self.precision,
             name=type(self).__name__,
         )
 

@@ -81,8 +81,16 @@ class _RNNBase(_TorchParams):
     ):
         name = type(self).__name__
         _checks.check_constructor(
-            name, mode, input_size, hidden_size, num_layers, bias, batch_first, dropout,
-            bidirectional, proj_size,
+            name,
+            mode,
+            input_size,
+            hidden_size,
+            num_layers,
+            bias,
+            batch_first,
+            dropout,
+            bidirectional,
+            proj_size,
         )
         self.mode = mode
         self.input_size = input_size
@@ -222,8 +230,16 @@ class RNN(_RNNBase):
         mode = _checks.check_nonlinearity(type(self).__name__, nonlinearity)
         self.nonlinearity = nonlinearity
         super().__init__(
-            mode, input_size, hidden_size, num_layers, bias, batch_first, dropout,
-            bidirectional, rngs=rngs, **kwargs,
+            mode,
+            input_size,
+            hidden_size,
+            num_layers,
+            bias,
+            batch_first,
+            dropout,
+            bidirectional,
+            rngs=rngs,
+            **kwargs,
         )
 
 
@@ -259,8 +275,17 @@ class LSTM(_RNNBase):
         **kwargs,
     ):
         super().__init__(
-            "LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout,
-            bidirectional, proj_size, rngs=rngs, **kwargs,
+            "LSTM",
+            input_size,
+            hidden_size,
+            num_layers,
+            bias,
+            batch_first,
+            dropout,
+            bidirectional,
+            proj_size,
+            rngs=rngs,
+            **kwargs,
         )
 
 
@@ -295,21 +320,37 @@ class GRU(_RNNBase):
         **kwargs,
     ):
         super().__init__(
-            "GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout,
-            bidirectional, rngs=rngs, **kwargs,
+            "GRU",
+            input_size,
+            hidden_size,
+            num_layers,
+            bias,
+            batch_first,
+            dropout,
+            bidirectional,
+            rngs=rngs,
+            **kwargs,
         )
 
 
 _H = "``(D * num_layers, N, H_out)`` (``(D * num_layers, H_out)`` unbatched)"
 RNN.__doc__ += _LAYER_DOC.format(
-    hx="h_0", hx_shape=_H + ".", hn="h_n", hn_shape=_H + ", the final hidden state; with "
+    hx="h_0",
+    hx_shape=_H + ".",
+    hn="h_n",
+    hn_shape=_H + ", the final hidden state; with "
     "a padded/packed input, each sequence's state after its own last valid step.",
-    h_out="hidden_size", extra_attr="",
+    h_out="hidden_size",
+    extra_attr="",
 )
 GRU.__doc__ += _LAYER_DOC.format(
-    hx="h_0", hx_shape=_H + ".", hn="h_n", hn_shape=_H + ", the final hidden state; with "
+    hx="h_0",
+    hx_shape=_H + ".",
+    hn="h_n",
+    hn_shape=_H + ", the final hidden state; with "
     "a padded/packed input, each sequence's state after its own last valid step.",
-    h_out="hidden_size", extra_attr="",
+    h_out="hidden_size",
+    extra_attr="",
 )
 LSTM.__doc__ += _LAYER_DOC.format(
     hx="(h_0, c_0)",
@@ -415,7 +456,9 @@ class LSTMCell(_CellBase):
         ((3, 20), (3, 20))
     """
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *, rngs: nnx.Rngs, **kwargs):
+    def __init__(
+        self, input_size: int, hidden_size: int, bias: bool = True, *, rngs: nnx.Rngs, **kwargs
+    ):
         super().__init__("LSTM", input_size, hidden_size, bias, rngs=rngs, **kwargs)
 
 
@@ -431,13 +474,20 @@ class GRUCell(_CellBase):
         (3, 20)
     """
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, *, rngs: nnx.Rngs, **kwargs):
+    def __init__(
+        self, input_size: int, hidden_size: int, bias: bool = True, *, rngs: nnx.Rngs, **kwargs
+    ):
         super().__init__("GRU", input_size, hidden_size, bias, rngs=rngs, **kwargs)
 
 
 _HC = "``(N, H)`` or ``(H,)``"
 for _cls in (RNNCell, GRUCell):
-    _cls.__doc__ += _CELL_DOC.format(hx="hx", hx_shape=_HC + ".", out="h'", out_shape="**h'**: " + _HC + ".")
+    _cls.__doc__ += _CELL_DOC.format(
+        hx="hx", hx_shape=_HC + ".", out="h'", out_shape="**h'**: " + _HC + "."
+    )
 LSTMCell.__doc__ += _CELL_DOC.format(
-    hx="(h_0, c_0)", hx_shape="each " + _HC + ".", out="(h', c')", out_shape="**h', c'**: each " + _HC + "."
+    hx="(h_0, c_0)",
+    hx_shape="each " + _HC + ".",
+    out="(h', c')",
+    out_shape="**h', c'**: each " + _HC + ".",
 )

@@ -1,0 +1,274 @@
+"""Errors: raised by jaxrnn's own checks before any computation, torch's wording, naming the module."""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+
+import jaxrnn
+from jaxrnn import linen as jrl
+
+R = nnx.Rngs(0)
+
+
+@pytest.mark.parametrize(
+    "make,exc,pattern",
+    [
+        (
+            lambda: jaxrnn.LSTM(10, 20, dropout=1.5, rngs=R),
+            ValueError,
+            r"LSTM: dropout should be a number in range \[0, 1\]",
+        ),
+        (
+            lambda: jaxrnn.LSTM(10, 20, dropout=-0.1, rngs=R),
+            ValueError,
+            "dropout should be a number",
+        ),
+        (
+            lambda: jaxrnn.GRU(10, 20, dropout=True, rngs=R),
+            ValueError,
+            "dropout should be a number",
+        ),
+        (
+            lambda: jaxrnn.LSTM(10, 20, proj_size=-1, rngs=R),
+            ValueError,
+            "proj_size should be a positive integer or zero",
+        ),
+        (
+            lambda: jaxrnn.LSTM(10, 20, proj_size=20, rngs=R),
+            ValueError,
+            "proj_size has to be smaller than hidden_size",
+        ),
+        (
+            lambda: jaxrnn.LSTM(10, 20, 0, rngs=R),
+            ValueError,
+            "LSTM: num_layers must be greater than zero",
+        ),
+        (
+            lambda: jaxrnn.GRU(10, 0, rngs=R),
+            ValueError,
+            "GRU: hidden_size must be greater than zero",
+        ),
+        (lambda: jaxrnn.GRU(0, 4, rngs=R), ValueError, "input_size must be greater than zero"),
+        (
+            lambda: jaxrnn.GRU(10, 2.5, rngs=R),
+            TypeError,
+            "hidden_size should be of type int, got: float",
+        ),
+        (
+            lambda: jaxrnn.RNN(10, 20, nonlinearity="sigmoid", rngs=R),
+            ValueError,
+            r"RNN: Unknown nonlinearity 'sigmoid'. Select from 'tanh' or 'relu'.",
+        ),
+        (
+            lambda: jaxrnn.RNNCell(10, 20, nonlinearity="gelu", rngs=R),
+            ValueError,
+            "RNNCell: Unknown nonlinearity",
+        ),
+        (
+            lambda: jaxrnn.LSTMCell(10, -1, rngs=R),
+            ValueError,
+            "LSTMCell: hidden_size must be greater than zero",
+        ),
+        (lambda: jrl.LSTM(10, 20, proj_size=30), ValueError, "LSTM: proj_size has to be smaller"),
+        (lambda: jrl.RNN(10, 20, nonlinearity="x"), ValueError, "Unknown nonlinearity"),
+        (lambda: jrl.GRU(10, 20, num_layers=0), ValueError, "num_layers must be greater than zero"),
+    ],
+)
+def test_constructor_errors(make, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        make()
+
+
+def test_constructor_errors_agree_with_torch():
+    """Each invalid constructor call that torch refuses, jaxrnn refuses with torch's message."""
+    cases = [
+        dict(input_size=3, hidden_size=4, dropout=2.0),
+        dict(input_size=3, hidden_size=4, proj_size=4),
+        dict(input_size=3, hidden_size=4, num_layers=0),
+        dict(input_size=3, hidden_size=0),
+    ]
+    for kw in cases:
+        with pytest.raises(Exception) as t_err:
+            torch.nn.LSTM(**kw)
+        with pytest.raises(ValueError) as j_err:
+            jaxrnn.LSTM(**kw, rngs=R)
+        assert str(t_err.value) in str(j_err.value)
+
+
+def test_dropout_single_layer_warns_like_torch():
+    with pytest.warns(UserWarning, match="non-zero dropout expects num_layers greater than 1"):
+        jaxrnn.GRU(3, 4, dropout=0.5, rngs=R)
+
+
+@pytest.fixture(scope="module")
+def lstm():
+    return jaxrnn.LSTM(3, 5, 2, bidirectional=True, proj_size=2, rngs=nnx.Rngs(0))
+
+
+def _raises(exc, pattern, f, *args, **kwargs):
+    with pytest.raises(exc, match=pattern):
+        f(*args, **kwargs)
+
+
+def test_input_errors(lstm):
+    x = jnp.ones((7, 4, 3))
+    _raises(
+        ValueError,
+        re.escape("LSTM: input.size(-1) must be equal to input_size. Expected 3, got 7"),
+        lstm,
+        jnp.ones((7, 4, 7)),
+    )
+    _raises(
+        ValueError,
+        "LSTM: Expected input to be 2D or 3D, got 4D instead",
+        lstm,
+        jnp.ones((7, 4, 3, 1)),
+    )
+    _raises(ValueError, "Expected input to be 2D or 3D, got 1D", lstm, jnp.ones((3,)))
+    _raises(
+        TypeError,
+        "LSTM: input must have a floating-point dtype",
+        lstm,
+        jnp.ones((7, 4, 3), jnp.int32),
+    )
+    _raises(TypeError, "LSTM: input must be an array, got str", lstm, "hello")
+    h0, c0 = jnp.zeros((4, 4, 2)), jnp.zeros((4, 4, 5))
+    lstm(x, (h0, c0))  # the right shapes work
+    # proj_size: h_0 has H_out = proj_size, c_0 has H_cell = hidden_size
+    _raises(
+        ValueError, re.escape("Expected hidden[0] size (4, 4, 2), got (4, 4, 5)"), lstm, x, (c0, c0)
+    )
+    _raises(
+        ValueError, re.escape("Expected hidden[1] size (4, 4, 5), got (4, 4, 2)"), lstm, x, (h0, h0)
+    )
+    _raises(
+        ValueError,
+        re.escape("Expected hidden[0] size (4, 4, 2), got (2, 4, 2)"),
+        lstm,
+        x,
+        (h0[:2], c0),
+    )
+    _raises(
+        ValueError,
+        "For batched 3-D input, hx and cx should also be 3-D but got \\(2-D, 3-D\\)",
+        lstm,
+        x,
+        (h0[:, 0], c0),
+    )
+    _raises(
+        ValueError,
+        "For unbatched 2-D input, hx and cx should also be 2-D but got \\(3-D, 3-D\\)",
+        lstm,
+        x[:, 0],
+        (h0, c0),
+    )
+    _raises(TypeError, "LSTM: hx must be a tuple \\(h_0, c_0\\)", lstm, x, h0)
+
+
+def test_hidden_errors_gru():
+    gru = jaxrnn.GRU(3, 5, rngs=nnx.Rngs(0))
+    x = jnp.ones((7, 4, 3))
+    _raises(
+        ValueError,
+        re.escape("GRU: Expected hidden size (1, 4, 5), got (1, 3, 5)"),
+        gru,
+        x,
+        jnp.zeros((1, 3, 5)),
+    )
+    _raises(
+        ValueError,
+        "For unbatched 2-D input, hx should also be 2-D but got 3-D tensor",
+        gru,
+        x[:, 0],
+        jnp.zeros((1, 4, 5)),
+    )
+    _raises(
+        ValueError,
+        "For batched 3-D input, hx should also be 3-D but got 2-D tensor",
+        gru,
+        x,
+        jnp.zeros((1, 5)),
+    )
+    _raises(TypeError, "GRU: hx must be a single array", gru, x, (jnp.zeros((1, 4, 5)),))
+
+
+def test_cell_errors():
+    cell = jaxrnn.GRUCell(3, 4, rngs=nnx.Rngs(0))
+    _raises(
+        ValueError,
+        "GRUCell: input has inconsistent input_size: got 5, expected 3",
+        cell,
+        jnp.ones((2, 5)),
+    )
+    _raises(
+        ValueError,
+        "GRUCell: Expected input to be 1D or 2D, got 3D instead",
+        cell,
+        jnp.ones((1, 2, 3)),
+    )
+    _raises(
+        ValueError,
+        "Input batch size 2 doesn't match hidden batch size 3",
+        cell,
+        jnp.ones((2, 3)),
+        jnp.ones((3, 4)),
+    )
+    _raises(
+        ValueError,
+        "hidden has inconsistent hidden_size: got 5, expected 4",
+        cell,
+        jnp.ones((2, 3)),
+        jnp.ones((2, 5)),
+    )
+    lcell = jaxrnn.LSTMCell(3, 4, rngs=nnx.Rngs(0))
+    _raises(
+        TypeError,
+        "LSTMCell: hx must be a tuple \\(h_0, c_0\\)",
+        lcell,
+        jnp.ones((2, 3)),
+        (jnp.ones((2, 4)),),
+    )
+
+
+def test_errors_fire_at_trace_time_under_jit(lstm):
+    """Under jit the checks run while tracing, so the user sees our message, not an XLA error."""
+    f = nnx.jit(lambda m, x: m(x))
+    with pytest.raises(ValueError, match="input.size\\(-1\\) must be equal to input_size"):
+        f(lstm, jnp.ones((7, 4, 6)))
+
+
+def test_linen_call_errors():
+    m = jrl.GRU(3, 4)
+    v = m.init(jax.random.key(0), jnp.ones((5, 2, 3)))
+    _raises(
+        ValueError,
+        "GRU: input.size\\(-1\\) must be equal to input_size. Expected 3, got 2",
+        m.apply,
+        v,
+        jnp.ones((5, 2, 2)),
+    )
+
+
+def test_functional_param_errors():
+    from jaxrnn import functional as F
+
+    params = jaxrnn.LSTM(3, 4, rngs=nnx.Rngs(0)).torch_params()
+    bad = dict(params, weight_hh_l0=np.zeros((16, 5), np.float32))
+    _raises(
+        ValueError,
+        re.escape("parameter weight_hh_l0 has shape (16, 5), expected (16, 4)"),
+        F.lstm,
+        bad,
+        jnp.ones((2, 3)),
+    )
+    missing = {k: v for k, v in params.items() if k != "bias_hh_l0"}
+    _raises(ValueError, "missing parameters \\['bias_hh_l0'\\]", F.lstm, missing, jnp.ones((2, 3)))
+    _raises(TypeError, "params must be a mapping", F.gru, [1, 2], jnp.ones((2, 3)))
+    _raises(ValueError, "Unrecognized RNN mode", F.rnn, params, jnp.ones((2, 3)), mode="lstm")

@@ -1,0 +1,140 @@
+"""state_dict conversion both ways, load_state_dict semantics, from_torch for all six classes."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from _torch_oracle import assert_close
+from flax import nnx
+
+import jaxrnn
+
+
+def test_state_dict_round_trip_into_torch_strict():
+    m = jaxrnn.LSTM(4, 6, 2, bidirectional=True, proj_size=3, rngs=nnx.Rngs(1))
+    sd = m.state_dict()
+    t = torch.nn.LSTM(4, 6, 2, bidirectional=True, proj_size=3)
+    assert list(sd) == list(t.state_dict())  # torch's key order too
+    t.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=True)
+    x = np.random.default_rng(0).standard_normal((5, 2, 4)).astype(np.float32)
+    assert_close(
+        m(x),
+        (
+            t(torch.from_numpy(x))[0].detach().numpy(),
+            tuple(s.detach().numpy() for s in t(torch.from_numpy(x))[1]),
+        ),
+    )
+
+
+def test_prefix_picks_one_layer_out_of_a_model():
+    class Encoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embedding = torch.nn.Embedding(10, 3)
+            self.gru = torch.nn.GRU(3, 5, batch_first=True)
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = Encoder()
+            self.head = torch.nn.Linear(5, 2)
+
+    model = Model()
+    params = jaxrnn.state_dict_to_params(model.state_dict(), prefix="encoder.gru.")
+    assert sorted(params) == sorted(model.encoder.gru.state_dict())
+    back = jaxrnn.params_to_state_dict(params, prefix="encoder.gru.")
+    for k, v in back.items():
+        np.testing.assert_array_equal(v, model.state_dict()[k].numpy())
+
+
+def test_load_state_dict_copies_weights():
+    """A torch model that keeps training in place must not change the jaxrnn module."""
+    t = torch.nn.GRU(3, 4)
+    m = jaxrnn.GRU(3, 4, rngs=nnx.Rngs(0))
+    m.load_state_dict(t.state_dict())
+    before = np.asarray(m.weight_ih_l0[...]).copy()
+    with torch.no_grad():
+        t.weight_ih_l0.add_(1.0)
+    np.testing.assert_array_equal(np.asarray(m.weight_ih_l0[...]), before)
+    params = jaxrnn.state_dict_to_params(t.state_dict())
+    with torch.no_grad():
+        t.weight_ih_l0.add_(1.0)
+    np.testing.assert_array_equal(params["weight_ih_l0"], before + 1.0)
+
+
+def test_strict_load_errors_name_each_key_and_change_nothing():
+    m = jaxrnn.LSTM(3, 4, rngs=nnx.Rngs(0))
+    before = m.state_dict()
+    sd = torch.nn.LSTM(3, 4).state_dict()
+    bad = dict(sd)
+    del bad["bias_hh_l0"]
+    bad["weight_hr_l0"] = torch.zeros(2, 4)
+    bad["weight_ih_l0"] = torch.zeros(16, 5)
+    with pytest.raises(ValueError) as err:
+        m.load_state_dict(bad)
+    msg = str(err.value)
+    assert "Error(s) in loading state_dict for LSTM" in msg
+    assert 'Missing key(s) in state_dict: "bias_hh_l0"' in msg
+    assert 'Unexpected key(s) in state_dict: "weight_hr_l0"' in msg
+    assert "size mismatch for weight_ih_l0: copying a param with shape (16, 5)" in msg
+    for k, v in m.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+
+
+def test_non_strict_load_loads_what_matches():
+    m = jaxrnn.LSTM(3, 4, rngs=nnx.Rngs(0))
+    sd = {k: v for k, v in torch.nn.LSTM(3, 4).state_dict().items() if "bias" not in k}
+    sd["extra"] = torch.zeros(1)
+    missing, unexpected = m.load_state_dict(sd, strict=False)
+    assert sorted(missing) == ["bias_hh_l0", "bias_ih_l0"]
+    assert unexpected == ["extra"]
+    np.testing.assert_array_equal(np.asarray(m.weight_hh_l0[...]), sd["weight_hh_l0"].numpy())
+
+
+def test_load_casts_to_param_dtype_and_accepts_numpy():
+    m = jaxrnn.RNN(3, 4, rngs=nnx.Rngs(0))
+    sd = {k: v.double().numpy() for k, v in torch.nn.RNN(3, 4).state_dict().items()}
+    m.load_state_dict(sd)
+    assert m.weight_ih_l0[...].dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(m.weight_ih_l0[...]), sd["weight_ih_l0"], rtol=1e-7)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: torch.nn.RNN(3, 4, 2, nonlinearity="relu", bias=False, batch_first=True),
+        lambda: torch.nn.LSTM(3, 4, 2, dropout=0.25, bidirectional=True, proj_size=2),
+        lambda: torch.nn.GRU(3, 4, 3, batch_first=True, bidirectional=True),
+        lambda: torch.nn.RNNCell(3, 4, nonlinearity="relu"),
+        lambda: torch.nn.LSTMCell(3, 4, bias=False),
+        lambda: torch.nn.GRUCell(3, 4),
+    ],
+)
+def test_from_torch_copies_configuration(make):
+    t = make().eval()
+    m = jaxrnn.from_torch(t)
+    assert type(m).__name__ == type(t).__name__
+    for attr in (
+        "input_size",
+        "hidden_size",
+        "bias",
+        "num_layers",
+        "batch_first",
+        "bidirectional",
+        "proj_size",
+        "nonlinearity",
+    ):
+        if hasattr(t, attr):
+            assert getattr(m, attr) == getattr(t, attr), attr
+    if hasattr(t, "dropout"):
+        assert m.dropout == t.dropout and m.deterministic  # eval mode carried over
+    sd = m.state_dict()
+    for k, v in t.state_dict().items():
+        np.testing.assert_array_equal(sd[k], v.numpy())
+
+
+def test_from_torch_rejects_other_modules():
+    with pytest.raises(TypeError, match="from_torch expects a torch.nn.RNN, LSTM, GRU"):
+        jaxrnn.from_torch(torch.nn.Linear(2, 2))

@@ -1,0 +1,79 @@
+"""NNX module behaviour beyond parity: dropout between layers, train/eval, rngs, attributes."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+from _torch_oracle import assert_close
+from flax import nnx
+
+import jaxrnn
+
+
+def test_parameter_attributes_are_torchs():
+    lstm = jaxrnn.LSTM(10, 20, 2, bidirectional=True, proj_size=5, rngs=nnx.Rngs(0))
+    t = torch.nn.LSTM(10, 20, 2, bidirectional=True, proj_size=5)
+    for k, v in t.state_dict().items():
+        assert getattr(lstm, k)[...].shape == tuple(v.shape), k
+    assert lstm.weight_ih_l0.shape == (80, 10)
+    assert isinstance(lstm.weight_hr_l1_reverse, nnx.Param)
+    assert len(nnx.state(lstm, nnx.Param)) == len(t.state_dict())
+
+
+def test_dropout_is_active_in_train_mode_only():
+    x = jnp.ones((6, 4, 3))
+    m = jaxrnn.GRU(3, 8, 3, dropout=0.5, rngs=nnx.Rngs(0, dropout=1))
+    a = m(x)[0]
+    b = m(x)[0]
+    assert not np.allclose(a, b)  # the dropout stream advances between calls
+    m.eval()
+    c, d = m(x)[0], m(x)[0]
+    np.testing.assert_array_equal(c, d)
+    t = torch.nn.GRU(3, 8, 3, dropout=0.5).eval()
+    m.load_state_dict(t.state_dict())
+    c = m(x)[0]
+    assert_close(c, t(torch.ones(6, 4, 3))[0].detach().numpy())
+    m.train()
+    assert not np.allclose(m(x)[0], c)
+    # explicit override for one call, and an explicit key
+    np.testing.assert_array_equal(m(x, deterministic=True)[0], c)
+    k = jax.random.key(3)
+    np.testing.assert_array_equal(m(x, rngs=k)[0], m(x, rngs=k)[0])
+
+
+def test_dropout_statistics_match_torchs_inverted_dropout():
+    """Between layers, a fraction p of the units is zeroed and the rest scaled by 1/(1-p)."""
+    from jaxrnn.functional import dropout_layer
+
+    x = jnp.ones((200, 200))
+    y = np.asarray(dropout_layer(jax.random.key(0), x, 0.3))
+    np.testing.assert_allclose(np.unique(y), [0.0, 1 / 0.7], rtol=1e-6)
+    assert abs((y == 0).mean() - 0.3) < 0.01
+    np.testing.assert_array_equal(dropout_layer(jax.random.key(0), x, 1.0), 0.0)
+
+
+def test_dropout_one_layer_has_no_effect_like_torch():
+    t = torch.nn.LSTM(3, 4, 1)
+    m = jaxrnn.from_torch(t)
+    x = np.random.default_rng(0).standard_normal((5, 2, 3)).astype(np.float32)
+    assert_close(m(x)[0], t(torch.from_numpy(x))[0].detach().numpy())
+
+
+def test_train_step_under_nnx_jit_updates_params():
+    import optax
+
+    m = jaxrnn.LSTM(3, 4, 2, rngs=nnx.Rngs(0))
+    opt = nnx.Optimizer(m, optax.sgd(0.1), wrt=nnx.Param)
+    x = jnp.ones((5, 2, 3))
+
+    @nnx.jit
+    def step(m, opt, x):
+        loss, g = nnx.value_and_grad(lambda m: (m(x)[0] ** 2).mean())(m)
+        opt.update(m, g)
+        return loss
+
+    l0 = step(m, opt, x)
+    l1 = step(m, opt, x)
+    assert l1 < l0
