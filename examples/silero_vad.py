@@ -130,8 +130,7 @@ class SileroVAD(nnx.Module):
 def load_weights(model: SileroVAD, state_dict) -> SileroVAD:
     """Copy a state dict named as the safetensors file (``conv1.weight``, ``lstm_cell.bias_ih``,
     ...) into ``model``; every key must be used and every shape match."""
-    params = nnx.state(model, nnx.Param)
-    flat = dict(params.flat_state())
+    flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
     names = {".".join(map(str, path)): path for path in flat}
     missing, unexpected = sorted(set(names) - set(state_dict)), sorted(set(state_dict) - set(names))
     if missing or unexpected:
@@ -143,14 +142,20 @@ def load_weights(model: SileroVAD, state_dict) -> SileroVAD:
                 f"SileroVAD: {name} has shape {value.shape}, expected {flat[path].get_value().shape}"
             )
         flat[path].set_value(jnp.asarray(value, jnp.float32))
-    nnx.update(model, nnx.State.from_flat_path(flat))
+    nnx.update(model, nnx.from_flat_state(flat))
     return model
+
+
+def from_state_dict(state_dict) -> SileroVAD:
+    """A model holding ``state_dict``'s weights (safetensors names). It is built abstractly
+    (``nnx.eval_shape``: no random init to compute) and every parameter then set from the dict."""
+    return load_weights(nnx.eval_shape(lambda: SileroVAD(rngs=nnx.Rngs(0))), state_dict)
 
 
 def load_safetensors(path: str | None = None) -> SileroVAD:
     """The model with the weights of the shipped ``silero_vad_16k.safetensors`` (no torch)."""
     path = path or os.path.join(silero_data_dir(), "silero_vad_16k.safetensors")
-    return load_weights(SileroVAD(rngs=nnx.Rngs(0)), jaxrnn.load_state_dict_file(path))
+    return from_state_dict(jaxrnn.load_state_dict_file(path))
 
 
 #: TorchScript parameter names -> the safetensors names used here.
@@ -350,7 +355,7 @@ def main() -> None:
     else:
         weights = torchscript_state_dict(jit_model)
         print("weights: the TorchScript model's own (silero_vad.jit)")
-    model = load_weights(SileroVAD(rngs=nnx.Rngs(0)), weights)
+    model = from_state_dict(weights)
     for layer in jaxrnn.find_recurrent_layers(weights):
         print(f"recurrent layer found in the weights: {layer.prefix!r} {layer.describe()}")
 

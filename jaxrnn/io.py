@@ -236,7 +236,7 @@ def _to_state_dict(obj, prefix: str) -> dict[str, np.ndarray]:
                 "save_state_dict_file: expected a jaxrnn or Flax NNX module or a mapping of "
                 f"arrays, got {type(obj).__name__}"
             )
-        flat = nnx.state(obj, nnx.Param).flat_state()
+        flat = nnx.to_flat_state(nnx.state(obj, nnx.Param))
         sd = {
             prefix + ".".join(str(p) for p in path): convert.to_numpy(v.get_value())
             for path, v in flat
