@@ -1,0 +1,110 @@
+"""A Flax Linen training loop with jaxrnn: a GRU classifier, optax and one ``jax.jit`` train step.
+
+Task: does a sequence (length 4 to 24, padded) end with the token it started with? The GRU reads
+left to right and must carry the first token to each sequence's own last valid step, which
+``seq_lengths=`` makes its final state. Chance is 50 %; the defaults reach >= 95 % in about a
+minute on two CPU cores.
+
+    python examples/train_linen.py            # defaults
+    python examples/train_linen.py --quick    # a few seconds (what the tests run)
+
+The parameters are the ``params`` collection of ``model.init``; the GRU's own subtree is keyed by
+torch's names (``params['rnn']['weight_ih_l0']``, ...), so ``jaxrnn.params_to_state_dict`` turns it
+into a state dict that ``torch.nn.GRU.load_state_dict`` accepts.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import flax.linen as nn
+import jax
+import numpy as np
+import optax
+from flax.training import train_state
+
+from jaxrnn import linen as jrl
+
+VOCAB, MAX_LEN = 8, 24
+
+
+def make_batch(seed: int, step: int, size: int):
+    """tokens ``(N, MAX_LEN)`` (0 = padding), lengths ``(N,)``, labels ``(N,)``: last == first."""
+    rng = np.random.default_rng([seed, step])
+    lengths = rng.integers(4, MAX_LEN + 1, size)
+    tokens = rng.integers(1, VOCAB, (size, MAX_LEN))
+    labels = rng.random(size) < 0.5
+    last = tokens[np.arange(size), lengths - 1]
+    other = 1 + (tokens[:, 0] + rng.integers(0, VOCAB - 2, size)) % (VOCAB - 1)  # != first
+    tokens[np.arange(size), lengths - 1] = np.where(
+        labels, tokens[:, 0], np.where(last == tokens[:, 0], other, last)
+    )
+    tokens = np.where(np.arange(MAX_LEN)[None] < lengths[:, None], tokens, 0)
+    return tokens.astype(np.int32), lengths.astype(np.int32), labels.astype(np.int32)
+
+
+class Classifier(nn.Module):
+    hidden: int = 64
+
+    @nn.compact
+    def __call__(self, tokens, lengths, *, deterministic: bool = True):
+        x = nn.Embed(VOCAB, 16, name="embed")(tokens)
+        rnn = jrl.GRU(16, self.hidden, num_layers=2, batch_first=True, dropout=0.1, name="rnn")
+        _, h_n = rnn(x, seq_lengths=lengths, deterministic=deterministic)
+        return nn.Dense(2, name="head")(h_n[-1])  # top layer, at each sequence's last valid step
+
+
+@jax.jit
+def train_step(state: train_state.TrainState, tokens, lengths, labels, key):
+    def loss_fn(params):
+        logits = state.apply_fn(
+            {"params": params}, tokens, lengths, deterministic=False, rngs={"dropout": key}
+        )
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+    loss, grads = jax.value_and_grad(loss_fn)(state.params)
+    return state.apply_gradients(grads=grads), loss
+
+
+@jax.jit
+def accuracy(state: train_state.TrainState, tokens, lengths, labels):
+    logits = state.apply_fn({"params": state.params}, tokens, lengths)
+    return (logits.argmax(-1) == labels).mean()
+
+
+def train(
+    steps: int = 600, batch_size: int = 64, hidden: int = 64, lr: float = 3e-3, seed: int = 0
+):
+    """Returns ``(state, losses, held-out accuracy)``."""
+    model = Classifier(hidden)
+    tokens, lengths, _ = make_batch(seed, 0, batch_size)
+    params = model.init(jax.random.key(seed), tokens, lengths)["params"]
+    tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(lr))
+    state = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+    key = jax.random.key(seed + 1)
+    losses = []
+    for step in range(steps):
+        state, loss = train_step(
+            state, *make_batch(seed, step, batch_size), jax.random.fold_in(key, step)
+        )
+        losses.append(loss)
+        if (step + 1) % 100 == 0:
+            print(f"step {step + 1}: loss {float(loss):.4f}")
+    acc = float(accuracy(state, *make_batch(seed + 1, 0, 1024)))  # held-out stream
+    return state, np.array(jax.device_get(losses)), acc
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--quick", action="store_true", help="40 steps of a small model")
+    args = parser.parse_args(argv)
+    kwargs = dict(steps=40, batch_size=16, hidden=16) if args.quick else dict(steps=args.steps)
+    state, losses, acc = train(**kwargs)
+    print(f"loss {losses[:10].mean():.4f} (first 10 steps) -> {losses[-10:].mean():.4f} (last 10)")
+    print(f"held-out accuracy {acc:.4f}")
+    return state, losses, acc
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""Data parallelism with jax.sharding: 8 simulated CPU devices give the single-device loss curve.
+
+``examples/train_classifier.py --data-parallel`` splits every batch over a 1-D ``Mesh`` of all
+devices (``NamedSharding(mesh, P('data'))``) and replicates the parameters; XLA's SPMD partitioner
+adds the gradient all-reduce. The device count is fixed when JAX starts, so the run happens in a
+subprocess with ``XLA_FLAGS=--xla_force_host_platform_device_count=8``; it trains the ``--quick``
+configuration once on one device and once sharded, and reports both loss curves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+SCRIPT = r"""
+import dataclasses, importlib.util, json, sys
+import jax, numpy as np
+
+spec = importlib.util.spec_from_file_location("train_classifier", sys.argv[1])
+clf = importlib.util.module_from_spec(spec)
+sys.modules["train_classifier"] = clf
+spec.loader.exec_module(clf)
+
+cfg = clf.parse_args(["--quick"])[0]
+single = clf.train(cfg, progress=False)
+sharded = clf.main(["--quick", "--data-parallel"])  # the command-line flag
+
+w = sharded.model.rnn.weight_hh_l0[...]
+m = sharded.model.head.kernel[...]
+tokens, lengths, labels = clf.make_batch(cfg, 0, 0, cfg.batch_size)
+batch = clf.to_global((tokens, lengths, labels), sharded.mesh)
+print("RESULT " + json.dumps({
+    "devices": jax.device_count(),
+    "mesh": dict(sharded.mesh.shape),
+    "single_devices": len(single.model.rnn.weight_hh_l0[...].sharding.device_set),
+    "param_devices": [len(w.sharding.device_set), len(m.sharding.device_set)],
+    "param_replicated": [w.sharding.is_fully_replicated, m.sharding.is_fully_replicated],
+    "batch_shards": sorted({s.data.shape for s in batch[0].addressable_shards}),
+    "batch_devices": len(batch[0].sharding.device_set),
+    "batch_equal": bool(np.array_equal(np.asarray(batch[0]), tokens)),
+    "single": [single.losses[s] for s in range(cfg.steps)],
+    "sharded": [sharded.losses[s] for s in range(cfg.steps)],
+    "accuracy": [single.accuracy, sharded.accuracy],
+    "batch_size": cfg.batch_size,
+}))
+"""
+
+
+@pytest.fixture(scope="module")
+def report():
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (
+        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    ).strip()
+    env["JAX_PLATFORMS"] = "cpu"
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(ROOT / "examples" / "train_classifier.py")],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))
+    return json.loads(line[len("RESULT ") :])
+
+
+def test_runs_on_eight_devices_with_replicated_params_and_a_sharded_batch(report):
+    assert report["devices"] == 8
+    assert report["mesh"] == {"data": 8}
+    assert report["single_devices"] == 1
+    assert report["param_devices"] == [8, 8] and report["param_replicated"] == [True, True]
+    assert report["batch_devices"] == 8
+    assert report["batch_shards"] == [[report["batch_size"] // 8, 16]]  # 8 rows of 2, not copies
+    assert report["batch_equal"]
+
+
+def test_sharded_losses_equal_the_single_device_run(report):
+    single, sharded = np.array(report["single"]), np.array(report["sharded"])
+    assert len(single) == len(sharded) == 40 and np.isfinite(single).all()
+    np.testing.assert_allclose(sharded, single, rtol=1e-5, atol=1e-6)
+    assert single[-10:].mean() < single[:10].mean()  # and they trained
+    assert abs(report["accuracy"][0] - report["accuracy"][1]) <= 2 / 256  # at most 2 flips
