@@ -383,7 +383,7 @@ def main() -> None:
     scanned_reset = np.asarray(run_recording(model, audio, resets=resets)[0][0])
     print(
         f"state reset at chunk {k}: changes TorchScript's probabilities by up to "
-        f"{np.abs(ref_reset - ref).max():.3f}; max |JAX - TorchScript| after the reset = "
+        f"{np.abs(ref_reset - ref).max():.3f}; max |JAX lax.scan - TorchScript|, both reset = "
         f"{np.abs(scanned_reset - ref_reset).max():.2e}"
     )
 
