@@ -191,6 +191,9 @@ TORCH_TWINS = {
 }
 
 
+_forward = nnx.jit(lambda m, x: m(x))  # one compilation per module kind, shared by the formats
+
+
 @pytest.mark.parametrize("fmt", ("safetensors", "pt", "npz"))
 @pytest.mark.parametrize("kind", list(JAX_MODULES))
 def test_export_loads_into_torch_strict(tmp_path, fmt, kind):
@@ -211,7 +214,7 @@ def test_export_loads_into_torch_strict(tmp_path, fmt, kind):
     if kind == "cell":
         x = x[0]
     out_t = target.encoder(torch.from_numpy(x))
-    out_j = nnx.jit(lambda m, x: m(x))(jax_module, jnp.asarray(x))
+    out_j = _forward(jax_module, jnp.asarray(x))
     for o_j, o_t in zip(jax.tree.leaves(out_j), jax.tree.leaves(out_t), strict=True):
         np.testing.assert_allclose(o_j, o_t.detach().numpy(), rtol=1e-5, atol=1e-5)
 
