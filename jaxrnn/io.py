@@ -178,13 +178,25 @@ def _flatten(obj: Mapping, prefix: str = "") -> dict[str, np.ndarray]:
 # writing
 
 
+def _flatten_params(obj: Mapping, prefix: str = "") -> dict:
+    """Nested mappings (a Linen ``variables['params']`` tree) flattened with dots."""
+    out = {}
+    for key, value in obj.items():
+        if isinstance(value, Mapping):
+            out.update(_flatten_params(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def save_state_dict_file(params_or_module: Any, path: str | os.PathLike, prefix: str = "") -> None:
     """Write weights as a checkpoint file that PyTorch loads with ``load_state_dict(strict=True)``.
 
     Args:
         params_or_module: a jaxrnn module (its ``state_dict()``), any Flax NNX module (its
             ``nnx.Param`` leaves, named by attribute path joined with dots, which gives torch's
-            names when attributes are named as in the torch model), or a mapping of arrays.
+            names when attributes are named as in the torch model), or a mapping of arrays,
+            nested mappings (a Linen ``variables['params']``) flattened with dots the same way.
         path: ``.safetensors`` (no torch needed), ``.pt``/``.pth``/``.bin`` (needs torch) or
             ``.npz``. Written to a temporary file first, then renamed into place.
         prefix: prepended to every key, e.g. ``'encoder.lstm.'`` to match the attribute path of
@@ -225,7 +237,7 @@ def save_state_dict_file(params_or_module: Any, path: str | os.PathLike, prefix:
 
 def _to_state_dict(obj, prefix: str) -> dict[str, np.ndarray]:
     if isinstance(obj, Mapping):
-        sd = convert.params_to_state_dict(obj, prefix)
+        sd = convert.params_to_state_dict(_flatten_params(obj), prefix)
     elif callable(getattr(obj, "state_dict", None)):  # jaxrnn modules, torch modules
         sd = {k: convert.to_numpy(v) for k, v in obj.state_dict(prefix=prefix).items()}
     else:

@@ -245,6 +245,24 @@ def test_export_nnx_model_uses_attribute_paths(tmp_path):
     )
 
 
+def test_export_linen_params(tmp_path):
+    from jaxrnn import linen as jrl
+
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((5, 2, 3), np.float32))
+    layer = jrl.GRU(3, 4, num_layers=2)
+    variables = layer.init(jax.random.key(0), x)
+    path = str(tmp_path / "linen.safetensors")
+    jaxrnn.save_state_dict_file({"encoder": variables["params"]}, path)  # nested: dotted names
+    from safetensors.torch import load_file
+
+    target = Wrapper("encoder", torch.nn.GRU(3, 4, num_layers=2))
+    target.load_state_dict(load_file(path), strict=True)
+    out_j, h_j = layer.apply(variables, x)
+    out_t, h_t = target.encoder(torch.from_numpy(np.asarray(x)))
+    np.testing.assert_allclose(out_j, out_t.detach().numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(h_j, h_t.detach().numpy(), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("fmt", ("pt", "safetensors"))
 def test_export_bfloat16(tmp_path, fmt):
     jax_module = jaxrnn.GRUCell(3, 2, param_dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
