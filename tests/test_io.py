@@ -258,7 +258,7 @@ def test_export_linen_params(tmp_path):
     target = Wrapper("encoder", torch.nn.GRU(3, 4, num_layers=2))
     target.load_state_dict(load_file(path), strict=True)
     out_j, h_j = layer.apply(variables, x)
-    out_t, h_t = target.encoder(torch.from_numpy(np.asarray(x)))
+    out_t, h_t = target.encoder(torch.tensor(np.asarray(x)))
     np.testing.assert_allclose(out_j, out_t.detach().numpy(), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(h_j, h_t.detach().numpy(), rtol=1e-5, atol=1e-5)
 
