@@ -195,8 +195,20 @@ def local_rows(size: int) -> slice:
 
 
 def replicate(tree, mesh: Mesh):
-    """Copy every array of ``tree`` (NNX state) to all devices of ``mesh``."""
-    return jax.device_put(tree, NamedSharding(mesh, P()))
+    """Copy every array of ``tree`` (NNX state) to all devices of ``mesh``, on every host.
+
+    Each process holds the same values (same seed or same checkpoint) and contributes its copy.
+    """
+    sharding = NamedSharding(mesh, P())
+
+    def put(x):
+        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):  # RNG keys: replicate their raw bits
+            return jax.random.wrap_key_data(
+                put(jax.random.key_data(x)), impl=jax.random.key_impl(x)
+            )
+        return jax.make_array_from_process_local_data(sharding, np.asarray(x))
+
+    return jax.tree.map(put, tree)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -302,7 +314,9 @@ def train(cfg: Config, *, progress: bool = True) -> Result:
             bar.set_postfix(loss=f"{losses[step]:.4f}", seq_per_s=f"{rate:,.0f}")
             bar.update(done - bar.n)
         if done % cfg.eval_every == 0 and done != end:
-            bar.write(f"step {done}: eval accuracy {evaluate(model, cfg, mesh):.4f}")
+            accuracy = evaluate(model, cfg, mesh)  # on every process: it runs collectives
+            if progress:
+                bar.write(f"step {done}: eval accuracy {accuracy:.4f}")
         if ckpt and (done % cfg.ckpt_every == 0 or done == end):
             save_checkpoint(ckpt, model, optimizer)
     bar.close()
@@ -340,8 +354,11 @@ def parse_args(argv=None) -> Config:
         "--data-parallel", action="store_true", help="shard the batch over all devices"
     )
     parser.add_argument(
-        "--distributed", action="store_true", help="call jax.distributed.initialize()"
+        "--distributed", action="store_true", help="multi-host: jax.distributed.initialize()"
     )
+    parser.add_argument("--coordinator", help="--distributed: host:port of process 0")
+    parser.add_argument("--num-processes", type=int, help="--distributed: number of processes")
+    parser.add_argument("--process-id", type=int, help="--distributed: this process, 0 to n-1")
     parser.add_argument("--quick", action="store_true", help="a tiny run that takes seconds")
     args = parser.parse_args(argv)
     values = dict(QUICK) if args.quick else {}
@@ -349,13 +366,20 @@ def parse_args(argv=None) -> Config:
         {k: v for k, v in vars(args).items() if v is not None and k in Config.__annotations__}
     )
     values["data_parallel"] = args.data_parallel
-    return Config(**values), args.distributed
+    distributed = None
+    if args.distributed:  # None values: detected on Cloud TPU, SLURM and Open MPI
+        distributed = dict(
+            coordinator_address=args.coordinator,
+            num_processes=args.num_processes,
+            process_id=args.process_id,
+        )
+    return Config(**values), distributed
 
 
 def main(argv=None) -> Result:
     cfg, distributed = parse_args(argv)
-    if distributed:  # one process per host; coordinator and ids from the environment
-        jax.distributed.initialize()
+    if distributed is not None:  # one process per host, before any other JAX call
+        jax.distributed.initialize(**distributed)
     devices = jax.devices()
     print(
         f"{len(devices)} {devices[0].platform} device(s), {jax.process_count()} process(es); "

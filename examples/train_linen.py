@@ -1,9 +1,9 @@
 """A Flax Linen training loop with jaxrnn: a GRU classifier, optax and one ``jax.jit`` train step.
 
-Task: does a sequence (length 4 to 24, padded) end with the token it started with? The GRU reads
-left to right and must carry the first token to each sequence's own last valid step, which
-``seq_lengths=`` makes its final state. Chance is 50 %; the defaults reach >= 95 % in about a
-minute on two CPU cores.
+Task: does a sequence (length 4 to 32, padded) hold at least as many ``a`` (token 1) as ``b``
+(token 2) among its distractors? The GRU must count over each sequence's own length, which
+``seq_lengths=`` gives it: its final state is taken at the last valid step, not at the padding.
+Chance is about 50 %; the defaults reach >= 99 % held-out accuracy in 600 steps (30 CPU-seconds).
 
     python examples/train_linen.py            # defaults
     python examples/train_linen.py --quick    # a few seconds (what the tests run)
@@ -25,21 +25,16 @@ from flax.training import train_state
 
 from jaxrnn import linen as jrl
 
-VOCAB, MAX_LEN = 8, 24
+VOCAB, MAX_LEN = 8, 32
 
 
 def make_batch(seed: int, step: int, size: int):
-    """tokens ``(N, MAX_LEN)`` (0 = padding), lengths ``(N,)``, labels ``(N,)``: last == first."""
+    """tokens ``(N, MAX_LEN)`` (0 = padding), lengths ``(N,)``, labels ``(N,)``: #a >= #b."""
     rng = np.random.default_rng([seed, step])
     lengths = rng.integers(4, MAX_LEN + 1, size)
     tokens = rng.integers(1, VOCAB, (size, MAX_LEN))
-    labels = rng.random(size) < 0.5
-    last = tokens[np.arange(size), lengths - 1]
-    other = 1 + (tokens[:, 0] + rng.integers(0, VOCAB - 2, size)) % (VOCAB - 1)  # != first
-    tokens[np.arange(size), lengths - 1] = np.where(
-        labels, tokens[:, 0], np.where(last == tokens[:, 0], other, last)
-    )
     tokens = np.where(np.arange(MAX_LEN)[None] < lengths[:, None], tokens, 0)
+    labels = (tokens == 1).sum(1) >= (tokens == 2).sum(1)
     return tokens.astype(np.int32), lengths.astype(np.int32), labels.astype(np.int32)
 
 

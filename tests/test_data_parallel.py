@@ -4,7 +4,9 @@
 devices (``NamedSharding(mesh, P('data'))``) and replicates the parameters; XLA's SPMD partitioner
 adds the gradient all-reduce. The device count is fixed when JAX starts, so the run happens in a
 subprocess with ``XLA_FLAGS=--xla_force_host_platform_device_count=8``; it trains the ``--quick``
-configuration once on one device and once sharded, and reports both loss curves.
+configuration once on one device and once sharded, and reports both loss curves. A second test
+runs it as two processes of 4 devices each, joined by ``jax.distributed.initialize`` over
+localhost (the multi-host path: per-process batch slices, Gloo collectives between processes).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 
@@ -90,3 +93,59 @@ def test_sharded_losses_equal_the_single_device_run(report):
     np.testing.assert_allclose(sharded, single, rtol=1e-5, atol=1e-6)
     assert single[-10:].mean() < single[:10].mean()  # and they trained
     assert abs(report["accuracy"][0] - report["accuracy"][1]) <= 2 / 256  # at most 2 flips
+
+
+MULTI = r"""
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("train_classifier", sys.argv[1])
+clf = importlib.util.module_from_spec(spec)
+sys.modules["train_classifier"] = clf
+spec.loader.exec_module(clf)
+r = clf.main(["--quick", "--data-parallel", "--distributed", "--coordinator", sys.argv[2],
+              "--num-processes", "2", "--process-id", sys.argv[3]])
+import jax
+print("RESULT " + json.dumps({
+    "process": jax.process_index(), "processes": jax.process_count(),
+    "devices": jax.device_count(), "local_devices": jax.local_device_count(),
+    "losses": [r.losses[s] for s in range(40)], "accuracy": r.accuracy,
+}))
+"""
+
+
+def test_two_processes_give_the_single_device_curve(report):
+    with socket.socket() as s:  # a free port for the coordinator
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (
+        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+    ).strip()
+    env["JAX_PLATFORMS"] = "cpu"
+    script = str(ROOT / "examples" / "train_classifier.py")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", MULTI, script, f"localhost:{port}", str(i)],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    results = []
+    for proc in procs:
+        try:
+            out, err = proc.communicate(timeout=600)
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            raise
+        assert proc.returncode == 0, err[-4000:]
+        line = next(line for line in out.splitlines() if line.startswith("RESULT "))
+        results.append(json.loads(line[len("RESULT ") :]))
+    assert sorted(r["process"] for r in results) == [0, 1]
+    for r in results:
+        assert r["processes"] == 2 and r["devices"] == 8 and r["local_devices"] == 4
+        np.testing.assert_allclose(r["losses"], report["single"], rtol=1e-5, atol=1e-6)
+        assert abs(r["accuracy"] - report["accuracy"][0]) <= 2 / 256
