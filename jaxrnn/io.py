@@ -258,7 +258,8 @@ def _to_state_dict(obj, prefix: str) -> dict[str, np.ndarray]:
             raise TypeError(
                 f"save_state_dict_file: {key} must be a numeric array, got dtype {value.dtype}"
             )
-    return {k: np.ascontiguousarray(v) for k, v in sd.items()}
+    # ascontiguousarray alone turns 0-d arrays (e.g. BatchNorm.num_batches_tracked) into (1,)
+    return {k: np.ascontiguousarray(v).reshape(np.shape(v)) for k, v in sd.items()}
 
 
 def _save_torch(state_dict: Mapping[str, np.ndarray], path: str) -> None:

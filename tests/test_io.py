@@ -510,3 +510,14 @@ def test_save_is_atomic_on_failure(tmp_path):
         jaxrnn.save_state_dict_file({"a": "not an array"}, path)
     assert path.read_bytes() == b"old"
     assert os.listdir(tmp_path) == ["out.safetensors"]
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".npz", ".pt"])
+def test_zero_dim_arrays_keep_their_shape(tmp_path, suffix):
+    """torch's BatchNorm ``num_batches_tracked`` is 0-d; it must come back 0-d."""
+    sd = {"bn.num_batches_tracked": np.array(7, np.int64), "w": np.ones((2, 3), np.float32)}
+    path = tmp_path / f"ckpt{suffix}"
+    jaxrnn.save_state_dict_file(sd, path)
+    back = jaxrnn.load_state_dict_file(path)
+    assert back["bn.num_batches_tracked"].shape == ()
+    assert int(back["bn.num_batches_tracked"]) == 7
