@@ -238,7 +238,7 @@ def restore_checkpoint(path: str, model, optimizer) -> int:
     """Load a :func:`save_checkpoint` file into ``model`` and ``optimizer``; returns the step."""
     arrays = jaxrnn.load_state_dict_file(path)
     leaves, treedef = jax.tree_util.tree_flatten_with_path(_training_state(model, optimizer))
-    # reshape: the file stores a scalar (the step, Adam's count) as shape (1,)
+    # reshape defensively to the live leaf shapes (files written before 0-d arrays were kept 0-d)
     values = [jnp.asarray(arrays[_key(p)]).reshape(x.shape) for p, x in leaves]
     restored = jax.tree.unflatten(treedef, values)
     nnx.update(model, restored["model"])
