@@ -83,19 +83,21 @@ __all__ = [
 
 
 def _flax_step(cell, mode: str, carry, inputs):
-    """One step of ``cell`` (torch's call) under Flax's protocol, any number of batch axes."""
+    """One step of ``cell`` (torch's call) under Flax's protocol, any number of batch axes.
+
+    ``y`` is in the cell's compute dtype; the new carry keeps the dtype the carry came in with,
+    so a scan's carry type never changes (e.g. a float32 carry with ``dtype=jnp.bfloat16``)."""
     batch_shape = inputs.shape[:-1]
     lead = (-1,) if len(batch_shape) > 1 else batch_shape
     flat = lambda a: a.reshape(*lead, a.shape[-1])  # noqa: E731
+    unflat = lambda a, like: a.reshape(*batch_shape, a.shape[-1]).astype(like.dtype)  # noqa: E731
     if mode == "LSTM":
         c, h = carry  # Flax's order
         h_new, c_new = cell(flat(inputs), (flat(h), flat(c)))
-        h_new = h_new.reshape(*batch_shape, h_new.shape[-1])
-        c_new = c_new.reshape(*batch_shape, c_new.shape[-1])
-        return (c_new, h_new), h_new
+        y = h_new.reshape(*batch_shape, h_new.shape[-1])
+        return (unflat(c_new, c), unflat(h_new, h)), y
     h_new = cell(flat(inputs), flat(carry))
-    h_new = h_new.reshape(*batch_shape, h_new.shape[-1])
-    return h_new, h_new
+    return unflat(h_new, carry), h_new.reshape(*batch_shape, h_new.shape[-1])
 
 
 def _zero_carry(mode: str, input_shape, hidden_size: int, dtype, init=None, keys=None):
@@ -126,7 +128,8 @@ class FlaxCellAdapter(nnx.RNNCellBase):
         * **inputs**: ``(*B, H_in)``, any number of batch axes ``B`` (none included).
 
     Outputs: carry', y
-        * **carry'**: like ``carry``; **y**: the new ``h`` ``(*B, H)``.
+        * **carry'**: like ``carry``, in ``carry``'s dtype (so it scans with any compute dtype);
+          **y**: the new ``h`` ``(*B, H)`` in the cell's compute dtype.
 
     Example:
         >>> import jax.numpy as jnp

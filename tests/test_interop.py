@@ -370,6 +370,13 @@ def test_initialize_carry_dtype_and_order():
         (B, IN), rngs=nnx.Rngs(carry=0), carry_init=nn.initializers.ones
     )
     assert_close(ones, (np.ones((B, H)), np.ones((B, H))))
+    # bfloat16 parameters, float32 input: computes in float32, the bfloat16 carry scans as is
+    mixed = nnx.RNN(
+        interop.as_flax_cell(jaxrnn.GRUCell(IN, H, rngs=nnx.Rngs(0), param_dtype=jnp.bfloat16)),
+        return_carry=True,
+    )
+    carry, y = mixed(jnp.ones((B, T, IN), jnp.float32))
+    assert carry.dtype == jnp.bfloat16 and y.dtype == jnp.float32
     lin = interop.as_flax_cell(jrl.GRUCell(IN, H, param_dtype=jnp.float16))
     assert lin.initialize_carry(jax.random.key(0), (IN,)).dtype == jnp.float16
     assert lin.initialize_carry(jax.random.key(0), (IN,)).shape == (H,)
