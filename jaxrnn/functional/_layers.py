@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxrnn import _checks, _params
-from jaxrnn.functional import _cells
+from jaxrnn.functional import _cells, _fused
 from jaxrnn.functional._cells import linear, step_from_gates
 from jaxrnn.utils import rnn as _packing
 
@@ -48,6 +48,31 @@ def scan_direction(
 
     xs = gx if mask is None else (gx, mask)
     return time_scan(step, state0, xs, reverse=reverse, unroll=unroll, remat=remat)
+
+
+def run_layer(mode: str, ps, x, state0, mask=None, *, precision=None, unroll=1, remat=False):
+    """Every direction of one layer: ``ps`` holds one cell-named dict per direction (the second
+    runs in reverse), ``state0`` is stacked over directions. Returns ``(finals, outputs)``, one
+    entry per direction.
+
+    Without ``remat`` this is the fused whole-layer path (:mod:`jaxrnn.functional._fused`: both
+    directions in one loop, weight and input gradients as matmuls over all steps); with it, one
+    rematerialised :func:`scan_direction` per direction.
+    """
+    if not remat:
+        reverse = [d == 1 for d in range(len(ps))]
+        return _fused.layer(
+            mode, ps, x, state0, mask, reverse=reverse, precision=precision, unroll=unroll
+        )
+    finals, outs = [], []
+    for d, p in enumerate(ps):
+        s0 = jax.tree.map(lambda s, d=d: s[d], state0)
+        final, out = scan_direction(
+            mode, p, x, s0, mask, reverse=d == 1, precision=precision, unroll=unroll, remat=remat
+        )
+        finals.append(final)
+        outs.append(out)
+    return finals, outs
 
 
 def time_scan(step, init, xs, *, reverse=False, unroll=1, remat=False):
@@ -212,27 +237,19 @@ def rnn(
     finals = []
     layer_input = x
     for layer in range(num_layers):
-        outs = []
-        for direction in range(num_directions):
-            idx = layer * num_directions + direction
-            p = {
+        ps = [
+            {
                 k: (None if v is None else jnp.asarray(v).astype(compute))
                 for k, v in _params.split_layer(params, layer, direction).items()
             }
-            s0 = jax.tree.map(lambda s, i=idx: s[i], state)
-            final, out = scan_direction(
-                mode,
-                p,
-                layer_input,
-                s0,
-                mask,
-                reverse=direction == 1,
-                precision=precision,
-                unroll=unroll,
-                remat=remat,
-            )
-            finals.append(final)
-            outs.append(out)
+            for direction in range(num_directions)
+        ]
+        lo = layer * num_directions
+        s0 = jax.tree.map(lambda s, lo=lo: s[lo : lo + num_directions], state)
+        layer_finals, outs = run_layer(
+            mode, ps, layer_input, s0, mask, precision=precision, unroll=unroll, remat=remat
+        )
+        finals.extend(layer_finals)
         layer_input = outs[0] if num_directions == 1 else jnp.concatenate(outs, axis=-1)
         if training and dropout > 0 and layer < num_layers - 1:
             dropout_key, sub = jax.random.split(dropout_key)

@@ -1,0 +1,262 @@
+"""Speed of jaxrnn against PyTorch's CPU kernels and Flax's nn.RNN: one table, float32.
+
+For every workload (``T, B, I, H, layers``) and mode (``fwd``: inference forward; ``fwd+bwd``: a
+training step, value and gradient of ``sum(output * w)`` with respect to the parameters) it builds
+the three contenders from the same torch weights, checks their outputs, losses and (jaxrnn's)
+gradients equal torch's, then times them interleaved in one process (median of ``--reps`` runs,
+contenders in rotating order). torch runs at its best thread count for the workload (1 or all
+cores, chosen by a short trial and reported). GFLOP/s count the matmul FLOPs (x3 for forward +
+backward) and are compared to this machine's float32 GEMM rate measured at the start (best of
+JAX and torch on a 2048^2 matmul). Compile seconds are jaxrnn's (forward + training step).
+
+The notes under the table show the compile time at two sequence lengths (flat: the time loop
+is a ``while`` loop) and the compiled temporary memory of a training step at ``T = 1024`` with and
+without ``remat``. The output is printed and written to ``benchmarks/results/<date>-<machine>.md``.
+
+Usage: ``python benchmarks/run.py [--quick] [--reps N] [--only SUBSTRING] [--no-flax]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _contenders import Workload, build, check_against_torch  # noqa: E402
+
+import jaxrnn  # noqa: E402
+from jaxrnn import functional as F  # noqa: E402
+from jaxrnn._params import layer_param_shapes  # noqa: E402
+
+# The issue's workloads, plus GRU/RNN equivalents. ``quick`` marks the --quick subset.
+WORKLOADS = [
+    (Workload("LSTM", 128, 32, 128, 256, 1), True),
+    (Workload("LSTM", 128, 64, 256, 512, 2), False),
+    (Workload("LSTM", 128, 32, 128, 256, 2, True), True),
+    (Workload("LSTM", 512, 4, 64, 128, 1), True),
+    (Workload("GRU", 128, 32, 128, 256, 1), True),
+    (Workload("GRU", 128, 64, 256, 512, 2), False),
+    (Workload("GRU", 128, 32, 128, 256, 2, True), False),
+    (Workload("GRU", 512, 4, 64, 128, 1), False),
+    (Workload("RNN_TANH", 128, 32, 128, 256, 1), True),
+    (Workload("RNN_TANH", 512, 4, 64, 128, 1), False),
+]
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores"
+
+
+def gemm_rate(n: int = 2048, reps: int = 5) -> tuple[float, str]:
+    """Best float32 GEMM GFLOP/s of JAX and torch (any thread count) on an n x n matmul."""
+    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+    f = jax.jit(jnp.matmul)
+    aj = jnp.asarray(a)
+    f(aj, aj).block_until_ready()
+    best = {"jax": min(_time(lambda: f(aj, aj).block_until_ready()) for _ in range(reps))}
+    at = torch.from_numpy(a)
+    for threads in sorted({1, os.cpu_count() or 1}):
+        torch.set_num_threads(threads)
+        at @ at
+        best[f"torch/{threads}t"] = min(_time(lambda: at @ at) for _ in range(reps))
+    who = min(best, key=best.get)
+    return 2.0 * n**3 / best[who] / 1e9, who
+
+
+def _time(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def best_torch_threads(fn, reps: int = 3) -> int:
+    candidates = sorted({1, os.cpu_count() or 1})
+    times = {}
+    for threads in candidates:
+        torch.set_num_threads(threads)
+        fn()
+        times[threads] = min(_time(fn) for _ in range(reps))
+    return min(times, key=times.get)
+
+
+def interleaved(fns: dict, reps: int) -> dict:
+    """Median seconds per callable; each round runs all of them, in rotating order."""
+    names = list(fns)
+    for fn in fns.values():
+        fn()
+    times = {k: [] for k in names}
+    for r in range(reps):
+        for k in names[r % len(names) :] + names[: r % len(names)]:
+            times[k].append(_time(fns[k]))
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def run_workload(w: Workload, reps: int, with_flax: bool, peak: float) -> list[dict]:
+    contenders, tmod = build(w, with_flax=with_flax)
+    check_against_torch(contenders)
+    rows = []
+    for mode in ("fwd", "fwd+bwd"):
+        attr = "fwd" if mode == "fwd" else "train"
+        threads = best_torch_threads(getattr(contenders[0], attr))
+        torch.set_num_threads(threads)
+        ms = {
+            k: v * 1e3
+            for k, v in interleaved({c.name: getattr(c, attr) for c in contenders}, reps).items()
+        }
+        gflops = w.flops(mode != "fwd") / (ms["jaxrnn"] / 1e3) / 1e9
+        rows.append(
+            dict(
+                workload=w.name,
+                mode=mode,
+                torch=ms["torch"],
+                threads=threads,
+                flax=ms.get("flax", float("nan")),
+                jaxrnn=ms["jaxrnn"],
+                gflops=gflops,
+                peak=100.0 * gflops / peak,
+                compile=contenders[-1].compile_s,
+            )
+        )
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    head = (
+        "| workload (T,B,I,H,layers) | mode | torch ms (threads) | flax ms | jaxrnn ms "
+        "| torch/jaxrnn | flax/jaxrnn | jaxrnn GFLOP/s | % of GEMM | compile s |"
+    )
+    lines = [head, "|" + "---|" * 10]
+    for r in rows:
+        lines.append(
+            f"| {r['workload']} | {r['mode']} | {r['torch']:.1f} ({r['threads']}) "
+            f"| {r['flax']:.1f} | {r['jaxrnn']:.1f} | {r['torch'] / r['jaxrnn']:.2f}x "
+            f"| {r['flax'] / r['jaxrnn']:.2f}x | {r['gflops']:.1f} | {r['peak']:.0f}% "
+            f"| {r['compile']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def compile_seconds(length: int, w: Workload) -> float:
+    """Seconds to compile jaxrnn's training step of ``w`` at sequence length ``length``."""
+    shapes = layer_param_shapes(w.mode, w.input_size, w.hidden, w.layers, True, w.bidirectional)
+    params = {k: jax.ShapeDtypeStruct(s, jnp.float32) for k, s in shapes.items()}
+    x = jax.ShapeDtypeStruct((length, w.batch, w.input_size), jnp.float32)
+
+    def loss(params, x):
+        return jnp.sum(F.rnn(params, x, mode=w.mode)[0])
+
+    t0 = time.perf_counter()
+    jax.jit(jax.value_and_grad(loss)).lower(params, x).compile()
+    return time.perf_counter() - t0
+
+
+def temp_mib(w: Workload, length: int, remat) -> float:
+    """Compiled temporary memory (MiB) of jaxrnn's training step at ``length`` steps."""
+    shapes = layer_param_shapes(w.mode, w.input_size, w.hidden, w.layers, True, w.bidirectional)
+    params = {k: jax.ShapeDtypeStruct(s, jnp.float32) for k, s in shapes.items()}
+    x = jax.ShapeDtypeStruct((length, w.batch, w.input_size), jnp.float32)
+
+    def loss(params, x):
+        out, state = F.rnn(params, x, mode=w.mode, remat=remat)
+        return jnp.sum(state[0] if w.mode == "LSTM" else state)
+
+    compiled = jax.jit(jax.grad(loss)).lower(params, x).compile()
+    return compiled.memory_analysis().temp_size_in_bytes / 2**20
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a subset, fewer repetitions")
+    parser.add_argument("--reps", type=int, default=None, help="timed runs per contender")
+    parser.add_argument("--only", default=None, help="workloads whose name contains this")
+    parser.add_argument("--no-flax", action="store_true", help="skip the flax contender")
+    parser.add_argument("--out", default=None, help="results file (default: results/<date>-...)")
+    args = parser.parse_args(argv)
+    reps = args.reps or (5 if args.quick else 7)
+    workloads = [w for w, quick in WORKLOADS if quick or not args.quick]
+    if args.only:
+        workloads = [w for w in workloads if args.only in w.name]
+
+    today = datetime.date.today().isoformat()
+    peak, peak_who = gemm_rate()
+    header = [
+        f"# jaxrnn speed, {today}",
+        "",
+        f"- machine: {machine()}",
+        f"- versions: jax {jax.__version__}, flax {flax.__version__}, torch {torch.__version__}, "
+        f"jaxrnn {jaxrnn.__version__}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}",
+        f"- float32 GEMM rate (2048^2): {peak:.0f} GFLOP/s ({peak_who})",
+        f"- median of {reps} interleaved runs; torch/jaxrnn and flax/jaxrnn > 1 mean jaxrnn "
+        "is faster; all contenders checked equal to torch first",
+        "",
+    ]
+    print("\n".join(header), flush=True)
+
+    rows = []
+    for w in workloads:
+        t0 = time.perf_counter()
+        new = run_workload(w, reps, not args.no_flax, peak)
+        rows.extend(new)
+        for r in new:
+            print(
+                f"  {r['workload']:<26} {r['mode']:<8} torch {r['torch']:8.1f} ms "
+                f"({r['threads']}t)  flax {r['flax']:8.1f}  jaxrnn {r['jaxrnn']:8.1f}  "
+                f"[{time.perf_counter() - t0:.0f} s]",
+                flush=True,
+            )
+    table = format_table(rows)
+
+    notes = ["", "Notes:"]
+    w = Workload("LSTM", 128, 32, 128, 256, 1)
+    short, long_ = (128, 2048)
+    notes.append(
+        f"- compile time of jaxrnn's training step ({w.name.replace(' 128,', ' T,', 1)}): "
+        f"T={short}: {compile_seconds(short, w):.1f} s, T={long_}: "
+        f"{compile_seconds(long_, w):.1f} s"
+    )
+    if not args.quick:
+        big = Workload("LSTM", 128, 64, 256, 512, 2)
+        notes.append(
+            f"- compile time of the largest model ({big.name}): "
+            f"{compile_seconds(big.steps, big):.1f} s"
+        )
+    mem = Workload("LSTM", 1024, 32, 128, 256, 1)
+    plain, chunked = temp_mib(mem, 1024, False), temp_mib(mem, 1024, True)
+    notes.append(
+        f"- compiled temporary memory of a training step (loss on h_n), LSTM T=1024, B=32, "
+        f"I=128, H=256: {plain:.0f} MiB without remat, {chunked:.0f} MiB with remat=True"
+    )
+    text = "\n".join(header) + "\n" + table + "\n" + "\n".join(notes) + "\n"
+    print("\n" + table + "\n" + "\n".join(notes), flush=True)
+
+    out = Path(args.out) if args.out else None
+    if out is None:
+        slug = re.sub(r"[^a-z0-9]+", "-", machine().lower()).strip("-")
+        out = Path(__file__).resolve().parent / "results" / f"{today}-{slug}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(f"\nwritten to {out}")
+
+
+if __name__ == "__main__":
+    main()
