@@ -35,8 +35,12 @@ def scan_direction(
     move and the output is zero on invalid ones, so a reverse scan starts at each sequence's own
     last valid step. Returns ``(final_state, outputs (L, N, H_out))``.
     """
-    gx = linear(x, p["weight_ih"], p.get("bias_ih"), precision)
     w_hh, b_hh, w_hr = p["weight_hh"], p.get("bias_hh"), p.get("weight_hr")
+
+    def project(xs):  # the input projection, for all steps at once (or one remat chunk)
+        x_, m_ = xs if mask is not None else (xs, None)
+        gx = linear(x_, p["weight_ih"], p.get("bias_ih"), precision)
+        return gx if m_ is None else (gx, m_)
 
     def step(state, xs):
         gx_t, m_t = xs if mask is not None else (xs, None)
@@ -46,8 +50,10 @@ def scan_direction(
             out = jnp.where(m_t, out, jnp.zeros((), out.dtype))
         return new, out
 
-    xs = gx if mask is None else (gx, mask)
-    return time_scan(step, state0, xs, reverse=reverse, unroll=unroll, remat=remat)
+    xs = x if mask is None else (x, mask)
+    return time_scan(
+        step, state0, xs, reverse=reverse, unroll=unroll, remat=remat, prologue=project
+    )
 
 
 def run_layer(mode: str, ps, x, state0, mask=None, *, precision=None, unroll=1, remat=False):
@@ -75,17 +81,22 @@ def run_layer(mode: str, ps, x, state0, mask=None, *, precision=None, unroll=1, 
     return finals, outs
 
 
-def time_scan(step, init, xs, *, reverse=False, unroll=1, remat=False):
+def time_scan(step, init, xs, *, reverse=False, unroll=1, remat=False, prologue=None):
     """``lax.scan`` over time, optionally rematerialised in chunks.
 
+    ``prologue`` (optional) maps a time slice of ``xs`` to what ``step`` consumes (e.g. the input
+    projection); it runs once over all steps, or once per chunk inside the rematerialised region.
+
     With ``remat`` (``True`` for chunks of ``ceil(sqrt(L))`` steps, or an int chunk length) the
-    backward pass stores the carry only at chunk boundaries and recomputes each chunk, so the
-    saved activations grow as ``O(L / chunk + chunk)`` (``O(sqrt(L))``) instead of ``O(L)``.
+    backward pass stores the carry only at chunk boundaries and recomputes each chunk (its
+    prologue included), so the saved activations grow as ``O(L / chunk + chunk)``
+    (``O(sqrt(L))``) instead of ``O(L)``.
     """
+    prologue = prologue or (lambda a: a)
     length = jax.tree.leaves(xs)[0].shape[0]
     chunk = (math.isqrt(max(length - 1, 0)) + 1) if remat is True else int(remat or 0)
     if chunk <= 1 or chunk >= length:
-        return lax.scan(step, init, xs, reverse=reverse, unroll=unroll)
+        return lax.scan(step, init, prologue(xs), reverse=reverse, unroll=unroll)
     n = length // chunk
     main = n * chunk
     head = jax.tree.map(lambda a: a[:main].reshape(n, chunk, *a.shape[1:]), xs)
@@ -93,13 +104,13 @@ def time_scan(step, init, xs, *, reverse=False, unroll=1, remat=False):
 
     @jax.checkpoint
     def inner(carry, x_chunk):
-        return lax.scan(step, carry, x_chunk, reverse=reverse, unroll=unroll)
+        return lax.scan(step, carry, prologue(x_chunk), reverse=reverse, unroll=unroll)
 
     if not reverse:
         carry, ys_head = lax.scan(inner, init, head)
-        carry, ys_tail = lax.scan(step, carry, tail, unroll=unroll)
+        carry, ys_tail = lax.scan(step, carry, prologue(tail), unroll=unroll)
     else:
-        carry, ys_tail = lax.scan(step, init, tail, reverse=True, unroll=unroll)
+        carry, ys_tail = lax.scan(step, init, prologue(tail), reverse=True, unroll=unroll)
         carry, ys_head = lax.scan(inner, carry, head, reverse=True)
     ys = jax.tree.map(
         lambda h, t: jnp.concatenate([h.reshape(main, *h.shape[2:]), t], axis=0), ys_head, ys_tail
