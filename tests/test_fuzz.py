@@ -105,7 +105,7 @@ def _sequence(tree, n, batch_axis):
 
 
 @pytest.mark.parametrize("mode", MODES)
-@settings(FUZZ, max_examples=8)
+@settings(FUZZ, max_examples=6)
 @given(data=st.data())
 def test_random_configuration_matches_torch(mode, data):
     cfg = data.draw(configs(mode))
