@@ -3,11 +3,14 @@
 Prints ``jax.jit(grad).lower(...).compile().memory_analysis().temp_size_in_bytes`` (XLA's buffer
 assignment: deterministic, no run needed) for several sequence lengths, for two losses:
 
-* ``h_n``: a loss on the final state only (many-to-one). Nothing of size ``L`` has to be kept
-  except what the backward pass saves, so this is where ``remat`` (chunks of ``sqrt(L)`` steps,
-  see :func:`jaxrnn.functional.time_scan`) can make memory grow like ``sqrt(L)``.
-* ``output``: a loss on every step's output (sequence-to-sequence). The output and its
-  cotangent are ``O(L)`` whatever is rematerialised; remat removes the saved activations.
+* ``h_n``: a loss on the final state only (many-to-one);
+* ``output``: a sum over every step's output (sequence-to-sequence).
+
+Without remat the backward pass keeps every step's activations, ``O(L)``. With ``remat=True``
+(chunks of ``sqrt(L)`` steps, the input projection computed inside each chunk; see
+:func:`jaxrnn.functional.time_scan`) it keeps the carry at chunk boundaries plus one chunk, so
+temporary memory grows like ``sqrt(L)``. (Input, parameters and returned outputs are arguments
+and results, not temporaries.) ``tests/test_transforms.py`` asserts the sublinear growth.
 
 Usage: ``python benchmarks/memory.py [--hidden 32] [--lengths 256 1024 4096 16384]``.
 """
