@@ -39,6 +39,16 @@ FUZZ = settings(
 )
 
 
+@pytest.fixture(autouse=True)
+def _torch_one_thread():
+    """torch's oracle on one thread: on these tiny ops intra-op threads only add synchronisation
+    (and spin against XLA's threads), many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # ---------------------------------------------------------------------------------------------
 # 1. random valid configurations against torch
 
@@ -105,7 +115,7 @@ def _sequence(tree, n, batch_axis):
 
 
 @pytest.mark.parametrize("mode", MODES)
-@settings(FUZZ, max_examples=6)
+@settings(FUZZ, max_examples=5)
 @given(data=st.data())
 def test_random_configuration_matches_torch(mode, data):
     cfg = data.draw(configs(mode))

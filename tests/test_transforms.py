@@ -24,6 +24,16 @@ from jaxrnn._params import layer_param_shapes
 T, N, IN, H = 7, 3, 4, 5
 
 
+@pytest.fixture(autouse=True)
+def _torch_one_thread():
+    """torch's oracle on one thread: on these tiny ops intra-op threads only add synchronisation
+    (and spin against XLA's threads), many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _torch_grads(module, x, hx=None, lengths=None, w_out=None):
     """torch outputs and d(sum(w_out * output) + sum(h_n))/d(params, x) (packed when lengths)."""
     xt = torch.tensor(x, requires_grad=True)
@@ -228,12 +238,7 @@ def test_100k_step_sequence_forward_and_backward():
     tmod = torch_layer("LSTM", 2, 4)
     x = np.random.default_rng(6).standard_normal((length, 1, 2)).astype(np.float32)
     w_out = np.full((length, 1, 4), 1e-3, np.float32)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # 100k tiny steps: torch's intra-op threads cost 20x here
-    try:
-        t_out, t_hn, t_gp, t_gx = _torch_grads(tmod, x, w_out=w_out)
-    finally:
-        torch.set_num_threads(threads)
+    t_out, t_hn, t_gp, t_gx = _torch_grads(tmod, x, w_out=w_out)  # one thread: see fixture
     params = jaxrnn.state_dict_to_params(tmod.state_dict())
     loss = _loss("LSTM", w_out, remat=True)
     (_, (out, h_n)), (g_p, g_x) = jax.jit(jax.value_and_grad(loss, (0, 1), has_aux=True))(params, x)
