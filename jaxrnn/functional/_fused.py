@@ -54,7 +54,7 @@ def layer(mode: str, weights, x, state0, mask=None, *, reverse, precision=None, 
     """
     weights = tuple({k: w.get(k) for k in _WEIGHTS} for w in weights)
     spec = (mode, tuple(bool(r) for r in reverse), precision, int(unroll))
-    hs, c_last = _layer(spec, weights, x, state0, mask)
+    hs, c_last = _layer_jit(spec, weights, x, state0, mask)
     finals = []
     for d, h in enumerate(hs):
         h_last = h[0] if spec[1][d] else h[-1]
@@ -355,3 +355,7 @@ def _layer_bwd(spec, residuals, cts):
 
 
 _layer.defvjp(_layer_fwd, _layer_bwd)
+
+# jitted so that eager callers (and eager grad) compile a layer once per shape and reuse it; inside
+# an outer jit this is inlined.
+_layer_jit = jax.jit(_layer, static_argnums=0)
