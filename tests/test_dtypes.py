@@ -33,14 +33,7 @@ from jaxrnn import linen as jrl
 T, N, IN, H = 7, 3, 4, 6
 
 
-@pytest.fixture(autouse=True)
-def _torch_one_thread():
-    """torch's oracle on one thread: on these tiny ops intra-op threads only add synchronisation
-    (and spin against XLA's threads), many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# torch runs on one thread: see tests/conftest.py
 
 
 def _jax_run(params, x, hx, weights, **kwargs):

@@ -23,14 +23,7 @@ B, IN, H, T = 3, 4, 5, 6
 BIAS_INIT = nn.initializers.normal(0.5)  # Flax's default is zeros, which would hide bias bugs
 
 
-@pytest.fixture(autouse=True)
-def _torch_one_thread():
-    """torch's oracle on one thread: on these tiny ops intra-op threads only add synchronisation
-    (and spin against XLA's threads), many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# torch runs on one thread: see tests/conftest.py
 
 
 FLAX_CELLS = [
