@@ -9,6 +9,8 @@ reproduce to rounding for every option: modes, projections, no bias, directions,
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -60,9 +62,14 @@ def _plain(mode, weights, x, state0, mask, unroll):
     return finals, outs
 
 
-def _fused_layer(mode, weights, x, state0, mask, unroll):
+def _fused_layer(mode, weights, x, state0, mask, unroll, feature_major=None):
     rev = [d == 1 for d in range(len(weights))]
-    return _fused.layer(mode, weights, x, state0, mask, reverse=rev, unroll=unroll)
+    return _fused.layer(
+        mode, weights, x, state0, mask, reverse=rev, unroll=unroll, feature_major=feature_major
+    )
+
+
+LAYOUTS = pytest.mark.parametrize("fm", [True, False], ids=["feature_major", "batch_major"])
 
 
 _EQUIV_CASES = [
@@ -75,8 +82,9 @@ _EQUIV_CASES = [
 ]
 
 
+@LAYOUTS
 @pytest.mark.parametrize("mode,dirs,masked,proj,bias,unroll", _EQUIV_CASES)
-def test_fused_equals_autodiff_of_plain_scan(mode, dirs, masked, proj, bias, unroll):
+def test_fused_equals_autodiff_of_plain_scan(mode, dirs, masked, proj, bias, unroll, fm):
     rng = np.random.default_rng(0)
     with jax.enable_x64(True):
         weights, x, state0 = _random_layer(rng, mode, dirs, proj, bias)
@@ -94,16 +102,18 @@ def test_fused_equals_autodiff_of_plain_scan(mode, dirs, masked, proj, bias, unr
 
             return f
 
-        got = jax.jit(lambda w, x, s: _fused_layer(mode, w, x, s, mask, unroll))(weights, x, state0)
+        fused = functools.partial(_fused_layer, feature_major=fm)
+        got = jax.jit(lambda w, x, s: fused(mode, w, x, s, mask, unroll))(weights, x, state0)
         assert_close(got, ref, 1e-12, 1e-12, "outputs and finals")
         g_ref = jax.jit(jax.grad(loss(_plain), argnums=(0, 1, 2)))(weights, x, state0)
-        g_got = jax.jit(jax.grad(loss(_fused_layer), argnums=(0, 1, 2)))(weights, x, state0)
+        g_got = jax.jit(jax.grad(loss(fused), argnums=(0, 1, 2)))(weights, x, state0)
         for a, b in zip(jax.tree.leaves(g_got), jax.tree.leaves(g_ref)):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-10)
         assert jax.tree.structure(g_got) == jax.tree.structure(g_ref)
 
 
-def test_second_order_gradients_equal_plain_scan():
+@LAYOUTS
+def test_second_order_gradients_equal_plain_scan(fm):
     """The custom backward is itself differentiable: a Hessian-vector product through it equals
     the plain scan's."""
     rng = np.random.default_rng(1)
@@ -118,7 +128,8 @@ def test_second_order_gradients_equal_plain_scan():
 
             return jax.grad(lambda w: jnp.vdot(*_flat(jax.grad(loss)(w), v)))(weights)
 
-        assert_close(_flat(hvp(_fused_layer))[0], _flat(hvp(_plain))[0], 1e-10, 1e-10, "hvp")
+        fused = functools.partial(_fused_layer, feature_major=fm)
+        assert_close(_flat(hvp(fused))[0], _flat(hvp(_plain))[0], 1e-10, 1e-10, "hvp")
 
 
 def _flat(a, b=None):
@@ -201,10 +212,12 @@ def test_variable_lengths_match_torch_packed(mode, kwargs):
     assert_close(tuple(g_h), t_gh, 2e-5, 2e-5, "d hx")
 
 
-@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
-def test_benchmark_sized_layer_matches_torch(mode):
-    """Sizes where the hoisted matmuls are real GEMMs, two bidirectional layers, unroll=4."""
-    steps, batch, inp, hid = 24, 8, 32, 48
+@pytest.mark.parametrize("mode,batch", [("LSTM", 8), ("GRU", 8), ("LSTM", 24), ("GRU", 24)])
+def test_benchmark_sized_layer_matches_torch(mode, batch):
+    """Sizes where the hoisted matmuls are real GEMMs, two bidirectional layers, unroll=4; batches
+    on either side of the loop-layout switch (``_fused._SMALL_BATCH``)."""
+    assert 8 < _fused._SMALL_BATCH <= 24
+    steps, inp, hid = 24, 32, 48
     rng = np.random.default_rng(3)
     tmod = torch_layer(mode, inp, hid, num_layers=2, bidirectional=True)
     x = rng.standard_normal((steps, batch, inp)).astype(np.float32)

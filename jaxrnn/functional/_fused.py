@@ -36,14 +36,25 @@ from jax import lax
 
 from jaxrnn import _params
 
-# Below this batch size the backward loop assembles each step's gate gradients with one
-# concatenation (fewer, larger operations) rather than in-place writes per gate.
+# Below this batch size the loops run batch-major, ``(N, H)`` states and per-gate ``h @ W_hh_k.T``
+# matmuls, which XLA:CPU spreads over its threads better when ``N`` is tiny.
 _SMALL_BATCH = 16
 
 _WEIGHTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
 
 
-def layer(mode: str, weights, x, state0, mask=None, *, reverse, precision=None, unroll: int = 1):
+def layer(
+    mode: str,
+    weights,
+    x,
+    state0,
+    mask=None,
+    *,
+    reverse,
+    precision=None,
+    unroll: int = 1,
+    feature_major: bool | None = None,
+):
     """Run every direction of one layer; returns ``(finals, outputs)``.
 
     Args:
@@ -56,13 +67,17 @@ def layer(mode: str, weights, x, state0, mask=None, *, reverse, precision=None, 
         reverse: one bool per direction, ``True`` to run it from the last step to the first.
         precision: ``jax.lax.Precision`` of the matmuls.
         unroll: time steps per loop iteration.
+        feature_major: the layout of the loops (the same results; ``None``: feature-major from a
+            batch of ``_SMALL_BATCH``, batch-major below).
 
     Returns:
         ``finals``: per direction the state after its last step (``h`` or ``(h, c)``);
         ``outputs``: per direction ``(L, N, H_out)``, zero on masked steps.
     """
     weights = tuple({k: w.get(k) for k in _WEIGHTS} for w in weights)
-    spec = (mode, tuple(bool(r) for r in reverse), precision, int(unroll))
+    if feature_major is None:
+        feature_major = x.shape[1] >= _SMALL_BATCH
+    spec = (mode, tuple(bool(r) for r in reverse), precision, int(unroll), bool(feature_major))
     hs, c_last = _layer_jit(spec, weights, x, state0, mask)
     finals = []
     for d, h in enumerate(hs):
@@ -93,6 +108,21 @@ def _fm(a):
     return jnp.swapaxes(a, -1, -2)
 
 
+def _loop(a, fm):
+    """A batch-major ``(..., N, F)`` array in the loop layout, and back."""
+    return _fm(a) if fm else a
+
+
+def _lin(w, v, fm, precision):
+    """``w @ v`` feature-major, ``v @ w`` batch-major (``w`` prepared by :func:`_oriented`)."""
+    return _mm(w, v, precision) if fm else _mm(v, w, precision)
+
+
+def _oriented(w, fm):
+    """A torch ``(out, in)`` weight as :func:`_lin` uses it: as stored, or transposed."""
+    return None if w is None else (w if fm else w.T)
+
+
 def _gates(w, num_gates):
     """Split a ``(G*H, ...)`` weight or ``(G*H,)`` bias into its ``G`` gate blocks."""
     return None if w is None else jnp.split(w, num_gates, axis=0)
@@ -109,40 +139,43 @@ def _shifted(hs, h0, reverse):
 # forward
 
 
-def _input_gates(mode, w, x, precision):
-    """Per gate ``W_ih_k @ x_t + b_ih_k`` for every step, feature-major ``(H, L, N)`` (plus
-    ``b_hh_k`` where it simply adds)."""
+def _input_gates(mode, w, x, precision, fm):
+    """Per gate ``W_ih_k @ x_t + b_ih_k`` for every step (plus ``b_hh_k`` where it simply adds):
+    ``(H, L, N)`` feature-major, ``(L, N, H)`` batch-major."""
     num_gates = _params.GATES[mode]
     w_ih, b_ih, b_hh = (_gates(w[k], num_gates) for k in ("weight_ih", "bias_ih", "bias_hh"))
     out = []
     for k in range(num_gates):
-        gx = jnp.einsum("hi,lni->hln", w_ih[k], x, precision=precision)
+        gx = jnp.einsum("hi,lni->hln" if fm else "hi,lni->lnh", w_ih[k], x, precision=precision)
         if b_ih is not None:
             b = b_ih[k] if mode == "GRU" and k == 2 else b_ih[k] + b_hh[k]
-            gx = gx + b[:, None, None]
+            gx = gx + (b[:, None, None] if fm else b)
         out.append(gx)
     return out
 
 
-def _recurrent(w_hh, h, num_gates, precision):
-    """``W_hh @ h`` as one matmul, split into its gate blocks."""
-    return jnp.split(_mm(w_hh, h, precision), num_gates, axis=0)
+def _recurrent(w_rec, h, num_gates, fm, precision):
+    """The recurrent products of every gate: feature-major ``W_hh @ h`` as one matmul, split;
+    batch-major ``h @ W_hh_k.T`` per gate (``w_rec`` from :func:`_prepare`)."""
+    if fm:
+        return jnp.split(_mm(w_rec, h, precision), num_gates, axis=0)
+    return [_mm(h, w, precision) for w in w_rec]
 
 
-def _cell(mode, gx, state, w_hh, b_hn, w_hr, precision):
-    """One step of one direction, feature-major: ``(new_state, h_new, activations to save)``."""
+def _cell(mode, gx, state, w_rec, b_hn, w_hr, fm, precision):
+    """One step of one direction: ``(new_state, h_new, activations to save)``."""
     if mode == "LSTM":
         h, c = state
-        pre = [g + r for g, r in zip(gx, _recurrent(w_hh, h, 4, precision))]
+        pre = [g + r for g, r in zip(gx, _recurrent(w_rec, h, 4, fm, precision))]
         i, f, o = (jax.nn.sigmoid(pre[k]) for k in (0, 1, 3))
         g = jnp.tanh(pre[2])
         c_new = f * c + i * g
         h_new = o * jnp.tanh(c_new)
         if w_hr is not None:
-            h_new = _mm(w_hr, h_new, precision)
+            h_new = _lin(w_hr, h_new, fm, precision)
         return (h_new, c_new), h_new, (i, f, g, o)
     h = state
-    gh = _recurrent(w_hh, h, len(gx), precision)
+    gh = _recurrent(w_rec, h, len(gx), fm, precision)
     if mode == "GRU":
         hn = gh[2] if b_hn is None else gh[2] + b_hn
         r = jax.nn.sigmoid(gx[0] + gh[0])
@@ -155,26 +188,33 @@ def _cell(mode, gx, state, w_hh, b_hn, w_hr, precision):
     return h_new, h_new, ()
 
 
-def _prepare(mode, w):
-    """Loop-invariant weights of one direction: ``W_hh``, ``b_hn`` as a column, ``W_hr``."""
+def _prepare(mode, w, fm):
+    """Loop-invariant weights of one direction: the recurrent weight (``W_hh``, or batch-major
+    the per-gate ``W_hh_k.T``), ``b_hn`` (a column feature-major), ``W_hr`` for :func:`_lin`."""
     b_hn = None
     if mode == "GRU" and w["bias_hh"] is not None:
-        b_hn = _gates(w["bias_hh"], 3)[2][:, None]
-    return w["weight_hh"], b_hn, w["weight_hr"]
+        b_hn = _gates(w["bias_hh"], 3)[2]
+        b_hn = b_hn[:, None] if fm else b_hn
+    w_rec = w["weight_hh"]
+    if not fm:
+        w_rec = [blk.T for blk in _gates(w_rec, _params.GATES[mode])]
+    return w_rec, b_hn, _oriented(w["weight_hr"], fm)
 
 
-def _split_state(mode, state, d):
-    """Direction ``d`` of a batch-major state stack, feature-major."""
-    return (_fm(state[0][d]), _fm(state[1][d])) if mode == "LSTM" else _fm(state[d])
+def _split_state(mode, state, d, fm):
+    """Direction ``d`` of a batch-major state stack, in the loop layout."""
+    if mode == "LSTM":
+        return (_loop(state[0][d], fm), _loop(state[1][d], fm))
+    return _loop(state[d], fm)
 
 
 def _forward(spec, weights, x, state0, mask, save):
-    mode, rev, precision, unroll = spec
+    mode, rev, precision, unroll, fm = spec
     seq_len = x.shape[0]
     lstm = mode == "LSTM"
-    gxs = [_input_gates(mode, w, x, precision) for w in weights]
-    prepared = [_prepare(mode, w) for w in weights]
-    mask_fm = None if mask is None else _fm(mask)  # (L, 1, N)
+    gxs = [_input_gates(mode, w, x, precision, fm) for w in weights]
+    prepared = [_prepare(mode, w, fm) for w in weights]
+    mask_loop = None if mask is None else _loop(mask, fm)  # (L, 1, N) or (L, N, 1)
     num_saved = 4 if save and mode in ("LSTM", "GRU") else 0
 
     def empty(like):
@@ -182,7 +222,7 @@ def _forward(spec, weights, x, state0, mask, save):
 
     init = []
     for d in range(len(weights)):
-        s0 = _split_state(mode, state0, d)
+        s0 = _split_state(mode, state0, d, fm)
         h0 = s0[0] if lstm else s0
         act_like = s0[1] if lstm else s0
         bufs = {"h": empty(h0), "act": [empty(act_like) for _ in range(num_saved)]}
@@ -194,10 +234,10 @@ def _forward(spec, weights, x, state0, mask, save):
         new_carry = []
         for d, (state, bufs) in enumerate(carry):
             t = seq_len - 1 - s if rev[d] else s
-            gx = [_at(g, t, axis=1) for g in gxs[d]]
-            new, h_new, acts = _cell(mode, gx, state, *prepared[d], precision)
+            gx = [_at(g, t, axis=1 if fm else 0) for g in gxs[d]]
+            new, h_new, acts = _cell(mode, gx, state, *prepared[d], fm, precision)
             if mask is not None:
-                m = _at(mask_fm, t)
+                m = _at(mask_loop, t)
                 new = jax.tree.map(lambda n, o, m=m: jnp.where(m, n, o), new, state)
             bufs = dict(bufs)
             bufs["h"] = _put(bufs["h"], new[0] if lstm else new, t)
@@ -208,10 +248,10 @@ def _forward(spec, weights, x, state0, mask, save):
         return new_carry, None
 
     carry, _ = lax.scan(body, init, jnp.arange(seq_len), unroll=unroll)
-    hs_fm = tuple(bufs["h"] for _, bufs in carry)  # (L, H_out, N) per direction
-    hs = tuple(_fm(h) for h in hs_fm)
-    c_last = jnp.stack([_fm(state[1]) for state, _ in carry]) if lstm else None
-    saved = tuple((bufs["act"], bufs.get("c"), h) for (_, bufs), h in zip(carry, hs_fm))
+    hs_loop = tuple(bufs["h"] for _, bufs in carry)  # (L, H_out, N) or (L, N, H_out)
+    hs = tuple(_loop(h, fm) for h in hs_loop)
+    c_last = jnp.stack([_loop(state[1], fm) for state, _ in carry]) if lstm else None
+    saved = tuple((bufs["act"], bufs.get("c"), h) for (_, bufs), h in zip(carry, hs_loop))
     return (hs, c_last), saved
 
 
@@ -219,8 +259,8 @@ def _forward(spec, weights, x, state0, mask, save):
 # backward
 
 
-def _cell_backward(mode, dh, dc, acts, c_t, c_prev, h_t, h_prev, w_hr_t, precision):
-    """Gradients of one step given those reaching the new state (already masked), feature-major.
+def _cell_backward(mode, dh, dc, acts, c_t, c_prev, h_t, h_prev, w_hr_t, fm, precision):
+    """Gradients of one step given those reaching the new state (already masked).
 
     Returns ``(dgates_x, dgates_h, dh_direct, dc_prev)``: per gate the gradients of the input-side
     and the recurrent pre-activations (the same except for GRU's ``n`` gate), the part of the
@@ -228,7 +268,7 @@ def _cell_backward(mode, dh, dc, acts, c_t, c_prev, h_t, h_prev, w_hr_t, precisi
     ``c``.
     """
     if mode == "LSTM":
-        dhc = dh if w_hr_t is None else _mm(w_hr_t, dh, precision)
+        dhc = dh if w_hr_t is None else _lin(w_hr_t, dh, fm, precision)
         i, f, g, o = acts
         tc = jnp.tanh(c_t)
         dc = dc + dhc * o * (1.0 - tc * tc)
@@ -250,14 +290,17 @@ def _cell_backward(mode, dh, dc, acts, c_t, c_prev, h_t, h_prev, w_hr_t, precisi
 
 
 def _backward(spec, weights, x, state0, mask, out, saved, cts):
-    mode, rev, precision, unroll = spec
+    mode, rev, precision, unroll, fm = spec
     seq_len, batch = x.shape[0], x.shape[1]
     lstm, gru = mode == "LSTM", mode == "GRU"
     num_gates = _params.GATES[mode]
     hs, _ = out
     dhs, dc_last = cts
     h0 = state0[0] if lstm else state0  # batch-major (D, N, H_out)
-    mask_fm = None if mask is None else _fm(mask)
+    mask_loop = None if mask is None else _loop(mask, fm)
+    # einsum letters of the gate-gradient buffers: all gates (g) or one (h), steps (l), batch (n)
+    all_gates, one_gate = ("gln", "hln") if fm else ("lng", "lnh")
+    step_axis = 1 if fm else 0
 
     def before(seq, init, t, reverse):
         """The state before step ``t`` (``init`` at the direction's first step)."""
@@ -265,42 +308,46 @@ def _backward(spec, weights, x, state0, mask, out, saved, cts):
         prev = jnp.clip(t + 1 if reverse else t - 1, 0, seq_len - 1)
         return jnp.where(t == first, init, _at(seq, prev))
 
-    # Per direction the loop writes the gate gradients of every step into one ``(G*H, L, N)``
-    # buffer (read afterwards as the ``(G*H, L*N)`` operand of the weight-gradient matmuls), and
-    # those of the current step into a ``(G*H, N)`` scratch, the operand of ``W_hh.T @ dgates``.
-    # Gates are written one by one (in place): fusing a concatenation into the gate arithmetic
-    # makes XLA:CPU emit it as scalar code.
+    def buffer(hidden, like):
+        """A gate-gradient buffer for all steps: ``(hidden, L, N)`` or ``(L, N, hidden)``."""
+        shape = (hidden, seq_len, batch) if fm else (seq_len, batch, hidden)
+        return jnp.zeros(shape, like.dtype)
+
+    # Per direction the loop writes the gate gradients of every step into one buffer (read
+    # afterwards as the ``(G*H, L*N)`` operand of the weight-gradient matmuls) and hands those of
+    # the current step to the recurrent matmul. Feature-major, gates are written one by one into
+    # the buffer and into a ``(G*H, N)`` scratch (in place): fusing a concatenation into the gate
+    # arithmetic makes XLA:CPU emit it as scalar code, which only pays off at small batches.
+    per_gate_writes = fm and num_gates > 1
     init, loop_in = [], []
     for d, w in enumerate(weights):
-        s0 = _split_state(mode, state0, d)
+        s0 = _split_state(mode, state0, d, fm)
         h0_d = s0[0] if lstm else s0
         cell_like = s0[1] if lstm else s0
-        hidden = cell_like.shape[0]
-        dtype = cell_like.dtype
-        bufs = {
-            "dgx": jnp.zeros((num_gates * hidden, seq_len, batch), dtype),
-        }
-        if num_gates > 1 and batch >= _SMALL_BATCH:
-            bufs["step"] = jnp.zeros((num_gates * hidden, batch), dtype)
+        hidden = w["weight_hh"].shape[0] // num_gates
+        bufs = {"dgx": buffer(num_gates * hidden, cell_like)}
+        if per_gate_writes:
+            bufs["step"] = jnp.zeros((num_gates * hidden, batch), cell_like.dtype)
         if gru:
-            bufs["dgh_n"] = jnp.zeros((hidden, seq_len, batch), dtype)
+            bufs["dgh_n"] = buffer(hidden, cell_like)
         if w["weight_hr"] is not None:
-            bufs["dh"] = jnp.zeros((seq_len, *h0_d.shape), dtype)
-        dc0 = _fm(dc_last[d]) if lstm else None
+            bufs["dh"] = jnp.zeros((seq_len, *h0_d.shape), h0_d.dtype)
+        dc0 = _loop(dc_last[d], fm) if lstm else None
         init.append((jnp.zeros_like(h0_d), dc0, bufs))
-        w_hr_t = None if w["weight_hr"] is None else w["weight_hr"].T
-        loop_in.append((s0, _fm(dhs[d]), w["weight_hh"].T, w_hr_t))
+        w_back = _oriented(w["weight_hh"].T, fm)
+        w_hr_back = _oriented(None if w["weight_hr"] is None else w["weight_hr"].T, fm)
+        loop_in.append((s0, _loop(dhs[d], fm), w_back, w_hr_back))
 
     def body(carry, s):
         new_carry = []
         for d, (dh, dc, bufs) in enumerate(carry):
             t = s if rev[d] else seq_len - 1 - s
-            acts, cs, hs_fm = saved[d]
-            s0, dhs_fm, w_hh_t, w_hr_t = loop_in[d]
-            dh = dh + _at(dhs_fm, t)
+            acts, cs, hs_loop = saved[d]
+            s0, dhs_loop, w_back, w_hr_back = loop_in[d]
+            dh = dh + _at(dhs_loop, t)
             dh_c, dc_c = dh, dc
             if mask is not None:
-                m = _at(mask_fm, t)
+                m = _at(mask_loop, t)
                 zero = jnp.zeros((), dh.dtype)
                 dh_c = jnp.where(m, dh, zero)
                 dc_c = None if dc is None else jnp.where(m, dc, zero)
@@ -311,22 +358,16 @@ def _backward(spec, weights, x, state0, mask, out, saved, cts):
                 [_at(a, t) for a in acts],
                 _at(cs, t) if lstm else None,
                 before(cs, s0[1], t, rev[d]) if lstm else None,
-                _at(hs_fm, t) if not (lstm or gru) else None,
-                before(hs_fm, s0, t, rev[d]) if gru else None,
-                w_hr_t,
+                _at(hs_loop, t) if not (lstm or gru) else None,
+                before(hs_loop, s0, t, rev[d]) if gru else None,
+                w_hr_back,
+                fm,
                 precision,
             )
             bufs = dict(bufs)
-            hidden = dgx[0].shape[0]
             zero_i = jnp.zeros((), t.dtype)
-            if num_gates == 1 or batch < _SMALL_BATCH:
-                # one thunk instead of 2G: at small batches the loop is bound by their count
-                step = jnp.concatenate(dgh, axis=0)
-                stacked = step if dgx is dgh else jnp.concatenate(dgx, axis=0)
-                dgx_buf = lax.dynamic_update_slice(
-                    bufs["dgx"], stacked[:, None], (zero_i, t, zero_i)
-                )
-            else:
+            if per_gate_writes:
+                hidden = dgx[0].shape[0]
                 step = bufs["step"]
                 for k, g in enumerate(dgh):
                     step = lax.dynamic_update_slice(step, g, (zero_i + k * hidden, zero_i))
@@ -335,8 +376,13 @@ def _backward(spec, weights, x, state0, mask, out, saved, cts):
                 for k, g in enumerate(dgx):
                     start = (zero_i + k * hidden, t, zero_i)
                     dgx_buf = lax.dynamic_update_slice(dgx_buf, g[:, None], start)
-            bufs["dgx"] = dgx_buf
-            dh_prev = _mm(w_hh_t, step, precision)
+                bufs["dgx"] = dgx_buf
+            else:
+                feature_axis = 0 if fm else -1
+                step = jnp.concatenate(dgh, axis=feature_axis)
+                stacked = step if dgx is dgh else jnp.concatenate(dgx, axis=feature_axis)
+                bufs["dgx"] = _put(bufs["dgx"], stacked, t, axis=step_axis)
+            dh_prev = _lin(w_back, step, fm, precision)
             if dh_direct is not None:
                 dh_prev = dh_prev + dh_direct
             if mask is not None:  # masked steps hand the gradient on to the kept state
@@ -344,7 +390,7 @@ def _backward(spec, weights, x, state0, mask, out, saved, cts):
                 if lstm:
                     dc_prev = dc_prev + jnp.where(m, zero, dc)
             if gru:
-                bufs["dgh_n"] = _put(bufs["dgh_n"], dgh[2], t, axis=1)
+                bufs["dgh_n"] = _put(bufs["dgh_n"], dgh[2], t, axis=step_axis)
             if "dh" in bufs:
                 bufs["dh"] = _put(bufs["dh"], dh_c, t)
             new_carry.append((dh_prev, dc_prev, bufs))
@@ -356,39 +402,39 @@ def _backward(spec, weights, x, state0, mask, out, saved, cts):
     def over_steps(spec_, a, b):
         return jnp.einsum(spec_, a, b, precision=precision)
 
+    steps_and_batch = (1, 2) if fm else (0, 1)
     dweights, dx = [], None
     dh0, dc0 = [], []
     for d, (w, (dh0_d, dc0_d, bufs)) in enumerate(zip(weights, carry)):
-        dgx = bufs["dgx"]  # (G*H, L, N)
+        dgx = bufs["dgx"]
+        hidden = w["weight_hh"].shape[0] // num_gates
         h_before = _shifted(hs[d], h0[d], rev[d])  # (L, N, H_out)
-        dw_hh = over_steps("gln,lnp->gp", dgx, h_before)
+        dw_hh = over_steps(f"{all_gates},lnp->gp", dgx, h_before)
         if gru:  # the n gate's recurrent pre-activation gradient differs from its input one
-            hidden = bufs["dgh_n"].shape[0]
-            dw_hh = jnp.concatenate(
-                [dw_hh[: 2 * hidden], over_steps("hln,lnp->hp", bufs["dgh_n"], h_before)]
-            )
+            dw_n = over_steps(f"{one_gate},lnp->hp", bufs["dgh_n"], h_before)
+            dw_hh = jnp.concatenate([dw_hh[: 2 * hidden], dw_n])
         dw = {
-            "weight_ih": over_steps("gln,lni->gi", dgx, x),
+            "weight_ih": over_steps(f"{all_gates},lni->gi", dgx, x),
             "weight_hh": dw_hh,
             "bias_ih": None,
             "bias_hh": None,
             "weight_hr": None,
         }
         if w["bias_ih"] is not None:
-            dw["bias_ih"] = jnp.sum(dgx, axis=(1, 2))
+            dw["bias_ih"] = jnp.sum(dgx, axis=steps_and_batch)
             dw["bias_hh"] = dw["bias_ih"]
             if gru:
-                dn = jnp.sum(bufs["dgh_n"], axis=(1, 2))
+                dn = jnp.sum(bufs["dgh_n"], axis=steps_and_batch)
                 dw["bias_hh"] = jnp.concatenate([dw["bias_ih"][: 2 * hidden], dn])
         if w["weight_hr"] is not None:
             acts, cs, _ = saved[d]
-            h_cell = acts[3] * jnp.tanh(cs)  # (L, H, N)
-            dw["weight_hr"] = over_steps("lpn,lhn->ph", bufs["dh"], h_cell)
-        term = over_steps("gln,gi->lni", dgx, w["weight_ih"])
+            h_cell = acts[3] * jnp.tanh(cs)  # (L, H, N) or (L, N, H)
+            dw["weight_hr"] = over_steps("lpn,lhn->ph" if fm else "lnp,lnh->ph", bufs["dh"], h_cell)
+        term = over_steps(f"{all_gates},gi->lni", dgx, w["weight_ih"])
         dx = term if dx is None else dx + term
         dweights.append(dw)
-        dh0.append(_fm(dh0_d))
-        dc0.append(None if dc0_d is None else _fm(dc0_d))
+        dh0.append(_loop(dh0_d, fm))
+        dc0.append(None if dc0_d is None else _loop(dc0_d, fm))
     dstate0 = (jnp.stack(dh0), jnp.stack(dc0)) if lstm else jnp.stack(dh0)
     return tuple(dweights), dx, dstate0, None
 
