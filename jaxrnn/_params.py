@@ -112,7 +112,8 @@ def infer_layer_config(mode: str, params: Mapping[str, jax.Array]) -> dict:
         input_size=int(params["weight_ih_l0"].shape[1]),
         hidden_size=int(hidden_size),
         num_layers=num_layers,
-        bias=params.get("bias_ih_l0") is not None,
+        # either bias present means bias=True: a missing other one is then reported by the checks
+        bias=any(params.get(k) is not None for k in ("bias_ih_l0", "bias_hh_l0")),
         bidirectional=params.get("weight_ih_l0_reverse") is not None,
         proj_size=0 if w_hr is None else int(w_hr.shape[0]),
     )
@@ -186,7 +187,6 @@ def infer_module_config(params: Mapping) -> tuple[str, dict]:
         return cls + "Cell", dict(input_size=int(w_ih[1]), hidden_size=hidden_size, bias=bias)
     mode = "LSTM" if cls == "LSTM" else "GRU" if cls == "GRU" else "RNN_TANH"
     config = infer_layer_config(mode, params)
-    config["bias"] = bias  # either bias present: the other is then reported missing
     if cls != "LSTM":
         if config["proj_size"]:
             raise ValueError(f"weight_hr_l0 (a projection) is only supported for LSTM, not {cls}")

@@ -272,3 +272,34 @@ def test_functional_param_errors():
     _raises(ValueError, "missing parameters \\['bias_hh_l0'\\]", F.lstm, missing, jnp.ones((2, 3)))
     _raises(TypeError, "params must be a mapping", F.gru, [1, 2], jnp.ones((2, 3)))
     _raises(ValueError, "Unrecognized RNN mode", F.rnn, params, jnp.ones((2, 3)), mode="lstm")
+
+
+@pytest.mark.parametrize("mode", ["RNN_TANH", "LSTM", "GRU"])
+def test_one_bias_alone_is_reported_missing(mode):
+    """torch always has both biases; with only ``bias_hh`` (or only ``bias_ih``) the layer and the
+    cell refuse the tree instead of computing with half a bias (the fused path and the scan would
+    even disagree on which half)."""
+    from jaxrnn import functional as F
+
+    cls = {"RNN_TANH": "RNN", "LSTM": "LSTM", "GRU": "GRU"}[mode]
+    layer = getattr(jaxrnn, cls)(3, 4, rngs=nnx.Rngs(0)).torch_params()
+    cell = getattr(jaxrnn, cls + "Cell")(3, 4, rngs=nnx.Rngs(0)).torch_params()
+    for kept, gone in (("hh", "ih"), ("ih", "hh")):
+        only = {k: v for k, v in layer.items() if k != f"bias_{gone}_l0"}
+        _raises(
+            ValueError,
+            f"missing parameters \\['bias_{gone}_l0'\\]",
+            F.rnn,
+            only,
+            jnp.ones((2, 3)),
+            mode=mode,
+        )
+        only = {k: v for k, v in cell.items() if k != f"bias_{gone}"}
+        _raises(
+            ValueError,
+            f"missing parameters \\['bias_{gone}'\\]",
+            F.cell_forward,
+            mode,
+            only,
+            jnp.ones((2, 3)),
+        )

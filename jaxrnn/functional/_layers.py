@@ -331,7 +331,10 @@ def cell_forward(
         name,
         params,
         _params.cell_param_shapes(
-            mode, input_size, hidden_size, params.get("bias_ih") is not None
+            mode,
+            input_size,
+            hidden_size,
+            any(params.get(k) is not None for k in ("bias_ih", "bias_hh")),
         ),
     )
     x, state, batched = _checks.check_cell_call(name, mode, input, hx, input_size, hidden_size)
