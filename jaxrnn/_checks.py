@@ -320,12 +320,14 @@ def check_seq_lengths(name: str, seq_lengths, batch: int, seq_len: int, batched:
 
 
 def check_dropout_key(name: str, dropout: float, training: bool, num_layers: int, key) -> None:
-    if training and dropout > 0 and num_layers > 1 and key is None:
+    if not (training and dropout > 0 and num_layers > 1):
+        return
+    if key is None:
         raise ValueError(
             f"{name}: dropout={dropout} in training mode needs a PRNG key (dropout_key=...) "
             "for the dropout between layers"
         )
-    if training and dropout > 0 and num_layers > 1 and not _is_prng_key(key):
+    if not _is_prng_key(key):
         raise TypeError(
             f"{name}: dropout_key must be a JAX PRNG key (jax.random.key(seed) or "
             f"jax.random.PRNGKey(seed)), got {_describe(key)}"
@@ -333,12 +335,13 @@ def check_dropout_key(name: str, dropout: float, training: bool, num_layers: int
 
 
 def _is_prng_key(key) -> bool:
+    """One key: a typed key array of shape ``()`` or a raw ``uint32`` key of shape ``(2,)``."""
     dtype, shape = getattr(key, "dtype", None), getattr(key, "shape", None)
     if dtype is None or shape is None:
         return False
     if jnp.issubdtype(dtype, jax.dtypes.prng_key):
-        return True
-    return dtype == jnp.uint32 and tuple(shape[-1:]) == (2,)
+        return tuple(shape) == ()
+    return dtype == jnp.uint32 and tuple(shape) == (2,)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -395,8 +398,8 @@ def check_pack_lengths(name: str, lengths, batch: int, steps: int, enforce_sorte
                 f"{name}: Expected all lengths to be at most the padded sequence length "
                 f"{steps}, but got {values.tolist()}"
             )
-        if enforce_sorted and np.any(np.diff(values) > 0):
-            raise ValueError(f"{name}: {_UNSORTED} (got lengths {values.tolist()})")
+        if enforce_sorted:
+            check_sorted_lengths(name, values)
     return jnp.asarray(arr, jnp.int32), values
 
 

@@ -13,6 +13,7 @@ import json
 import sys
 
 from jaxrnn import io
+from jaxrnn.convert import state_dict_to_params
 
 _NOT_STORED = (
     "not stored in weights: batch_first, dropout, and an RNN's nonlinearity (tanh or relu)"
@@ -85,7 +86,7 @@ def convert(input: str, output: str, prefix: str = "") -> str:
     what = ""
     if prefix:
         what = " " + io.recurrent_layer(state_dict, prefix).describe()
-        state_dict = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        state_dict = state_dict_to_params(state_dict, prefix)
     io.save_state_dict_file(state_dict, output)
     return f"wrote {output}: {len(state_dict)} arrays{what}"
 

@@ -284,7 +284,7 @@ def test_one_bias_alone_is_reported_missing(mode):
     cls = {"RNN_TANH": "RNN", "LSTM": "LSTM", "GRU": "GRU"}[mode]
     layer = getattr(jaxrnn, cls)(3, 4, rngs=nnx.Rngs(0)).torch_params()
     cell = getattr(jaxrnn, cls + "Cell")(3, 4, rngs=nnx.Rngs(0)).torch_params()
-    for kept, gone in (("hh", "ih"), ("ih", "hh")):
+    for gone in ("ih", "hh"):
         only = {k: v for k, v in layer.items() if k != f"bias_{gone}_l0"}
         _raises(
             ValueError,
@@ -303,3 +303,27 @@ def test_one_bias_alone_is_reported_missing(mode):
             only,
             jnp.ones((2, 3)),
         )
+
+
+def test_dropout_key_must_be_a_single_key():
+    """A batch of keys is refused up front (not deep inside ``jax.random.split``)."""
+    from jaxrnn import functional as F
+
+    params = jaxrnn.LSTM(3, 4, num_layers=2, rngs=nnx.Rngs(0)).torch_params()
+    x = jnp.ones((5, 2, 3))
+    for keys in (
+        jax.random.split(jax.random.key(0), 3),
+        jax.random.split(jax.random.PRNGKey(0), 3),
+    ):
+        _raises(
+            TypeError,
+            "LSTM: dropout_key must be a JAX PRNG key",
+            F.lstm,
+            params,
+            x,
+            dropout=0.5,
+            training=True,
+            dropout_key=keys,
+        )
+    for key in (jax.random.key(0), jax.random.PRNGKey(0)):  # single keys are accepted
+        F.lstm(params, x, dropout=0.5, training=True, dropout_key=key)
