@@ -100,9 +100,17 @@ def test_convert_whole_file_keeps_every_array(capsys, checkpoint, tmp_path):
     sd = load_file(out)
     assert set(sd) == {"model." + k for k in model.state_dict()}
     target = Model()
-    torch.nn.init.zeros_(target.head.weight)
+    with torch.no_grad():
+        for param in target.parameters():
+            param.zero_()  # Model() is seeded: only a real load can make target equal model
+    assert all(not v.any() for v in target.state_dict().values())
     target.load_state_dict({k[len("model.") :]: v for k, v in sd.items()}, strict=True)
     torch.testing.assert_close(target.head.weight, model.head.weight, rtol=0, atol=0)
+    loaded = target.state_dict()
+    assert set(loaded) == set(model.state_dict())
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(loaded[key], value, rtol=0, atol=0, msg=key)
+        torch.testing.assert_close(sd["model." + key], value, rtol=0, atol=0, msg=key)
 
 
 @pytest.mark.parametrize(

@@ -138,9 +138,9 @@ def test_mixed_precision_against_torch_float32(mode, dtype):
     with torch.no_grad():
         ref_out = tmod(torch.from_numpy(x), jax.tree.map(torch.from_numpy, hx))
     weights = loss_weights(rng, jax.tree.map(lambda t: t.numpy(), ref_out))
-    t_outs, t_grads, _, _ = torch_run(tmod, x, hx, weights)
+    t_outs, t_grads, t_gx, t_ghx = torch_run(tmod, x, hx, weights)
     params = jaxrnn.state_dict_to_params(tmod.state_dict())  # float32
-    outs, (g_p, _, _) = _jax_run(params, x, hx, weights, mode=mode, dtype=compute)
+    outs, (g_p, g_x, g_hx) = _jax_run(params, x, hx, weights, mode=mode, dtype=compute)
 
     for leaf in jax.tree.leaves(outs):  # output, h_n (and c_n) in the compute dtype
         assert leaf.dtype == compute
@@ -157,6 +157,16 @@ def test_mixed_precision_against_torch_float32(mode, dtype):
     print(f"{mode}/{dtype}: output error {out_err / eps:.2f} eps, grads {grad_err / eps:.2f} eps")
     assert out_err <= OUT_EPS * eps, f"{mode}/{dtype}: output error {out_err / eps:.2f} eps"
     assert grad_err <= GRAD_EPS * eps, f"{mode}/{dtype}: gradient error {grad_err / eps:.2f} eps"
+    # input and hx gradients: the same bound, relative to each one's largest entry
+    pairs = [("input", g_x, t_gx)] + [
+        (f"hx[{i}]", a, b)
+        for i, (a, b) in enumerate(zip(jax.tree.leaves(g_hx), jax.tree.leaves(t_ghx), strict=True))
+    ]
+    for what, got, want in pairs:
+        assert np.shape(got) == np.shape(want), what
+        err = float(np.max(np.abs(np.asarray(got, np.float32) - want)) / np.max(np.abs(want)))
+        print(f"{mode}/{dtype}: grad {what} error {err / eps:.2f} eps")
+        assert err <= GRAD_EPS * eps, f"{mode}/{dtype}: grad {what} error {err / eps:.2f} eps"
     # and it is really computed in the low precision: not float32-accurate
     assert out_err > 1e-5
 
@@ -164,21 +174,47 @@ def test_mixed_precision_against_torch_float32(mode, dtype):
 def test_mixed_precision_modules():
     """NNX and Linen modules with float32 parameters and ``dtype=``: carry and outputs in it."""
     x = jnp.asarray(np.random.default_rng(3).standard_normal((T, N, IN)), jnp.float32)
-    lstm = jaxrnn.LSTM(IN, H, rngs=nnx.Rngs(0), dtype=jnp.bfloat16)
+    xt = torch.from_numpy(np.array(x))
+
+    def within(got, want, dtype, what):  # absolute, in eps of the compute dtype, vs torch f32
+        bound = OUT_EPS * float(jnp.finfo(dtype).eps)
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            b = b.detach().numpy() if isinstance(b, torch.Tensor) else b
+            assert np.shape(a) == np.shape(b), what
+            err = float(np.max(np.abs(np.asarray(a, np.float32) - b)))
+            assert err <= bound, f"{what}: error {err} > {bound}"
+
+    tlstm = torch_layer("LSTM", IN, H)
+    lstm = jaxrnn.from_torch(tlstm, dtype=jnp.bfloat16)
     out, (h, c) = nnx.jit(lambda m, x: m(x))(lstm, x)
     assert lstm.weight_ih_l0[...].dtype == jnp.float32
     assert out.dtype == h.dtype == c.dtype == jnp.bfloat16
-    ref, _ = nnx.jit(lambda m, x: m(x))(jaxrnn.LSTM(IN, H, rngs=nnx.Rngs(0)), x)
+    ref, _ = nnx.jit(lambda m, x: m(x))(jaxrnn.from_torch(tlstm), x)
     eps = float(jnp.finfo(jnp.bfloat16).eps)
     assert_close(out.astype(jnp.float32), ref, atol=OUT_EPS * eps, rtol=0)
+    with torch.no_grad():
+        within((out, h, c), jax.tree.leaves(tlstm(xt)), jnp.bfloat16, "nnx LSTM bf16")
 
     gru = jrl.GRU(IN, H, dtype=jnp.float16)
     variables = gru.init(jax.random.key(0), x)
     out, h_n = jax.jit(gru.apply)(variables, x, jnp.zeros((1, N, H), jnp.float32))
     assert out.dtype == h_n.dtype == jnp.float16
     assert variables["params"]["weight_ih_l0"].dtype == jnp.float32
+    tgru = torch_layer("GRU", IN, H, seed=1)
+    t_vars = {"params": jaxrnn.state_dict_to_params(tgru.state_dict())}
+    out, h_n = jax.jit(gru.apply)(t_vars, x, jnp.zeros((1, N, H), jnp.float32))
+    assert out.dtype == h_n.dtype == jnp.float16
+    with torch.no_grad():
+        within((out, h_n), tgru(xt, torch.zeros(1, N, H)), jnp.float16, "linen GRU f16")
     cell = jaxrnn.GRUCell(IN, H, rngs=nnx.Rngs(0), dtype=jnp.bfloat16)
     assert cell(x[0], jnp.zeros((N, H))).dtype == jnp.bfloat16
+    tcell = torch_cell("GRU", IN, H, seed=2)
+    cell = jaxrnn.from_torch(tcell, dtype=jnp.bfloat16)
+    h0 = np.random.default_rng(4).standard_normal((N, H)).astype(np.float32) * 0.5
+    h1 = cell(x[0], jnp.asarray(h0))
+    assert h1.dtype == jnp.bfloat16
+    with torch.no_grad():
+        within(h1, tcell(xt[0], torch.from_numpy(h0)), jnp.bfloat16, "nnx GRUCell bf16")
 
 
 def test_low_precision_parameters_promote_with_float32_input():
@@ -189,3 +225,14 @@ def test_low_precision_parameters_promote_with_float32_input():
     assert out.dtype == h_n.dtype == jnp.float32
     out, _ = run(jnp.bfloat16)
     assert out.dtype == jnp.bfloat16
+    # a real run: torch float32 with the same (bfloat16-valued) weights
+    sd = gru.state_dict()
+    assert all(v.dtype == jnp.bfloat16 for v in sd.values())
+    tgru = torch.nn.GRU(IN, H)
+    tgru.load_state_dict({k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in sd.items()})
+    x = np.random.default_rng(5).standard_normal((T, N, IN)).astype(np.float32)
+    out, h_n = nnx.jit(lambda m, x: m(x))(gru, jnp.asarray(x))
+    assert out.dtype == h_n.dtype == jnp.float32
+    with torch.no_grad():
+        want = tgru(torch.from_numpy(x))
+    assert_close((out, h_n), (want[0].numpy(), want[1].numpy()), 1e-5, 1e-5)

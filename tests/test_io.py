@@ -243,6 +243,16 @@ def test_export_nnx_model_uses_attribute_paths(tmp_path):
     np.testing.assert_array_equal(
         target.cells[0].weight_ih.detach().numpy(), jax_model.cells[0].weight_ih[...]
     )
+    # every exported array, compared per key with its source (bias_ih and bias_hh share a shape,
+    # so a swap would load without complaint)
+    sources = {f"gru.{k}": v for k, v in jax_model.gru.torch_params().items()}
+    sources.update({f"cells.0.{k}": v for k, v in jax_model.cells[0].torch_params().items()})
+    sources["scale"] = jax_model.scale[...]
+    loaded = target.state_dict()
+    assert set(loaded) == set(sources)
+    for key, value in sources.items():
+        np.testing.assert_array_equal(loaded[key].detach().numpy(), np.asarray(value), err_msg=key)
+    assert not np.array_equal(np.asarray(sources["gru.bias_ih_l0"]), sources["gru.bias_hh_l0"])
 
 
 def test_export_linen_params(tmp_path):
@@ -491,6 +501,17 @@ def test_rnn_nonlinearity_comes_from_the_caller(model):
     expected = model.rnn_cell(torch.tensor(np.asarray(x))).detach().numpy()
     np.testing.assert_allclose(tanh(x), expected, rtol=1e-5, atol=1e-6)
     assert not np.allclose(relu(x), expected, atol=1e-3)
+    relu_cell = torch.nn.RNNCell(2, 7, nonlinearity="relu")
+    relu_cell.load_state_dict(model.rnn_cell.state_dict(), strict=True)
+    relu_expected = relu_cell(torch.tensor(np.asarray(x))).detach().numpy()
+    assert (relu_expected == 0).any() and (relu_expected > 0).any()  # relu really clips here
+    np.testing.assert_allclose(relu(x), relu_expected, rtol=1e-5, atol=1e-6)
+    # the layer too: model.rnn was built with relu, which its weights do not record
+    xs = jnp.asarray(np.random.default_rng(1).standard_normal((4, 2, 2), np.float32))
+    rnn = jaxrnn.module_from_state_dict(sd, "rnn.", nonlinearity="relu")
+    want = [t.detach().numpy() for t in model.rnn(torch.tensor(np.asarray(xs)))]
+    for got, exp in zip(rnn(xs), want, strict=True):
+        np.testing.assert_allclose(got, exp, rtol=1e-5, atol=1e-6)
 
 
 def test_argument_types(tmp_path):

@@ -43,6 +43,26 @@ def test_dropout_is_active_in_train_mode_only():
     np.testing.assert_array_equal(m(x, rngs=k)[0], m(x, rngs=k)[0])
 
 
+def test_dropout_one_in_train_mode_matches_torch_exactly():
+    """With p=1 torch's train-mode dropout is deterministic (every unit between layers is zeroed),
+    so a train-mode jaxrnn module must give torch's outputs and final states."""
+    x = np.random.default_rng(0).standard_normal((5, 2, 3)).astype(np.float32)
+    for cls in (torch.nn.GRU, torch.nn.LSTM):
+        torch.manual_seed(0)
+        t = cls(3, 4, 3, dropout=1.0).train()
+        with torch.no_grad():
+            want = t(torch.from_numpy(x))
+        want = jax.tree.map(lambda v: v.numpy(), tuple(want))
+        m = jaxrnn.from_torch(t, rngs=nnx.Rngs(0, dropout=1))
+        assert not m.deterministic  # from_torch keeps torch's training mode
+        assert_close(m(x), want, what=f"{cls.__name__} stream")
+        assert_close(m(x, rngs=jax.random.key(3)), want, what=f"{cls.__name__} key")
+        assert_close(m(x, deterministic=False), want, what=f"{cls.__name__} train")
+        # and the layers above the first really see zeros: eval mode differs
+        m.eval()
+        assert not np.allclose(m(x)[0], want[0])
+
+
 def test_dropout_statistics_match_torchs_inverted_dropout():
     """Between layers, a fraction p of the units is zeroed and the rest scaled by 1/(1-p)."""
     from jaxrnn.functional import dropout_layer

@@ -317,6 +317,14 @@ def test_zero_lengths_give_initial_state():
         sub = tr.pack_padded_sequence(torch.tensor(x[:, keep]), lengths[keep], enforce_sorted=False)
         ref, ref_states = module(sub, tuple(torch.tensor(h[:, keep]) for h in hx))
         ref, _ = tr.pad_packed_sequence(ref, total_length=T)
+    # torch's gradient of the same loss with respect to the kept sequences' initial states
+    hx_keep = tuple(torch.tensor(h[:, keep], requires_grad=True) for h in hx)
+    sub = tr.pack_padded_sequence(torch.tensor(x[:, keep]), lengths[keep], enforce_sorted=False)
+    _, states_keep = module(sub, hx_keep)
+    sum(
+        (s * torch.tensor(w[:, keep])).sum() for s, w in zip(states_keep, w_states, strict=True)
+    ).backward()
+    ref_g = [h.grad.numpy() for h in hx_keep]
     for g_hx, (out, states) in run(params, x, tuple(hx), jnp.asarray(lengths)):
         np.testing.assert_allclose(out[:, keep], ref.numpy(), **TOL)
         np.testing.assert_array_equal(out[:, ~keep], 0.0)
@@ -324,6 +332,8 @@ def test_zero_lengths_give_initial_state():
             np.testing.assert_allclose(s[:, keep], r.numpy(), **TOL)
             np.testing.assert_array_equal(s[:, ~keep], h[:, ~keep])
             np.testing.assert_array_equal(g[:, ~keep], w[:, ~keep])
+        for g, r in zip(g_hx, ref_g, strict=True):
+            np.testing.assert_allclose(g[:, keep], r, **TOL)
 
 
 def _torch_message(fn):

@@ -179,3 +179,7 @@ def test_nan_in_one_sequence_does_not_leak():
     assert np.isfinite(np.delete(np.asarray(h), 1, axis=1)).all()
     ref = torch_m(torch.from_numpy(np.delete(x, 1, axis=1)))[0].detach().numpy()
     assert_close(clean, ref, what="other sequences")
+    with torch.no_grad():
+        _, (ref_h, ref_c) = torch_m(torch.from_numpy(np.delete(x, 1, axis=1)))
+    assert_close(np.delete(np.asarray(h), 1, axis=1), ref_h.numpy(), what="h_n of the others")
+    assert_close(np.delete(np.asarray(c), 1, axis=1), ref_c.numpy(), what="c_n of the others")

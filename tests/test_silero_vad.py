@@ -139,7 +139,7 @@ def test_resetting_the_state_changes_both_the_same_way(models, recordings):
 
 
 def test_compiled_split_step_matches_nnx_jit_step(models, audio):
-    model, _ = models
+    model, jit_model = models
     fast = vad.compile_step(model)
     state = vad.initial_state()
     probs = []
@@ -147,6 +147,10 @@ def test_compiled_split_step_matches_nnx_jit_step(models, audio):
         prob, state = fast(state, jnp.asarray(chunk))
         probs.append(float(prob[0]))
     np.testing.assert_allclose(probs, stream(model, audio[: 10 * vad.CHUNK]), rtol=0, atol=1e-6)
+    # and the TorchScript model itself, on the same ten chunks
+    ref = torchscript(jit_model, audio[None, : 10 * vad.CHUNK].copy())
+    assert ref.shape == (1, 10)
+    np.testing.assert_allclose(probs, ref[0], rtol=0, atol=TOL)
 
 
 def test_shipped_safetensors_round_trip(shipped_safetensors, data_dir, tmp_path):

@@ -127,10 +127,20 @@ def test_vmap_over_inputs_and_unbatched_equals_batched():
     per_seq = jax.vmap(
         lambda x, n: F.rnn(params, x, mode="LSTM", seq_lengths=n), in_axes=(1, 0), out_axes=(1, 1)
     )
-    out_v, (h_v, _) = per_seq(xs[0], jnp.asarray(lengths))
+    out_v, (h_v, c_v) = per_seq(xs[0], jnp.asarray(lengths))
     out_b, (h_b, _) = F.rnn(params, xs[0], mode="LSTM", seq_lengths=lengths)
     assert_close(out_v, out_b, what="vmapped unbatched output")
     assert_close(h_v, h_b, what="vmapped unbatched h_n")
+    # and torch's packed run over the same sequences and lengths
+    with torch.no_grad():
+        packed = torch.nn.utils.rnn.pack_padded_sequence(
+            torch.from_numpy(xs[0]), lengths, enforce_sorted=False
+        )
+        t_out, (t_h, t_c) = tmod(packed)
+        t_out, _ = torch.nn.utils.rnn.pad_packed_sequence(t_out, total_length=T)
+    assert_close(out_v, t_out.numpy(), what="vmapped unbatched output vs torch packed")
+    assert_close(h_v, t_h.numpy(), what="vmapped unbatched h_n vs torch packed")
+    assert_close(c_v, t_c.numpy(), what="vmapped unbatched c_n vs torch packed")
 
 
 @pytest.mark.parametrize("mode", ["LSTM"])
@@ -208,6 +218,15 @@ def test_eval_shape_matches_a_real_run(mode, shape, kwargs):
     with torch.no_grad():
         want = tmod(torch.from_numpy(x))
     assert jax.tree.map(lambda a: a.shape, real) == jax.tree.map(lambda t: tuple(t.shape), want)
+    # the real run's values are torch's too (float32), on the ones and on a random input
+    real32 = run(params, x)
+    assert_close(real32, jax.tree.map(lambda t: t.numpy(), tuple(want)), what="ones input")
+    xr = np.random.default_rng(5).standard_normal(shape).astype(np.float32)
+    with torch.no_grad():
+        want_r = tmod(torch.from_numpy(xr))
+    assert_close(
+        run(params, xr), jax.tree.map(lambda t: t.numpy(), tuple(want_r)), what="random input"
+    )
 
 
 def test_eval_shape_of_module_construction():
