@@ -334,24 +334,16 @@ class GRU(_RNNBase):
 
 
 _H = "``(D * num_layers, N, H_out)`` (``(D * num_layers, H_out)`` unbatched)"
-RNN.__doc__ += _LAYER_DOC.format(
-    hx="h_0",
-    hx_shape=_H + ".",
-    hn="h_n",
-    hn_shape=_H + ", the final hidden state; with "
-    "a padded/packed input, each sequence's state after its own last valid step.",
-    h_out="hidden_size",
-    extra_attr="",
-)
-GRU.__doc__ += _LAYER_DOC.format(
-    hx="h_0",
-    hx_shape=_H + ".",
-    hn="h_n",
-    hn_shape=_H + ", the final hidden state; with "
-    "a padded/packed input, each sequence's state after its own last valid step.",
-    h_out="hidden_size",
-    extra_attr="",
-)
+for _cls in (RNN, GRU):
+    _cls.__doc__ += _LAYER_DOC.format(
+        hx="h_0",
+        hx_shape=_H + ".",
+        hn="h_n",
+        hn_shape=_H + ", the final hidden state; with "
+        "a padded/packed input, each sequence's state after its own last valid step.",
+        h_out="hidden_size",
+        extra_attr="",
+    )
 LSTM.__doc__ += _LAYER_DOC.format(
     hx="(h_0, c_0)",
     hx_shape="``h_0`` " + _H + " and ``c_0`` ``(D * num_layers, N, H_cell)``.",

@@ -8,14 +8,15 @@ then large matmuls over all steps at once. Both directions of a layer advance in
 (two independent chains that XLA may run side by side), the input projections of all steps are
 computed before the loop, and each step's recurrent product is one matmul for all gates.
 
-Inside the loops the state is feature-major, ``(H, N)``, so that step is ``W_hh @ h`` with torch's
-weight as stored: XLA:CPU's GEMM reads the large operand in place instead of repacking it every
-step, which runs the recurrence about 1.7x faster than ``h @ W_hh.T`` at the usual batch sizes.
-Two XLA:CPU code-generation traps shape the rest (both measured): gate nonlinearities on a
-dynamic slice that is then sliced again, or feeding a concatenation, compile to scalar code; so
-the pre-activations of gate ``k`` at step ``t`` are read with one ``dynamic_slice`` and the gate
-gradients are written gate by gate into the buffers (``(G*H, L, N)`` for all steps, read as the
-``(G*H, L*N)`` operand of the weight-gradient matmuls).
+From a batch of ``_SMALL_BATCH`` the loops keep the state feature-major, ``(H, N)``, so that step
+is ``W_hh @ h`` with torch's weight as stored: XLA:CPU's GEMM then reads the large operand in place
+instead of repacking it every step (``benchmarks/layouts.py`` times both layouts). Below it they
+run batch-major, ``(N, H)``, with one ``h @ W_hh_k.T`` per gate, which XLA spreads better over its
+threads when ``N`` is tiny. Two XLA:CPU code-generation traps shape the rest: gate nonlinearities
+on a dynamic slice that is then sliced again, or feeding a concatenation, compile to scalar code;
+so each gate's input projection is its own array, read with one ``dynamic_slice`` per step, and
+feature-major the gate gradients are written gate by gate into their buffer (``(G*H, L, N)`` for
+all steps, read as the ``(G*H, L*N)`` operand of the weight-gradient matmuls).
 
 The equations are torch's (see :func:`jaxrnn.functional.step_from_gates`); the tests check the
 outputs and gradients of this path against torch and against autodiff of the plain scan.
@@ -39,8 +40,6 @@ from jaxrnn import _params
 # Below this batch size the loops run batch-major, ``(N, H)`` states and per-gate ``h @ W_hh_k.T``
 # matmuls, which XLA:CPU spreads over its threads better when ``N`` is tiny.
 _SMALL_BATCH = 16
-
-_WEIGHTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
 
 
 def layer(
@@ -74,7 +73,7 @@ def layer(
         ``finals``: per direction the state after its last step (``h`` or ``(h, c)``);
         ``outputs``: per direction ``(L, N, H_out)``, zero on masked steps.
     """
-    weights = tuple({k: w.get(k) for k in _WEIGHTS} for w in weights)
+    weights = tuple({k: w.get(k) for k in _params.RECURRENT_NAMES} for w in weights)
     if feature_major is None:
         feature_major = x.shape[1] >= _SMALL_BATCH
     spec = (mode, tuple(bool(r) for r in reverse), precision, int(unroll), bool(feature_major))
@@ -88,7 +87,7 @@ def layer(
 
 
 # ----------------------------------------------------------------------------------------------
-# helpers (per-step arrays are feature-major, ``(features, N)``; see the module docstring)
+# helpers (``fm``: the loops are feature-major, per-step arrays ``(features, N)``; else batch-major)
 
 
 def _at(a, t, axis=0):
@@ -103,14 +102,10 @@ def _mm(a, b, precision):
     return jnp.matmul(a, b, precision=precision)
 
 
-def _fm(a):
-    """Batch-major ``(..., N, F)`` to feature-major ``(..., F, N)`` and back (the same swap)."""
-    return jnp.swapaxes(a, -1, -2)
-
-
 def _loop(a, fm):
-    """A batch-major ``(..., N, F)`` array in the loop layout, and back."""
-    return _fm(a) if fm else a
+    """A batch-major ``(..., N, F)`` array in the loop layout (feature-major: ``(..., F, N)``),
+    and back (the same swap)."""
+    return jnp.swapaxes(a, -1, -2) if fm else a
 
 
 def _lin(w, v, fm, precision):
@@ -334,8 +329,9 @@ def _backward(spec, weights, x, state0, mask, out, saved, cts):
             bufs["dh"] = jnp.zeros((seq_len, *h0_d.shape), h0_d.dtype)
         dc0 = _loop(dc_last[d], fm) if lstm else None
         init.append((jnp.zeros_like(h0_d), dc0, bufs))
-        w_back = _oriented(w["weight_hh"].T, fm)
-        w_hr_back = _oriented(None if w["weight_hr"] is None else w["weight_hr"].T, fm)
+        # the transposed products of the backward, as _lin takes them
+        w_back = w["weight_hh"].T if fm else w["weight_hh"]
+        w_hr_back = None if w["weight_hr"] is None else (w["weight_hr"].T if fm else w["weight_hr"])
         loop_in.append((s0, _loop(dhs[d], fm), w_back, w_hr_back))
 
     def body(carry, s):
