@@ -526,6 +526,20 @@ def check_packed_call(name: str, data_ndim: int, seq_lengths) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# checkpoint files (jaxrnn.io)
+
+
+def check_npz_dtypes(name: str, state_dict) -> None:
+    """``.npz`` holds numpy dtypes only: ``np.savez`` would store bfloat16 as opaque bytes."""
+    bf16 = sorted(k for k, v in state_dict.items() if v.dtype.name == "bfloat16")
+    if bf16:
+        raise ValueError(
+            f"{name}: .npz cannot hold bfloat16 arrays ({', '.join(bf16)}); write .safetensors "
+            "or .pt, or cast to float32 first"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
 # interop with Flax's recurrent cells (jaxrnn.interop)
 
 

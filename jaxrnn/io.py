@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from jaxrnn import _params, convert
+from jaxrnn import _checks, _params, convert
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 SAFETENSORS_SUFFIXES = (".safetensors",)
@@ -198,7 +198,7 @@ def save_state_dict_file(params_or_module: Any, path: str | os.PathLike, prefix:
             names when attributes are named as in the torch model), or a mapping of arrays,
             nested mappings (a Linen ``variables['params']``) flattened with dots the same way.
         path: ``.safetensors`` (no torch needed), ``.pt``/``.pth``/``.bin`` (needs torch) or
-            ``.npz``. Written to a temporary file first, then renamed into place.
+            ``.npz`` (not for bfloat16: numpy has no such dtype). Written to a temporary file first, then renamed into place.
         prefix: prepended to every key, e.g. ``'encoder.lstm.'`` to match the attribute path of
             the layer in the torch model that will load the file.
 
@@ -218,6 +218,8 @@ def save_state_dict_file(params_or_module: Any, path: str | os.PathLike, prefix:
     path = os.fspath(path)
     suffix = _suffix(path)
     state_dict = _to_state_dict(params_or_module, prefix)
+    if suffix in NUMPY_SUFFIXES:
+        _checks.check_npz_dtypes("save_state_dict_file", state_dict)
     tmp = os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.tmp{suffix}")
     try:
         if suffix in SAFETENSORS_SUFFIXES:

@@ -294,6 +294,16 @@ def test_export_bfloat16(tmp_path, fmt):
     assert back["weight_ih"].dtype == jnp.bfloat16
 
 
+def test_export_bfloat16_to_npz_is_refused(tmp_path):
+    """``np.savez`` would write bfloat16 as opaque void bytes that neither torch nor jaxrnn can
+    read back; the export refuses before writing anything."""
+    jax_module = jaxrnn.GRUCell(3, 2, param_dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    path = tmp_path / "bf16.npz"
+    with pytest.raises(ValueError, match="save_state_dict_file: .npz cannot hold bfloat16"):
+        jaxrnn.save_state_dict_file(jax_module, str(path))
+    assert list(tmp_path.iterdir()) == []
+
+
 # ---------------------------------------------------------------------------------------------
 # safety: loading never runs code from the file
 
