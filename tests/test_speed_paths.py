@@ -178,18 +178,22 @@ def _torch_packed(tmod, x, lengths, h0, w_out, w_h):
         ("RNN_RELU", dict(num_layers=1)),
     ],
 )
-def test_variable_lengths_match_torch_packed(mode, kwargs):
+@pytest.mark.parametrize("batch", [B, 20], ids=["batch_major", "feature_major"])
+def test_variable_lengths_match_torch_packed(mode, kwargs, batch):
+    """Both loop layouts (the batch size picks one: ``_fused._SMALL_BATCH``) with ``hx``, unsorted
+    lengths incl. 1 and the full length, against torch's packed run."""
+    assert B < _fused._SMALL_BATCH <= 20
     rng = np.random.default_rng(2)
     tmod = torch_layer(mode, I, H, **kwargs)
     dirs = 2 if kwargs.get("bidirectional") else 1
     lead = dirs * kwargs.get("num_layers", 1)
     out_size = kwargs.get("proj_size") or H
-    lengths = np.array([4, T, 1])
-    x = rng.standard_normal((T, B, I)).astype(np.float32)
-    h0 = [rng.standard_normal((lead, B, out_size)).astype(np.float32)]
+    lengths = np.resize(np.array([4, T, 1]), batch)
+    x = rng.standard_normal((T, batch, I)).astype(np.float32)
+    h0 = [rng.standard_normal((lead, batch, out_size)).astype(np.float32)]
     if mode == "LSTM":
-        h0.append(rng.standard_normal((lead, B, H)).astype(np.float32))
-    w_out = rng.standard_normal((T, B, dirs * out_size)).astype(np.float32)
+        h0.append(rng.standard_normal((lead, batch, H)).astype(np.float32))
+    w_out = rng.standard_normal((T, batch, dirs * out_size)).astype(np.float32)
     w_h = [rng.standard_normal(h.shape).astype(np.float32) for h in h0]
     t_out, t_hn, t_gp, t_gx, t_gh = _torch_packed(tmod, x, lengths, h0, w_out, w_h)
 

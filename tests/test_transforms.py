@@ -64,6 +64,8 @@ def _loss(mode, w_out, **kwargs):
         ("LSTM", True, False),  # sqrt(L) chunks
         ("GRU", 2, False),  # chunks of 2 over L = 7: a ragged tail
         ("RNN_TANH", 3, True),  # and jax.checkpoint around the whole loss
+        ("LSTM", False, True),  # jax.checkpoint around the fused path (its custom_vjp)
+        ("GRU", False, True),
     ],
 )
 def test_jit_grad_checkpoint_remat_match_torch(mode, remat, checkpoint):
@@ -85,6 +87,55 @@ def test_jit_grad_checkpoint_remat_match_torch(mode, remat, checkpoint):
     assert_close(h_n, t_hn, what="h_n")
     assert_close(g_p, t_gp, 2e-5, 2e-5, what="grad params")
     assert_close(g_x, t_gx, 2e-5, 2e-5, what="grad input")
+
+
+@pytest.mark.parametrize("remat", [False, True])
+def test_forward_mode_needs_remat(remat):
+    """The fused path's backward is a ``custom_vjp``: ``jax.jvp`` raises there (as documented),
+    while ``remat=`` gives the plain scan, whose JVP equals torch's directional derivative
+    (``torch.autograd.functional.jvp``, by double backward: torch's forward AD does not cover
+    its CPU LSTM kernel)."""
+    rng = np.random.default_rng(5)
+    tmod = torch_layer("LSTM", IN, H)
+    params = jaxrnn.state_dict_to_params(tmod.state_dict())
+    x = rng.standard_normal((T, N, IN)).astype(np.float32)
+    dx = rng.standard_normal(x.shape).astype(np.float32)
+
+    def run(x):
+        return F.rnn(params, x, mode="LSTM", remat=remat)[0]
+
+    if not remat:
+        with pytest.raises(TypeError, match="custom_vjp"):
+            jax.jvp(run, (x,), (dx,))
+        return
+    out, tangent = jax.jvp(run, (x,), (dx,))
+    t_out, t_tangent = torch.autograd.functional.jvp(
+        lambda xt: tmod(xt)[0], torch.from_numpy(x), torch.from_numpy(dx)
+    )
+    assert_close(out, t_out.detach().numpy(), what="output")
+    assert_close(tangent, t_tangent.detach().numpy(), 2e-5, 2e-5, what="jvp")
+
+
+def test_precision_argument_reaches_the_matmuls():
+    """``precision=`` is passed to every matmul (visible in the lowered program) and the result
+    still equals torch's."""
+    tmod = torch_layer("GRU", IN, H, num_layers=2)
+    params = jaxrnn.state_dict_to_params(tmod.state_dict())
+    x = np.random.default_rng(6).standard_normal((T, N, IN)).astype(np.float32)
+
+    def run(params, x, precision):
+        return F.rnn(params, x, mode="GRU", precision=precision)[0]
+
+    def hlo(precision):
+        return jax.jit(run, static_argnums=2).lower(params, x, precision).as_text()
+
+    highest = hlo(jax.lax.Precision.HIGHEST)
+    assert "HIGHEST" in highest and "HIGHEST" not in hlo(None)
+    dots = highest.count("stablehlo.dot_general")
+    assert dots > 0 and highest.count("HIGHEST") >= dots
+    with torch.no_grad():
+        want = tmod(torch.from_numpy(x))[0].numpy()
+    assert_close(run(params, x, jax.lax.Precision.HIGHEST), want, what="output")
 
 
 def test_jit_traces_once_per_shape():
