@@ -8,6 +8,7 @@ computation, and name the module, what was expected and what came.
 from __future__ import annotations
 
 import numbers
+import os
 import warnings
 from collections.abc import Mapping
 
@@ -526,7 +527,32 @@ def check_packed_call(name: str, data_ndim: int, seq_lengths) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# checkpoint files (jaxrnn.io)
+# state dicts and checkpoint files (jaxrnn.convert, jaxrnn.io)
+
+
+def check_mapping(name: str, what: str, value) -> None:
+    """``value`` (a state dict or parameter tree) is a mapping."""
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{name}: {what} must be a mapping, got {type(value).__name__}")
+
+
+def check_prefix(name: str, prefix) -> None:
+    if not isinstance(prefix, str):
+        raise TypeError(f"{name}: prefix must be a str, got {type(prefix).__name__}")
+
+
+def check_path(name: str, path) -> str:
+    """``path`` as a ``str``; TypeError unless it is a ``str`` or ``os.PathLike``."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{name}: path must be a str or os.PathLike, got {type(path).__name__}")
+    return os.fspath(path)
+
+
+def check_numeric_arrays(name: str, state_dict) -> None:
+    """Every value of a state dict to save is a numeric (or bfloat16) array."""
+    for key, value in state_dict.items():
+        if value.dtype.kind not in "biufc" and value.dtype.name != "bfloat16":
+            raise TypeError(f"{name}: {key} must be a numeric array, got dtype {value.dtype}")
 
 
 def check_npz_dtypes(name: str, state_dict) -> None:
@@ -561,9 +587,13 @@ def check_flax_cell_kind(name: str, cell, kind):
     return kind
 
 
-def check_flax_activations(name: str, gate_fn, activation_fn, *, simple: bool = False) -> str:
-    """Torch's mode for a Flax cell's functions: sigmoid gates and tanh (relu for SimpleCell)."""
-    if simple:
+def check_flax_activations(name: str, cls: str, gate_fn, activation_fn) -> str:
+    """Torch's mode of Flax's cell class ``cls`` with these functions.
+
+    ``SimpleCell``: tanh (``'RNN_TANH'``) or relu (``'RNN_RELU'``); ``GRUCell`` (``'GRU'``) and
+    the LSTM cells (``'LSTM'``): sigmoid gates and tanh.
+    """
+    if cls == "SimpleCell":
         if activation_fn is jnp.tanh:
             return "RNN_TANH"
         if activation_fn is jax.nn.relu:
@@ -578,7 +608,35 @@ def check_flax_activations(name: str, gate_fn, activation_fn, *, simple: bool = 
                 f"{name}: {arg} must be {want.__name__} to match torch's equations, "
                 f"got {getattr(fn, '__name__', fn)!r}"
             )
-    return "LSTM"
+    return "GRU" if cls == "GRUCell" else "LSTM"
+
+
+def check_carry_rngs(name: str, keys) -> None:
+    """``initialize_carry(carry_init=...)`` draws the carry, so it needs keys."""
+    if keys is None:
+        raise ValueError(f"{name}: carry_init needs rngs to draw the carry")
+
+
+def check_linen_params(name: str, params) -> None:
+    """A linen cell holds no weights: converting it needs its ``params``."""
+    if params is None:
+        raise TypeError(f"{name}: a linen cell holds no weights; pass its params too")
+
+
+def check_flax_sizes(name: str, mode: str, w_ih, w_hh, features: int, in_features=None) -> None:
+    """Torch cell weights that fit a Flax cell of hidden size ``features`` and, for an nnx cell,
+    input size ``in_features``."""
+    rows = _params.GATES[mode] * features
+    in_size = np.shape(w_ih)[-1] if np.ndim(w_ih) else 0
+    check_params(
+        name,
+        {"weight_ih": w_ih, "weight_hh": w_hh},
+        {"weight_ih": (rows, in_size), "weight_hh": (rows, features)},
+    )
+    if in_features is not None and in_size != in_features:
+        raise ValueError(
+            f"{name}: weight_ih has input size {in_size}, the cell's in_features is {in_features}"
+        )
 
 
 def check_flax_foldable(name: str, *, weight_hr=None, b_hn=None) -> None:

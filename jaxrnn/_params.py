@@ -185,7 +185,7 @@ def infer_module_config(params: Mapping) -> tuple[str, dict]:
     bias = "bias_ih" + s in params or "bias_hh" + s in params
     if not layered:
         return cls + "Cell", dict(input_size=int(w_ih[1]), hidden_size=hidden_size, bias=bias)
-    mode = "LSTM" if cls == "LSTM" else "GRU" if cls == "GRU" else "RNN_TANH"
+    mode = CLASS_MODES[cls][0]  # an RNN's shapes: tanh's = relu's
     config = infer_layer_config(mode, params)
     if cls != "LSTM":
         if config["proj_size"]:

@@ -7,9 +7,12 @@ the keys under a prefix, copy the arrays. torch is imported lazily and only by
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import numpy as np
+
+from jaxrnn import _checks
 
 
 def to_numpy(value) -> np.ndarray:
@@ -28,6 +31,19 @@ def to_numpy(value) -> np.ndarray:
     return np.array(value, copy=True)
 
 
+def _flat(tree: Mapping, path: tuple = ()) -> Iterator[tuple[tuple, Any]]:
+    """``(key path, leaf)`` for every leaf of nested mappings, depth first in key order.
+
+    ``{'a': {'b': 1}, 'c': 2}`` gives ``(('a', 'b'), 1)`` then ``(('c',), 2)``; callers join the
+    path as their format needs (``'.'`` for torch's names, ``'/'`` for Flax's).
+    """
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            yield from _flat(value, path + (key,))
+        else:
+            yield path + (key,), value
+
+
 def state_dict_to_params(state_dict: Mapping, prefix: str = "") -> dict[str, np.ndarray]:
     """The parameters under ``prefix`` of a torch ``state_dict``, as a dict of numpy arrays.
 
@@ -44,10 +60,8 @@ def state_dict_to_params(state_dict: Mapping, prefix: str = "") -> dict[str, np.
         >>> sorted(params)
         ['weight_ih_l0']
     """
-    if not isinstance(state_dict, Mapping):
-        raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
-    if not isinstance(prefix, str):
-        raise TypeError(f"prefix must be a str, got {type(prefix).__name__}")
+    _checks.check_mapping("state_dict_to_params", "state_dict", state_dict)
+    _checks.check_prefix("state_dict_to_params", prefix)
     return {
         key[len(prefix) :]: to_numpy(value)
         for key, value in state_dict.items()
@@ -60,8 +74,8 @@ def params_to_state_dict(params: Mapping, prefix: str = "") -> dict[str, np.ndar
 
     ``torch_module.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})`` accepts it.
     """
-    if not isinstance(params, Mapping):
-        raise TypeError(f"params must be a mapping, got {type(params).__name__}")
+    _checks.check_mapping("params_to_state_dict", "params", params)
+    _checks.check_prefix("params_to_state_dict", prefix)
     return {prefix + key: to_numpy(value) for key, value in params.items()}
 
 

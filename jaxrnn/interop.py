@@ -19,7 +19,7 @@ Two jobs, both thin:
 How the biases map (``b`` = Flax bias, ``0`` = zeros):
 
 =====================  =================================  ========================================
-Flax cell              Flax -> torch (always exact)       torch -> Flax
+Flax cell              Flax -> torch (exact*)             torch -> Flax
 =====================  =================================  ========================================
 LSTM (all four)        ``bias_ih = 0``, ``bias_hh = b_h``  ``b_h = bias_ih + bias_hh`` (folded)
 linen ``GRUCell``      ``bias_ih = b_i``,                 ``b_ir, b_iz`` folded, ``b_in = b_in``,
@@ -30,12 +30,13 @@ nnx ``GRUCell``        ``bias_ih = b_i``, ``bias_hh = 0``  ``b_r, b_z`` folded; 
 ``SimpleCell``         ``bias_ih = b_i``, ``bias_hh = 0``  ``b_i = bias_ih + bias_hh`` (folded)
 =====================  =================================  ========================================
 
+``*`` Up to float rounding for ``SimpleCell(residual=True)``
+(``h' = act(W_i x + b_i + W_h h + h)``), which maps to ``weight_hh = W_h^T + I`` (both ways).
 Folding is exact in real arithmetic, so outputs agree to float rounding; a round trip
 torch -> Flax -> torch returns the folded biases (``bias_ih`` zero for LSTM), not the originals.
-``SimpleCell(residual=True)`` (``h' = act(W_i x + b_i + W_h h + h)``) maps to
-``weight_hh = W_h^T + I``. What cannot be represented raises ``ValueError``: custom
-``gate_fn``/``activation_fn`` (jaxrnn has sigmoid/tanh, and tanh or relu for ``SimpleCell``), an
-LSTM projection (``weight_hr``), ``b_hn != 0`` into nnx ``GRUCell``.
+What cannot be represented raises ``ValueError``: custom ``gate_fn``/``activation_fn`` (jaxrnn
+has sigmoid/tanh, and tanh or relu for ``SimpleCell``), an LSTM projection (``weight_hr``),
+``b_hn != 0`` into nnx ``GRUCell``.
 
 Example:
     >>> import jax, jax.numpy as jnp, numpy as np
@@ -55,7 +56,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -150,13 +151,12 @@ class FlaxCellAdapter(nnx.RNNCellBase):
 
     def initialize_carry(self, input_shape, rngs=None, carry_init=None):
         """Zeros (or ``carry_init(key, shape, dtype)`` draws, keys from ``rngs``) shaped
-        ``input_shape[:-1] + (hidden_size,)`` in the cell's compute dtype (``dtype`` if set,
-        else ``param_dtype``); ``(c, h)`` for LSTM."""
+        ``input_shape[:-1] + (hidden_size,)`` in the cell's ``dtype``, else ``param_dtype``;
+        ``(c, h)`` for LSTM."""
         keys = None
         if carry_init is not None:
             keys = rngs.carry if isinstance(rngs, nnx.Rngs) else rngs
-            if keys is None:
-                raise ValueError("FlaxCellAdapter: carry_init needs rngs to draw the carry")
+            _checks.check_carry_rngs("FlaxCellAdapter.initialize_carry", keys)
         return _zero_carry(
             self.cell.mode,
             input_shape,
@@ -210,8 +210,8 @@ class LinenCellAdapter(nn.RNNCellBase):
 
     @nn.nowrap
     def initialize_carry(self, rng, input_shape):
-        """Zeros shaped ``input_shape[:-1] + (hidden_size,)`` in the cell's compute dtype
-        (``dtype`` if set, else ``param_dtype``); ``(c, h)`` for LSTM. ``rng`` is unused."""
+        """Zeros shaped ``input_shape[:-1] + (hidden_size,)`` in the cell's ``dtype``, else
+        ``param_dtype``; ``(c, h)`` for LSTM. ``rng`` is unused."""
         del rng
         return _zero_carry(
             self.cell._mode(), input_shape, self.cell.hidden_size, _carry_dtype(self.cell)
@@ -240,14 +240,27 @@ _LSTM_GATES = ("i", "f", "g", "o")
 _GRU_GATES = ("r", "z", "n")
 
 
-def _kind(cell) -> tuple[str, str]:
-    """``(front_end, class)`` of a Flax built-in cell, e.g. ``('nnx', 'GRUCell')``."""
+class _Kind(NamedTuple):
+    """What a Flax built-in cell is, e.g. ``('nnx', 'GRUCell', 'GRU', 'from_flax(nnx.GRUCell)')``."""
+
+    front: str  # 'nnx' or 'linen'
+    name: str  # Flax's class name
+    mode: str  # torch's mode
+    label: str  # the user's call and the cell, to prefix errors
+
+
+def _kind(caller: str, cell) -> _Kind:
+    """The kind of ``cell``, checked once per call; errors name ``caller``."""
     found = None
     for front, mod in (("nnx", nnx), ("linen", nn)):
         for name in ("OptimizedLSTMCell", "LSTMCell", "GRUCell", "SimpleCell"):
             if found is None and isinstance(cell, getattr(mod, name)):
                 found = front, name
-    return _checks.check_flax_cell_kind("interop", cell, found)
+    front, name = _checks.check_flax_cell_kind(caller, cell, found)
+    label = f"{caller}({front}.{name})"
+    gate_fn = getattr(cell, "gate_fn", None)  # SimpleCell has none
+    mode = _checks.check_flax_activations(label, name, gate_fn, cell.activation_fn)
+    return _Kind(front, name, mode, label)
 
 
 def flax_cell_mode(cell) -> str:
@@ -257,12 +270,7 @@ def flax_cell_mode(cell) -> str:
         TypeError: ``cell`` is not one of Flax's built-in cells.
         ValueError: its ``gate_fn``/``activation_fn`` has no torch counterpart.
     """
-    front, name = _kind(cell)
-    label = f"{front}.{name}"
-    if name == "SimpleCell":
-        return _checks.check_flax_activations(label, None, cell.activation_fn, simple=True)
-    _checks.check_flax_activations(label, cell.gate_fn, cell.activation_fn)
-    return "GRU" if name == "GRUCell" else "LSTM"
+    return _kind("flax_cell_mode", cell).mode
 
 
 def _linen_tree(params) -> Mapping:
@@ -271,35 +279,25 @@ def _linen_tree(params) -> Mapping:
     return params
 
 
-def _read(cell, params) -> dict[str, np.ndarray]:
+def _read(kind: _Kind, cell, params) -> dict[str, np.ndarray]:
     """The Flax cell's parameters as a flat ``{'ii/kernel': array, ...}`` dict."""
-    front, name = _kind(cell)
-    if front == "nnx":
-        state = nnx.to_flat_state(nnx.state(cell, nnx.Param))
-        return {"/".join(str(k) for k in path): np.asarray(var[...]) for path, var in state}
-    if params is None:
-        raise TypeError(f"from_flax: a linen.{name} holds no weights; pass its params too")
-    flat = {}
-
-    def walk(tree, prefix):
-        for key, value in tree.items():
-            if isinstance(value, Mapping):
-                walk(value, prefix + key + "/")
-            else:
-                flat[prefix + key] = np.asarray(value)
-
-    walk(_linen_tree(params), "")
-    return flat
+    if kind.front == "nnx":
+        leaves = ((path, var[...]) for path, var in nnx.to_flat_state(nnx.state(cell, nnx.Param)))
+    else:
+        _checks.check_linen_params(kind.label, params)
+        leaves = convert._flat(_linen_tree(params))
+    return {"/".join(str(k) for k in path): np.asarray(value) for path, value in leaves}
 
 
 def _get(flat: Mapping, key: str, label: str) -> np.ndarray:
-    if key not in flat:
-        raise ValueError(f"{label}: missing parameter {key!r} (have {sorted(flat)})")
+    _checks.check_params(label, flat, {key: None})
     return flat[key]
 
 
 def from_flax(cell, params=None, *, suffix: str = "") -> dict[str, np.ndarray]:
-    """A Flax built-in cell's weights in torch's (= jaxrnn's) cell layout. Always exact.
+    """A Flax built-in cell's weights in torch's (= jaxrnn's) cell layout.
+
+    Exact (a copy), up to float rounding for a residual ``SimpleCell`` (``weight_hh = W_h^T + I``).
 
     Args:
         cell: ``flax.nnx`` ``LSTMCell``/``OptimizedLSTMCell``/``GRUCell``/``SimpleCell`` (weights
@@ -317,10 +315,12 @@ def from_flax(cell, params=None, *, suffix: str = "") -> dict[str, np.ndarray]:
         TypeError: ``cell`` is not a Flax built-in cell, or a linen cell without ``params``.
         ValueError: custom gate/activation functions, or missing parameters.
     """
-    mode = flax_cell_mode(cell)
-    front, name = _kind(cell)
-    label = f"from_flax({front}.{name})"
-    flat = _read(cell, params)
+    return _from_flax(_kind("from_flax", cell), cell, params, suffix)
+
+
+def _from_flax(kind: _Kind, cell, params, suffix: str = "") -> dict[str, np.ndarray]:
+    front, name, mode, label = kind
+    flat = _read(kind, cell, params)
     g = lambda key: _get(flat, key, label)  # noqa: E731
     if mode == "LSTM":
         if front == "nnx" and name == "OptimizedLSTMCell":
@@ -371,9 +371,8 @@ def to_flax(torch_params: Mapping, cell, *, suffix: str = ""):
         ValueError: a projection (``weight_hr``), ``b_hn != 0`` for nnx ``GRUCell``, a size
             mismatch, a nonlinearity the cell cannot express, or missing weights.
     """
-    mode = flax_cell_mode(cell)
-    front, name = _kind(cell)
-    label = f"to_flax({front}.{name})"
+    front, name, mode, label = _kind("to_flax", cell)
+    _checks.check_mapping(label, "torch_params", torch_params)
     src = {
         k[: len(k) - len(suffix)] if suffix else k: v
         for k, v in torch_params.items()
@@ -382,21 +381,9 @@ def to_flax(torch_params: Mapping, cell, *, suffix: str = ""):
     _checks.check_params(label, src, {"weight_ih": None, "weight_hh": None})
     _checks.check_flax_foldable(label, weight_hr=src.get("weight_hr"))
     w_ih, w_hh = convert.to_numpy(src["weight_ih"]), convert.to_numpy(src["weight_hh"])
-    hidden = w_hh.shape[1]
-    want = getattr(cell, "hidden_features", None) or getattr(cell, "features", None)
-    _checks.check_params(
-        label,
-        {"weight_ih": w_ih, "weight_hh": w_hh},
-        {
-            "weight_ih": (_params.GATES[mode] * want, w_ih.shape[1]),
-            "weight_hh": (_params.GATES[mode] * want, want),
-        },
-    )
-    if front == "nnx" and w_ih.shape[1] != cell.in_features:
-        raise ValueError(
-            f"{label}: weight_ih has input size {w_ih.shape[1]}, the cell's in_features is "
-            f"{cell.in_features}"
-        )
+    hidden = getattr(cell, "hidden_features", None) or getattr(cell, "features", None)
+    in_features = cell.in_features if front == "nnx" else None
+    _checks.check_flax_sizes(label, mode, w_ih, w_hh, hidden, in_features)
     zeros = np.zeros(w_ih.shape[0], np.float64)
     b_ih = (
         zeros if src.get("bias_ih") is None else convert.to_numpy(src["bias_ih"]).astype(np.float64)
@@ -440,20 +427,12 @@ def to_flax(torch_params: Mapping, cell, *, suffix: str = ""):
     tree = jax.tree.map(np.ascontiguousarray, tree)
     if front == "linen":
         return tree
-    for path, value in _flat(tree):
+    for path, value in convert._flat(tree):
         var = cell
         for key in path:
             var = getattr(var, key)
         var[...] = jnp.asarray(value, var[...].dtype)
     return cell
-
-
-def _flat(tree, prefix=()):
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            yield from _flat(value, prefix + (key,))
-        else:
-            yield prefix + (key,), value
 
 
 def cell_from_flax(cell, params=None, *, rngs: nnx.Rngs | None = None, **kwargs):
@@ -468,17 +447,13 @@ def cell_from_flax(cell, params=None, *, rngs: nnx.Rngs | None = None, **kwargs)
         :class:`jaxrnn.LSTMCell`, :class:`jaxrnn.GRUCell` or :class:`jaxrnn.RNNCell`; chain with
         :func:`jaxrnn.params_to_state_dict` to load the weights into the torch cell.
     """
-    mode = flax_cell_mode(cell)
-    p = from_flax(cell, params)
+    kind = _kind("cell_from_flax", cell)
+    p = _from_flax(kind, cell, params)
     input_size, hidden_size = p["weight_ih"].shape[1], p["weight_hh"].shape[1]
     rngs = nnx.Rngs(0) if rngs is None else rngs
     kwargs.setdefault("param_dtype", p["weight_ih"].dtype)
-    if mode == "LSTM":
-        out = _jrx.LSTMCell(input_size, hidden_size, rngs=rngs, **kwargs)
-    elif mode == "GRU":
-        out = _jrx.GRUCell(input_size, hidden_size, rngs=rngs, **kwargs)
-    else:
-        nonlin = "tanh" if mode == "RNN_TANH" else "relu"
-        out = _jrx.RNNCell(input_size, hidden_size, nonlinearity=nonlin, rngs=rngs, **kwargs)
+    cls = next(c for c, modes in _params.CLASS_MODES.items() if kind.mode in modes)
+    extra = {"nonlinearity": "tanh" if kind.mode == "RNN_TANH" else "relu"} if cls == "RNN" else {}
+    out = getattr(_jrx, cls + "Cell")(input_size, hidden_size, rngs=rngs, **extra, **kwargs)
     out.load_state_dict(p)
     return out

@@ -55,9 +55,8 @@ def load_state_dict_file(path: str | os.PathLike, prefix: str = "") -> dict[str,
         >>> {k: v.shape for k, v in load_state_dict_file(path, prefix='gru.').items()}
         {'weight_ih_l0': (6, 3)}
     """
-    path = _check_path(path)
-    if not isinstance(prefix, str):
-        raise TypeError(f"load_state_dict_file: prefix must be a str, got {type(prefix).__name__}")
+    path = _existing_file(_checks.check_path("load_state_dict_file", path))
+    _checks.check_prefix("load_state_dict_file", prefix)
     suffix = _suffix(path)
     if suffix in SAFETENSORS_SUFFIXES:
         state_dict = _load_safetensors(path)
@@ -77,10 +76,7 @@ def load_state_dict_file(path: str | os.PathLike, prefix: str = "") -> dict[str,
     return picked
 
 
-def _check_path(path) -> str:
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
-    path = os.fspath(path)
+def _existing_file(path: str) -> str:
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such checkpoint file: {path!r}")
     if os.path.isdir(path):
@@ -95,13 +91,19 @@ def _suffix(path: str) -> str:
     return suffix
 
 
-def _load_safetensors(path: str) -> dict[str, np.ndarray]:
+def _safetensors(action: str, path: str):
+    """``safetensors.numpy``, or a ModuleNotFoundError saying what needs it."""
     try:
-        from safetensors.numpy import load_file
+        import safetensors.numpy
     except ImportError as e:
         raise ModuleNotFoundError(
-            f"reading {path} needs the safetensors package (pip install safetensors)"
+            f"{action} {path} needs the safetensors package (pip install safetensors)"
         ) from e
+    return safetensors.numpy
+
+
+def _load_safetensors(path: str) -> dict[str, np.ndarray]:
+    load_file = _safetensors("reading", path).load_file
     try:
         return dict(load_file(path))
     except Exception as e:  # SafetensorError, OSError, ... : one message for all
@@ -163,30 +165,21 @@ def _load_torch(path: str) -> dict[str, np.ndarray]:
     return flat
 
 
-def _flatten(obj: Mapping, prefix: str = "") -> dict[str, np.ndarray]:
-    out: dict[str, np.ndarray] = {}
-    for key, value in obj.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(_flatten(value, name + "."))
-        elif hasattr(value, "detach") and hasattr(value, "shape"):  # a tensor
-            out[name] = convert.to_numpy(value)
-    return out
+def _flatten(obj: Mapping) -> dict[str, np.ndarray]:
+    """The tensors of a loaded PyTorch object, named by key path joined with dots."""
+    return {
+        _dotted(path): convert.to_numpy(value)
+        for path, value in convert._flat(obj)
+        if hasattr(value, "detach") and hasattr(value, "shape")  # a tensor
+    }
+
+
+def _dotted(path: tuple) -> str:
+    return ".".join(str(key) for key in path)
 
 
 # ---------------------------------------------------------------------------------------------
 # writing
-
-
-def _flatten_params(obj: Mapping, prefix: str = "") -> dict:
-    """Nested mappings (a Linen ``variables['params']`` tree) flattened with dots."""
-    out = {}
-    for key, value in obj.items():
-        if isinstance(value, Mapping):
-            out.update(_flatten_params(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def save_state_dict_file(params_or_module: Any, path: str | os.PathLike, prefix: str = "") -> None:
@@ -211,20 +204,17 @@ def save_state_dict_file(params_or_module: Any, path: str | os.PathLike, prefix:
         >>> sorted(load_state_dict_file(path))[:2]
         ['gru.bias_hh_l0', 'gru.bias_ih_l0']
     """
-    if not isinstance(prefix, str):
-        raise TypeError(f"save_state_dict_file: prefix must be a str, got {type(prefix).__name__}")
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
-    path = os.fspath(path)
+    _checks.check_prefix("save_state_dict_file", prefix)
+    path = _checks.check_path("save_state_dict_file", path)
     suffix = _suffix(path)
     state_dict = _to_state_dict(params_or_module, prefix)
     if suffix in NUMPY_SUFFIXES:
         _checks.check_npz_dtypes("save_state_dict_file", state_dict)
+    if suffix in SAFETENSORS_SUFFIXES:
+        save_file = _safetensors("writing", path).save_file
     tmp = os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.tmp{suffix}")
     try:
         if suffix in SAFETENSORS_SUFFIXES:
-            from safetensors.numpy import save_file
-
             save_file(state_dict, tmp, metadata={"format": "pt"})
         elif suffix in NUMPY_SUFFIXES:
             with open(tmp, "wb") as f:
@@ -239,7 +229,8 @@ def save_state_dict_file(params_or_module: Any, path: str | os.PathLike, prefix:
 
 def _to_state_dict(obj, prefix: str) -> dict[str, np.ndarray]:
     if isinstance(obj, Mapping):
-        sd = convert.params_to_state_dict(_flatten_params(obj), prefix)
+        flat = {_dotted(path): value for path, value in convert._flat(obj)}
+        sd = convert.params_to_state_dict(flat, prefix)
     elif callable(getattr(obj, "state_dict", None)):  # jaxrnn modules, torch modules
         sd = {k: convert.to_numpy(v) for k, v in obj.state_dict(prefix=prefix).items()}
     else:
@@ -251,15 +242,8 @@ def _to_state_dict(obj, prefix: str) -> dict[str, np.ndarray]:
                 f"arrays, got {type(obj).__name__}"
             )
         flat = nnx.to_flat_state(nnx.state(obj, nnx.Param))
-        sd = {
-            prefix + ".".join(str(p) for p in path): convert.to_numpy(v.get_value())
-            for path, v in flat
-        }
-    for key, value in sd.items():
-        if value.dtype.kind not in "biufc" and value.dtype.name != "bfloat16":
-            raise TypeError(
-                f"save_state_dict_file: {key} must be a numeric array, got dtype {value.dtype}"
-            )
+        sd = {prefix + _dotted(path): convert.to_numpy(v.get_value()) for path, v in flat}
+    _checks.check_numeric_arrays("save_state_dict_file", sd)
     # ascontiguousarray alone turns 0-d arrays (e.g. BatchNorm.num_batches_tracked) into (1,)
     return {k: np.ascontiguousarray(v).reshape(np.shape(v)) for k, v in sd.items()}
 
@@ -323,6 +307,8 @@ def recurrent_layer(state_dict: Mapping, prefix: str = "") -> RecurrentLayer:
         ValueError: the keys under ``prefix`` are not exactly one RNN/LSTM/GRU layer's or cell's
             (missing, unexpected or mis-shaped keys are named, in torch's wording).
     """
+    _checks.check_mapping("recurrent_layer", "state_dict", state_dict)
+    _checks.check_prefix("recurrent_layer", prefix)
     params = convert.state_dict_to_params(state_dict, prefix)
     where = f"prefix {prefix!r}" if prefix else "the top level"
     if not any(_params.split_recurrent_key(k) in _DIRECT for k in params):
@@ -342,22 +328,21 @@ def recurrent_layer(state_dict: Mapping, prefix: str = "") -> RecurrentLayer:
             f"no recurrent layer at {where}: {what}: {', '.join(found) if found else 'none'}"
         )
     try:
-        cls, config, expected = _infer(params)
+        return _infer(prefix, params)
     except ValueError as e:
         raise ValueError(f"the keys under {where} do not form a recurrent layer: {e}") from None
-    return RecurrentLayer(prefix, cls, config, tuple(prefix + k for k in expected))
 
 
-def _infer(params: Mapping) -> tuple[str, dict, dict]:
-    """Class, config and expected shapes of ``params``; ValueError unless they match exactly."""
+def _infer(prefix: str, params: Mapping) -> RecurrentLayer:
+    """The layer or cell ``params`` (keys without ``prefix``) form; ValueError unless exactly."""
     cls, config = _params.infer_module_config(params)
-    mode = {"LSTM": "LSTM", "GRU": "GRU"}.get(cls.removesuffix("Cell"), "RNN_TANH")
+    mode = _params.CLASS_MODES[cls.removesuffix("Cell")][0]  # an RNN's shapes: tanh's = relu's
     if cls.endswith("Cell"):
         expected = _params.cell_param_shapes(mode, **config)
     else:
         expected = _params.layer_param_shapes(mode, **config)
     convert.match_state_dict(cls, params, expected, strict=True)
-    return cls, config, expected
+    return RecurrentLayer(prefix, cls, config, tuple(prefix + k for k in expected))
 
 
 def find_recurrent_layers(state_dict: Mapping) -> list[RecurrentLayer]:
@@ -375,8 +360,7 @@ def find_recurrent_layers(state_dict: Mapping) -> list[RecurrentLayer]:
         >>> [layer.describe() for layer in find_recurrent_layers(sd)]
         ['LSTMCell(3, 3, bias=False)']
     """
-    if not isinstance(state_dict, Mapping):
-        raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
+    _checks.check_mapping("find_recurrent_layers", "state_dict", state_dict)
     groups: dict[str, list[str]] = {}
     for key in state_dict:
         parts = _params.split_recurrent_key(key) if isinstance(key, str) else None
@@ -386,11 +370,9 @@ def find_recurrent_layers(state_dict: Mapping) -> list[RecurrentLayer]:
     for prefix, keys in groups.items():
         params = {k[len(prefix) :]: state_dict[k] for k in keys}
         try:
-            cls, config, expected = _infer(params)
+            layers.append(_infer(prefix, params))
         except ValueError as e:
             layers.append(RecurrentLayer(prefix, None, {}, tuple(keys), str(e)))
-            continue
-        layers.append(RecurrentLayer(prefix, cls, config, tuple(prefix + k for k in expected)))
     return layers
 
 

@@ -384,3 +384,20 @@ def test_initialize_carry_dtype_and_order():
     lin = interop.as_flax_cell(jrl.GRUCell(IN, H, param_dtype=jnp.float16))
     assert lin.initialize_carry(jax.random.key(0), (IN,)).dtype == jnp.float16
     assert lin.initialize_carry(jax.random.key(0), (IN,)).shape == (H,)
+
+
+def test_checks_name_the_users_call():
+    """Kind and argument checks run once, before any work, and name the function called."""
+    lstm = nnx.LSTMCell(IN, H, rngs=nnx.Rngs(0))
+    with pytest.raises(TypeError, match=r"to_flax\(nnx.LSTMCell\): torch_params must be a mapping"):
+        interop.to_flax([("weight_ih", np.zeros((4 * H, IN)))], lstm)
+    with pytest.raises(TypeError, match=r"^cell_from_flax: expected one of Flax's built-in cells"):
+        interop.cell_from_flax(nn.Dense(3))
+    with pytest.raises(TypeError, match=r"cell_from_flax\(linen.GRUCell\): .*pass its params"):
+        interop.cell_from_flax(nn.GRUCell(H))
+    with pytest.raises(ValueError, match=r"from_flax\(linen.GRUCell\): missing parameters"):
+        interop.from_flax(nn.GRUCell(H), {"params": {}})
+    with pytest.raises(ValueError, match="initialize_carry: carry_init needs rngs"):
+        interop.as_flax_cell(jaxrnn.GRUCell(IN, H, rngs=nnx.Rngs(0))).initialize_carry(
+            (B, IN), carry_init=nn.initializers.ones
+        )

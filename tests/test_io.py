@@ -552,3 +552,15 @@ def test_zero_dim_arrays_keep_their_shape(tmp_path, suffix):
     back = jaxrnn.load_state_dict_file(path)
     assert back["bn.num_batches_tracked"].shape == ()
     assert int(back["bn.num_batches_tracked"]) == 7
+
+
+def test_save_argument_checks_and_missing_safetensors(tmp_path, monkeypatch):
+    with pytest.raises(TypeError, match="save_state_dict_file: path must be a str"):
+        jaxrnn.save_state_dict_file({"a": np.zeros(2)}, 3)
+    with pytest.raises(TypeError, match="recurrent_layer: state_dict must be a mapping"):
+        jaxrnn.recurrent_layer([("weight_ih", 1)])
+    monkeypatch.setitem(sys.modules, "safetensors.numpy", None)  # as if not installed
+    path = tmp_path / "x.safetensors"
+    with pytest.raises(ModuleNotFoundError, match=f"writing {path} needs the safetensors"):
+        jaxrnn.save_state_dict_file({"a": np.zeros(2)}, path)
+    assert os.listdir(tmp_path) == []

@@ -38,21 +38,19 @@ def scan_direction(
     w_hh, b_hh, w_hr = p["weight_hh"], p.get("bias_hh"), p.get("weight_hr")
 
     def project(xs):  # the input projection, for all steps at once (or one remat chunk)
-        x_, m_ = xs if mask is not None else (xs, None)
-        gx = linear(x_, p["weight_ih"], p.get("bias_ih"), precision)
-        return gx if m_ is None else (gx, m_)
+        x_, m_ = xs  # m_ is None without a mask: an empty pytree, which scans as nothing
+        return linear(x_, p["weight_ih"], p.get("bias_ih"), precision), m_
 
     def step(state, xs):
-        gx_t, m_t = xs if mask is not None else (xs, None)
+        gx_t, m_t = xs
         new, out = step_from_gates(mode, gx_t, state, w_hh, b_hh, w_hr, precision)
         if m_t is not None:
             new = jax.tree.map(lambda n, o: jnp.where(m_t, n, o), new, state)
             out = jnp.where(m_t, out, jnp.zeros((), out.dtype))
         return new, out
 
-    xs = x if mask is None else (x, mask)
     return time_scan(
-        step, state0, xs, reverse=reverse, unroll=unroll, remat=remat, prologue=project
+        step, state0, (x, mask), reverse=reverse, unroll=unroll, remat=remat, prologue=project
     )
 
 

@@ -52,6 +52,12 @@ def _concrete(x) -> np.ndarray | None:
     return np.asarray(x)
 
 
+def _batch_sizes(lengths: np.ndarray) -> np.ndarray:
+    """Torch's ``batch_sizes`` of concrete ``lengths``: how many sequences reach each step."""
+    steps = int(lengths.max()) if lengths.size else 0
+    return (lengths[None, :] > np.arange(steps)[:, None]).sum(1).astype(np.int64)
+
+
 def _time_mask(lengths, steps: int, ndim: int):
     """``(T, N, 1, ...)`` boolean mask of the valid steps, broadcastable to ``(T, N, *)``."""
     mask = jnp.arange(steps)[:, None] < lengths[None, :]
@@ -148,18 +154,17 @@ class PackedSequence:
     @property
     def batch_sizes(self) -> np.ndarray:
         """Torch's ``batch_sizes`` (int64 numpy), for concrete lengths."""
-        lengths = self._concrete_lengths("batch_sizes")
-        steps = int(lengths.max()) if lengths.size else 0
-        return (lengths[None, :] > np.arange(steps)[:, None]).sum(1).astype(np.int64)
+        return _batch_sizes(self._concrete_lengths("batch_sizes"))
 
     @property
     def data(self) -> jax.Array:
         """Torch's packed ``data (sum(lengths), *)``, for concrete lengths."""
-        sizes = self.batch_sizes
+        lengths = self._concrete_lengths("data")
+        sizes = _batch_sizes(lengths)
         step, slot = np.nonzero(np.arange(self.padded.shape[1])[None, :] < sizes[:, None])
         order = self.sorted_indices
         if order is None:  # packed with enforce_sorted under jit, where it could not be checked
-            _checks.check_sorted_lengths("PackedSequence", np.asarray(self.lengths))
+            _checks.check_sorted_lengths("PackedSequence", lengths)
         return self.padded[step, slot if order is None else order[slot]]
 
     def __repr__(self) -> str:
