@@ -17,7 +17,7 @@ over every device with ``jax.sharding`` (``--data-parallel``: the batch is split
 the parameters are replicated, XLA inserts the gradient all-reduce).
 
 Usage:
-    python examples/train_classifier.py                  # defaults: >= 97 % accuracy, minutes on CPU
+    python examples/train_classifier.py                  # defaults: >= 99 % accuracy in 500 steps (a run by hand)
     python examples/train_classifier.py --quick          # a few seconds (what the tests run)
     python examples/train_classifier.py --ckpt-dir runs/a --stop-at 200  # interrupted at 200 ...
     python examples/train_classifier.py --ckpt-dir runs/a                # ... resumes there
