@@ -27,12 +27,15 @@ from run import interleaved  # noqa: E402
 from jaxrnn._params import GATES  # noqa: E402
 from jaxrnn.functional import _fused  # noqa: E402
 
-# (mode, T, B, I, H): the --quick workloads of benchmarks/run.py, one layer, one direction
+# (mode, T, B, I, H): single-layer, one-direction versions of benchmarks/run.py's workloads
 WORKLOADS = [
     ("LSTM", 128, 32, 128, 256),
+    ("LSTM", 128, 64, 256, 512),
     ("LSTM", 512, 4, 64, 128),
     ("GRU", 128, 32, 128, 256),
+    ("GRU", 128, 64, 256, 512),
     ("RNN_TANH", 128, 32, 128, 256),
+    ("RNN_TANH", 128, 64, 256, 512),
 ]
 
 
