@@ -405,10 +405,16 @@ def _backward(spec, weights, x, state0, mask, out, saved, cts):
         dgx = bufs["dgx"]
         hidden = w["weight_hh"].shape[0] // num_gates
         h_before = _shifted(hs[d], h0[d], rev[d])  # (L, N, H_out)
-        dw_hh = over_steps(f"{all_gates},lnp->gp", dgx, h_before)
         if gru:  # the n gate's recurrent pre-activation gradient differs from its input one
-            dw_n = over_steps(f"{one_gate},lnp->hp", bufs["dgh_n"], h_before)
-            dw_hh = jnp.concatenate([dw_hh[: 2 * hidden], dw_n])
+            r_z = lax.slice_in_dim(dgx, 0, 2 * hidden, axis=0 if fm else 2)
+            dw_hh = jnp.concatenate(
+                [
+                    over_steps(f"{all_gates},lnp->gp", r_z, h_before),
+                    over_steps(f"{one_gate},lnp->hp", bufs["dgh_n"], h_before),
+                ]
+            )
+        else:
+            dw_hh = over_steps(f"{all_gates},lnp->gp", dgx, h_before)
         dw = {
             "weight_ih": over_steps(f"{all_gates},lni->gi", dgx, x),
             "weight_hh": dw_hh,
