@@ -2,7 +2,7 @@
 
 ``jaxrnn.functional._fused.layer`` runs its time loops feature-major (``(H, N)`` states, one
 ``W_hh @ h`` per step for all gates) from a batch of ``_fused._SMALL_BATCH`` and batch-major
-(``(N, H)`` states, one ``h @ W_hh_k.T`` per gate) below it. This script checks that choice on this
+(``(N, H)`` states, ``h @ W_hh.T``) below it. This script checks that choice on this
 machine: for each workload it runs both layouts on the same weights and input, checks that their
 outputs and gradients agree, and prints the median time of the forward pass and of a training
 step (value and gradient of ``sum(output * w)`` with respect to the weights and the input),

@@ -11,8 +11,9 @@ computed before the loop, and each step's recurrent product is one matmul for al
 From a batch of ``_SMALL_BATCH`` the loops keep the state feature-major, ``(H, N)``, so that step
 is ``W_hh @ h`` with torch's weight as stored: XLA:CPU's GEMM then reads the large operand in place
 instead of repacking it every step (``benchmarks/layouts.py`` times both layouts). Below it they
-run batch-major, ``(N, H)``, with one ``h @ W_hh_k.T`` per gate, which XLA spreads better over its
-threads when ``N`` is tiny. Two XLA:CPU code-generation traps shape the rest: gate nonlinearities
+run batch-major, ``(N, H)``, with ``h @ W_hh.T``, which is faster when ``N`` is tiny. Every
+dynamic index is known to be in range (``allow_negative_indices=False``), which spares a scalar
+kernel per step. Two XLA:CPU code-generation traps shape the rest: gate nonlinearities
 on a dynamic slice that is then sliced again, or feeding a concatenation, compile to scalar code;
 so each gate's input projection is its own array, read with one ``dynamic_slice`` per step, and
 feature-major the gate gradients are written gate by gate into their buffer (``(G*H, L, N)`` for
@@ -37,8 +38,7 @@ from jax import lax
 
 from jaxrnn import _params
 
-# Below this batch size the loops run batch-major, ``(N, H)`` states and per-gate ``h @ W_hh_k.T``
-# matmuls, which XLA:CPU spreads over its threads better when ``N`` is tiny.
+# Below this batch size the loops run batch-major: ``(N, H)`` states, ``h @ W_hh.T`` per step.
 _SMALL_BATCH = 16
 
 
@@ -91,11 +91,15 @@ def layer(
 
 
 def _at(a, t, axis=0):
-    return lax.dynamic_index_in_dim(a, t, axis, keepdims=False)
+    return lax.dynamic_index_in_dim(a, t, axis, keepdims=False, allow_negative_indices=False)
 
 
 def _put(buf, value, t, axis=0):
-    return lax.dynamic_update_index_in_dim(buf, value, t, axis)
+    return lax.dynamic_update_index_in_dim(buf, value, t, axis, allow_negative_indices=False)
+
+
+def _put_at(buf, value, start):
+    return lax.dynamic_update_slice(buf, value, start, allow_negative_indices=False)
 
 
 def _mm(a, b, precision):
@@ -150,11 +154,9 @@ def _input_gates(mode, w, x, precision, fm):
 
 
 def _recurrent(w_rec, h, num_gates, fm, precision):
-    """The recurrent products of every gate: feature-major ``W_hh @ h`` as one matmul, split;
-    batch-major ``h @ W_hh_k.T`` per gate (``w_rec`` from :func:`_prepare`)."""
-    if fm:
-        return jnp.split(_mm(w_rec, h, precision), num_gates, axis=0)
-    return [_mm(h, w, precision) for w in w_rec]
+    """The recurrent products of every gate: one ``W_hh @ h`` (batch-major ``h @ W_hh.T``),
+    split by gate (``w_rec`` from :func:`_prepare`)."""
+    return jnp.split(_lin(w_rec, h, fm, precision), num_gates, axis=0 if fm else -1)
 
 
 def _cell(mode, gx, state, w_rec, b_hn, w_hr, fm, precision):
@@ -184,16 +186,13 @@ def _cell(mode, gx, state, w_rec, b_hn, w_hr, fm, precision):
 
 
 def _prepare(mode, w, fm):
-    """Loop-invariant weights of one direction: the recurrent weight (``W_hh``, or batch-major
-    the per-gate ``W_hh_k.T``), ``b_hn`` (a column feature-major), ``W_hr`` for :func:`_lin`."""
+    """Loop-invariant weights of one direction, as :func:`_lin` takes them: ``W_hh`` and
+    ``W_hr``; and ``b_hn`` (a column feature-major)."""
     b_hn = None
     if mode == "GRU" and w["bias_hh"] is not None:
         b_hn = _gates(w["bias_hh"], 3)[2]
         b_hn = b_hn[:, None] if fm else b_hn
-    w_rec = w["weight_hh"]
-    if not fm:
-        w_rec = [blk.T for blk in _gates(w_rec, _params.GATES[mode])]
-    return w_rec, b_hn, _oriented(w["weight_hr"], fm)
+    return _oriented(w["weight_hh"], fm), b_hn, _oriented(w["weight_hr"], fm)
 
 
 def _split_state(mode, state, d, fm):
@@ -366,12 +365,12 @@ def _backward(spec, weights, x, state0, mask, out, saved, cts):
                 hidden = dgx[0].shape[0]
                 step = bufs["step"]
                 for k, g in enumerate(dgh):
-                    step = lax.dynamic_update_slice(step, g, (zero_i + k * hidden, zero_i))
+                    step = _put_at(step, g, (zero_i + k * hidden, zero_i))
                 bufs["step"] = step
                 dgx_buf = bufs["dgx"]
                 for k, g in enumerate(dgx):
                     start = (zero_i + k * hidden, t, zero_i)
-                    dgx_buf = lax.dynamic_update_slice(dgx_buf, g[:, None], start)
+                    dgx_buf = _put_at(dgx_buf, g[:, None], start)
                 bufs["dgx"] = dgx_buf
             else:
                 feature_axis = 0 if fm else -1
