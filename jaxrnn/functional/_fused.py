@@ -292,8 +292,7 @@ def _backward(spec, weights, x, state0, mask, out, saved, cts):
     dhs, dc_last = cts
     h0 = state0[0] if lstm else state0  # batch-major (D, N, H_out)
     mask_loop = None if mask is None else _loop(mask, fm)
-    # einsum letters of the gate-gradient buffers: all gates (g) or one (h), steps (l), batch (n)
-    all_gates, one_gate = ("gln", "hln") if fm else ("lng", "lnh")
+    all_gates = "gln" if fm else "lng"  # einsum letters: gate rows, steps, batch
     step_axis = 1 if fm else 0
 
     def before(seq, init, t, reverse):
@@ -307,11 +306,14 @@ def _backward(spec, weights, x, state0, mask, out, saved, cts):
         shape = (hidden, seq_len, batch) if fm else (seq_len, batch, hidden)
         return jnp.zeros(shape, like.dtype)
 
-    # Per direction the loop writes the gate gradients of every step into one buffer (read
-    # afterwards as the ``(G*H, L*N)`` operand of the weight-gradient matmuls) and hands those of
-    # the current step to the recurrent matmul. Feature-major, gates are written one by one into
-    # the buffer and into a ``(G*H, N)`` scratch (in place): fusing a concatenation into the gate
-    # arithmetic makes XLA:CPU emit it as scalar code, which only pays off at small batches.
+    # Per direction the loop forms the gradients of the recurrent pre-activations of the current
+    # step (``(G*H, N)``, the operand of the recurrent matmul) and copies them into one buffer for
+    # all steps (read afterwards as the ``(G*H, L*N)`` operand of the weight-gradient matmuls);
+    # for GRU the ``n`` gate's input-side gradient differs and has a buffer of its own.
+    # Feature-major, the gates are written one by one into a scratch (in place): fusing a
+    # concatenation into the gate arithmetic makes XLA:CPU emit it as scalar code, which only
+    # pays off at small batches. The buffer copy reads the finished step, so that XLA does not
+    # compute every gate twice (once per consumer).
     per_gate_writes = fm and num_gates > 1
     init, loop_in = [], []
     for d, w in enumerate(weights):
@@ -319,11 +321,11 @@ def _backward(spec, weights, x, state0, mask, out, saved, cts):
         h0_d = s0[0] if lstm else s0
         cell_like = s0[1] if lstm else s0
         hidden = w["weight_hh"].shape[0] // num_gates
-        bufs = {"dgx": buffer(num_gates * hidden, cell_like)}
+        bufs = {"dgh": buffer(num_gates * hidden, cell_like)}
         if per_gate_writes:
             bufs["step"] = jnp.zeros((num_gates * hidden, batch), cell_like.dtype)
         if gru:
-            bufs["dgh_n"] = buffer(hidden, cell_like)
+            bufs["dgx_n"] = buffer(hidden, cell_like)
         if w["weight_hr"] is not None:
             bufs["dh"] = jnp.zeros((seq_len, *h0_d.shape), h0_d.dtype)
         dc0 = _loop(dc_last[d], fm) if lstm else None
@@ -367,16 +369,9 @@ def _backward(spec, weights, x, state0, mask, out, saved, cts):
                 for k, g in enumerate(dgh):
                     step = _put_at(step, g, (zero_i + k * hidden, zero_i))
                 bufs["step"] = step
-                dgx_buf = bufs["dgx"]
-                for k, g in enumerate(dgx):
-                    start = (zero_i + k * hidden, t, zero_i)
-                    dgx_buf = _put_at(dgx_buf, g[:, None], start)
-                bufs["dgx"] = dgx_buf
             else:
-                feature_axis = 0 if fm else -1
-                step = jnp.concatenate(dgh, axis=feature_axis)
-                stacked = step if dgx is dgh else jnp.concatenate(dgx, axis=feature_axis)
-                bufs["dgx"] = _put(bufs["dgx"], stacked, t, axis=step_axis)
+                step = jnp.concatenate(dgh, axis=0 if fm else -1)
+            bufs["dgh"] = _put(bufs["dgh"], step, t, axis=step_axis)
             dh_prev = _lin(w_back, step, fm, precision)
             if dh_direct is not None:
                 dh_prev = dh_prev + dh_direct
@@ -385,7 +380,7 @@ def _backward(spec, weights, x, state0, mask, out, saved, cts):
                 if lstm:
                     dc_prev = dc_prev + jnp.where(m, zero, dc)
             if gru:
-                bufs["dgh_n"] = _put(bufs["dgh_n"], dgh[2], t, axis=step_axis)
+                bufs["dgx_n"] = _put(bufs["dgx_n"], dgx[2], t, axis=step_axis)
             if "dh" in bufs:
                 bufs["dh"] = _put(bufs["dh"], dh_c, t)
             new_carry.append((dh_prev, dc_prev, bufs))
@@ -401,38 +396,38 @@ def _backward(spec, weights, x, state0, mask, out, saved, cts):
     dweights, dx = [], None
     dh0, dc0 = [], []
     for d, (w, (dh0_d, dc0_d, bufs)) in enumerate(zip(weights, carry)):
-        dgx = bufs["dgx"]
+        dgh = bufs["dgh"]
         hidden = w["weight_hh"].shape[0] // num_gates
         h_before = _shifted(hs[d], h0[d], rev[d])  # (L, N, H_out)
-        if gru:  # the n gate's recurrent pre-activation gradient differs from its input one
-            r_z = lax.slice_in_dim(dgx, 0, 2 * hidden, axis=0 if fm else 2)
-            dw_hh = jnp.concatenate(
-                [
-                    over_steps(f"{all_gates},lnp->gp", r_z, h_before),
-                    over_steps(f"{one_gate},lnp->hp", bufs["dgh_n"], h_before),
-                ]
-            )
+        # the input side's gate gradients, as (buffer, the rows of W_ih they multiply) pairs: for
+        # GRU the r and z rows of ``dgh`` and the n gate's own buffer
+        if gru:
+            r_z = lax.slice_in_dim(dgh, 0, 2 * hidden, axis=0 if fm else 2)
+            w_ih_r_z, w_ih_n = jnp.split(w["weight_ih"], [2 * hidden])
+            input_side = [(r_z, w_ih_r_z), (bufs["dgx_n"], w_ih_n)]
         else:
-            dw_hh = over_steps(f"{all_gates},lnp->gp", dgx, h_before)
+            input_side = [(dgh, w["weight_ih"])]
         dw = {
-            "weight_ih": over_steps(f"{all_gates},lni->gi", dgx, x),
-            "weight_hh": dw_hh,
+            "weight_ih": jnp.concatenate(
+                [over_steps(f"{all_gates},lni->gi", g, x) for g, _ in input_side]
+            ),
+            "weight_hh": over_steps(f"{all_gates},lnp->gp", dgh, h_before),
             "bias_ih": None,
             "bias_hh": None,
             "weight_hr": None,
         }
         if w["bias_ih"] is not None:
-            dw["bias_ih"] = jnp.sum(dgx, axis=steps_and_batch)
-            dw["bias_hh"] = dw["bias_ih"]
-            if gru:
-                dn = jnp.sum(bufs["dgh_n"], axis=steps_and_batch)
-                dw["bias_hh"] = jnp.concatenate([dw["bias_ih"][: 2 * hidden], dn])
+            dw["bias_hh"] = jnp.sum(dgh, axis=steps_and_batch)
+            dw["bias_ih"] = jnp.concatenate(
+                [jnp.sum(g, axis=steps_and_batch) for g, _ in input_side]
+            )
         if w["weight_hr"] is not None:
             acts, cs, _ = saved[d]
             h_cell = acts[3] * jnp.tanh(cs)  # (L, H, N) or (L, N, H)
             dw["weight_hr"] = over_steps("lpn,lhn->ph" if fm else "lnp,lnh->ph", bufs["dh"], h_cell)
-        term = over_steps(f"{all_gates},gi->lni", dgx, w["weight_ih"])
-        dx = term if dx is None else dx + term
+        for g, w_ih in input_side:
+            term = over_steps(f"{all_gates},gi->lni", g, w_ih)
+            dx = term if dx is None else dx + term
         dweights.append(dw)
         dh0.append(_loop(dh0_d, fm))
         dc0.append(None if dc0_d is None else _loop(dc0_d, fm))
