@@ -1,8 +1,8 @@
 """The fused layer's two loop layouts, timed against each other on the same work.
 
-``jaxrnn.functional._fused.layer`` runs its time loops feature-major (``(H, N)`` states, one
-``W_hh @ h`` per step for all gates) from a batch of ``_fused._SMALL_BATCH`` and batch-major
-(``(N, H)`` states, ``h @ W_hh.T``) below it. This script checks that choice on this
+``jaxrnn.functional._fused.layer`` runs the time loops of LSTM and GRU feature-major (``(H, N)``
+states, one ``W_hh @ h`` per step for all gates) from a batch of ``_fused._SMALL_BATCH`` and
+batch-major (``(N, H)`` states, ``h @ W_hh.T``) below it; the one-gate RNN always batch-major. This script checks that choice on this
 machine: for each workload it runs both layouts on the same weights and input, checks that their
 outputs and gradients agree, and prints the median time of the forward pass and of a training
 step (value and gradient of ``sum(output * w)`` with respect to the weights and the input),
@@ -29,9 +29,11 @@ from jaxrnn.functional import _fused  # noqa: E402
 
 # (mode, T, B, I, H): single-layer, one-direction versions of benchmarks/run.py's workloads
 WORKLOADS = [
+    ("LSTM", 128, 16, 128, 256),
     ("LSTM", 128, 32, 128, 256),
     ("LSTM", 128, 64, 256, 512),
     ("LSTM", 512, 4, 64, 128),
+    ("GRU", 128, 16, 128, 256),
     ("GRU", 128, 32, 128, 256),
     ("GRU", 128, 64, 256, 512),
     ("RNN_TANH", 128, 32, 128, 256),
@@ -89,7 +91,8 @@ def main(argv=None) -> None:
         got, ref = step_fm(*args_fm), step_bm(*args_bm)
         for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
-        default = "feature-major" if batch >= _fused._SMALL_BATCH else "batch-major"
+        fm_default = GATES[mode] > 1 and batch >= _fused._SMALL_BATCH
+        default = "feature-major" if fm_default else "batch-major"
         name = f"{mode} {steps},{batch},{inp},{hid}"
         for label, f_fm, f_bm in (("fwd", fwd_fm, fwd_bm), ("fwd+bwd", step_fm, step_bm)):
             times = interleaved(

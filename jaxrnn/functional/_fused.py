@@ -8,10 +8,10 @@ then large matmuls over all steps at once. Both directions of a layer advance in
 (two independent chains that XLA may run side by side), the input projections of all steps are
 computed before the loop, and each step's recurrent product is one matmul for all gates.
 
-From a batch of ``_SMALL_BATCH`` the loops keep the state feature-major, ``(H, N)``, so that step
+For LSTM and GRU from a batch of ``_SMALL_BATCH`` the loops keep the state feature-major, ``(H, N)``, so that step
 is ``W_hh @ h`` with torch's weight as stored: XLA:CPU's GEMM then reads the large operand in place
-instead of repacking it every step (``benchmarks/layouts.py`` times both layouts). Below it they
-run batch-major, ``(N, H)``, with ``h @ W_hh.T``, which is faster when ``N`` is tiny. Every
+instead of repacking it every step (``benchmarks/layouts.py`` times both layouts). Below it, and
+for the one-gate RNN, they run batch-major, ``(N, H)``, with ``h @ W_hh.T``, which is faster when ``N`` is tiny. Every
 dynamic index is known to be in range (``allow_negative_indices=False``), which spares a scalar
 kernel per step. Two XLA:CPU code-generation traps shape the rest: gate nonlinearities
 on a dynamic slice that is then sliced again, or feeding a concatenation, compile to scalar code;
@@ -38,8 +38,9 @@ from jax import lax
 
 from jaxrnn import _params
 
-# Below this batch size the loops run batch-major: ``(N, H)`` states, ``h @ W_hh.T`` per step.
-_SMALL_BATCH = 16
+# Below this batch size (and always for the one-gate RNN) the loops run batch-major: ``(N, H)``
+# states, ``h @ W_hh.T`` per step.
+_SMALL_BATCH = 32
 
 
 def layer(
@@ -66,8 +67,8 @@ def layer(
         reverse: one bool per direction, ``True`` to run it from the last step to the first.
         precision: ``jax.lax.Precision`` of the matmuls.
         unroll: time steps per loop iteration.
-        feature_major: the layout of the loops (the same results; ``None``: feature-major from a
-            batch of ``_SMALL_BATCH``, batch-major below).
+        feature_major: the layout of the loops (the same results; ``None``: feature-major for the
+            gated modes from a batch of ``_SMALL_BATCH``, batch-major otherwise).
 
     Returns:
         ``finals``: per direction the state after its last step (``h`` or ``(h, c)``);
@@ -75,7 +76,7 @@ def layer(
     """
     weights = tuple({k: w.get(k) for k in _params.RECURRENT_NAMES} for w in weights)
     if feature_major is None:
-        feature_major = x.shape[1] >= _SMALL_BATCH
+        feature_major = _params.GATES[mode] > 1 and x.shape[1] >= _SMALL_BATCH
     spec = (mode, tuple(bool(r) for r in reverse), precision, int(unroll), bool(feature_major))
     hs, c_last = _layer_jit(spec, weights, x, state0, mask)
     finals = []
