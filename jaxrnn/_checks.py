@@ -40,10 +40,16 @@ def check_constructor(
     """Validate a multi-layer module's constructor arguments as ``torch.nn.RNNBase`` does."""
     _check_sizes(name, input_size, hidden_size)
     if not _is_int(num_layers):
-        raise TypeError(f"{name}: num_layers should be of type int, got: {type(num_layers).__name__}")
+        raise TypeError(
+            f"{name}: num_layers should be of type int, got: {type(num_layers).__name__}"
+        )
     if num_layers <= 0:
         raise ValueError(f"{name}: num_layers must be greater than zero, got {num_layers}")
-    for flag, value in (("bias", bias), ("batch_first", batch_first), ("bidirectional", bidirectional)):
+    for flag, value in (
+        ("bias", bias),
+        ("batch_first", batch_first),
+        ("bidirectional", bidirectional),
+    ):
         if not isinstance(value, (bool, np.bool_)):
             raise TypeError(f"{name}: {flag} should be a bool, got: {type(value).__name__}")
     if (
@@ -148,9 +154,7 @@ def check_params(name: str, params, expected: Mapping[str, tuple[int, ...]]) -> 
             continue
         got = tuple(np.shape(params[key]))
         if got != tuple(shape):
-            raise ValueError(
-                f"{name}: parameter {key} has shape {got}, expected {tuple(shape)}"
-            )
+            raise ValueError(f"{name}: parameter {key} has shape {got}, expected {tuple(shape)}")
 
 
 def check_layer_input(
@@ -223,8 +227,12 @@ def check_layer_hidden(
                 f"({h0.ndim}-D, {c0.ndim}-D) tensors"
             )
         batch = (batch_size,) if batched else ()
-        _check_hidden_size(name, h0, (lead, *batch, real_hidden), "Expected hidden[0] size {}, got {}")
-        _check_hidden_size(name, c0, (lead, *batch, hidden_size), "Expected hidden[1] size {}, got {}")
+        _check_hidden_size(
+            name, h0, (lead, *batch, real_hidden), "Expected hidden[0] size {}, got {}"
+        )
+        _check_hidden_size(
+            name, c0, (lead, *batch, hidden_size), "Expected hidden[1] size {}, got {}"
+        )
         return (h0, c0)
     if isinstance(hx, (tuple, list)):
         raise TypeError(f"{name}: hx must be a single array h_0, got {_describe(hx)}")
@@ -265,7 +273,9 @@ def check_cell_call(name: str, mode: str, input, hx, input_size: int, hidden_siz
         return x, None, batched
     if mode == "LSTM":
         if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-            raise TypeError(f"{name}: hx must be a tuple (h_0, c_0) of two arrays, got {_describe(hx)}")
+            raise TypeError(
+                f"{name}: hx must be a tuple (h_0, c_0) of two arrays, got {_describe(hx)}"
+            )
         states = [as_array(name, f"hx[{i}]", h) for i, h in enumerate(hx)]
     else:
         if isinstance(hx, (tuple, list)):
@@ -602,7 +612,10 @@ def check_flax_activations(name: str, cls: str, gate_fn, activation_fn) -> str:
             f"{name}: activation_fn must be tanh or relu to match torch's RNNCell, "
             f"got {getattr(activation_fn, '__name__', activation_fn)!r}"
         )
-    for arg, fn, want in (("gate_fn", gate_fn, jax.nn.sigmoid), ("activation_fn", activation_fn, jnp.tanh)):
+    for arg, fn, want in (
+        ("gate_fn", gate_fn, jax.nn.sigmoid),
+        ("activation_fn", activation_fn, jnp.tanh),
+    ):
         if fn is not want:
             raise ValueError(
                 f"{name}: {arg} must be {want.__name__} to match torch's equations, "

@@ -344,5 +344,7 @@ def cell_forward(
         zeros = jnp.zeros((x.shape[0], hidden_size), compute)
         state = (zeros, zeros) if mode == "LSTM" else zeros
     p = {k: (None if v is None else jnp.asarray(v).astype(compute)) for k, v in params.items()}
-    new = _cells.cell(mode, p, x.astype(compute), jax.tree.map(lambda s: s.astype(compute), state), precision)
+    new = _cells.cell(
+        mode, p, x.astype(compute), jax.tree.map(lambda s: s.astype(compute), state), precision
+    )
     return new if batched else jax.tree.map(lambda s: s[0], new)
