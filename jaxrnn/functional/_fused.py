@@ -8,16 +8,18 @@ then large matmuls over all steps at once. Both directions of a layer advance in
 (two independent chains that XLA may run side by side), the input projections of all steps are
 computed before the loop, and each step's recurrent product is one matmul for all gates.
 
-For LSTM and GRU from a batch of ``_SMALL_BATCH`` the loops keep the state feature-major, ``(H, N)``, so that step
-is ``W_hh @ h`` with torch's weight as stored: XLA:CPU's GEMM then reads the large operand in place
-instead of repacking it every step (``benchmarks/layouts.py`` times both layouts). Below it, and
-for the one-gate RNN, they run batch-major, ``(N, H)``, with ``h @ W_hh.T``, which is faster when ``N`` is tiny. Every
-dynamic index is known to be in range (``allow_negative_indices=False``), which spares a scalar
-kernel per step. Two XLA:CPU code-generation traps shape the rest: gate nonlinearities
-on a dynamic slice that is then sliced again, or feeding a concatenation, compile to scalar code;
-so each gate's input projection is its own array, read with one ``dynamic_slice`` per step, and
-feature-major the gate gradients are written gate by gate into their buffer (``(G*H, L, N)`` for
-all steps, read as the ``(G*H, L*N)`` operand of the weight-gradient matmuls).
+For LSTM and GRU from a batch of ``_SMALL_BATCH`` the loops keep the state feature-major,
+``(H, N)``, so that step is ``W_hh @ h`` with torch's weight as stored: XLA:CPU's GEMM then reads
+the large operand in place instead of repacking it every step (``benchmarks/layouts.py`` times
+both layouts). Below it, and for the one-gate RNN, they run batch-major, ``(N, H)``, with
+``h @ W_hh.T``, which is faster when ``N`` is tiny. Every dynamic index is known to be in range
+(``allow_negative_indices=False``), which spares a scalar kernel per step. Two XLA:CPU
+code-generation traps shape the rest: gate nonlinearities on a dynamic slice that is then sliced
+again, or feeding a concatenation, compile to scalar code; so each gate's input projection is its
+own array, read with one ``dynamic_slice`` per step, and feature-major the backward writes the
+gate gradients of a step gate by gate into a ``(G*H, N)`` scratch, which is then copied into the
+buffer for all steps (``(G*H, L, N)``, read as the ``(G*H, L*N)`` operand of the weight-gradient
+matmuls).
 
 The equations are torch's (see :func:`jaxrnn.functional.step_from_gates`); the tests check the
 outputs and gradients of this path against torch and against autodiff of the plain scan.
