@@ -91,8 +91,7 @@ def main(argv=None) -> None:
         got, ref = step_fm(*args_fm), step_bm(*args_bm)
         for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
-        fm_default = GATES[mode] > 1 and batch >= _fused._SMALL_BATCH
-        default = "feature-major" if fm_default else "batch-major"
+        default = "feature-major" if _fused.feature_major_default(mode, batch) else "batch-major"
         name = f"{mode} {steps},{batch},{inp},{hid}"
         for label, f_fm, f_bm in (("fwd", fwd_fm, fwd_bm), ("fwd+bwd", step_fm, step_bm)):
             times = interleaved(

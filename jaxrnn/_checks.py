@@ -634,6 +634,7 @@ def check_linen_params(name: str, params) -> None:
     """A linen cell holds no weights: converting it needs its ``params``."""
     if params is None:
         raise TypeError(f"{name}: a linen cell holds no weights; pass its params too")
+    check_mapping(name, "params", params)
 
 
 def check_flax_sizes(name: str, mode: str, w_ih, w_hh, features: int, in_features=None) -> None:

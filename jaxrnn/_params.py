@@ -182,8 +182,8 @@ def infer_module_config(params: Mapping) -> tuple[str, dict]:
             f"{ih} has {w_ih[0]} rows, expected 1, 3 or 4 (RNN, GRU, LSTM) times hidden_size "
             f"{hidden_size} (from {source})"
         )
-    bias = "bias_ih" + s in params or "bias_hh" + s in params
     if not layered:
+        bias = any(params.get(k) is not None for k in ("bias_ih", "bias_hh"))
         return cls + "Cell", dict(input_size=int(w_ih[1]), hidden_size=hidden_size, bias=bias)
     mode = CLASS_MODES[cls][0]  # an RNN's shapes: tanh's = relu's
     config = infer_layer_config(mode, params)

@@ -32,7 +32,7 @@ def to_numpy(value) -> np.ndarray:
 
 
 def _flat(tree: Mapping, path: tuple = ()) -> Iterator[tuple[tuple, Any]]:
-    """``(key path, leaf)`` for every leaf of nested mappings, depth first in key order.
+    """``(key path, leaf)`` for every leaf of nested mappings, depth first in each mapping's iteration order.
 
     ``{'a': {'b': 1}, 'c': 2}`` gives ``(('a', 'b'), 1)`` then ``(('c',), 2)``; callers join the
     path as their format needs (``'.'`` for torch's names, ``'/'`` for Flax's).
@@ -91,10 +91,7 @@ def match_state_dict(
     (torch's ``Error(s) in loading state_dict``); without, mis-shaped keys still raise (as in
     torch) and the others are skipped. Nothing is assigned here, so a failed load changes nothing.
     """
-    if not isinstance(state_dict, Mapping):
-        raise TypeError(
-            f"{name}.load_state_dict: expected a mapping, got {type(state_dict).__name__}"
-        )
+    _checks.check_mapping(f"{name}.load_state_dict", "state_dict", state_dict)
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
     errors = []

@@ -395,6 +395,8 @@ def test_checks_name_the_users_call():
         interop.cell_from_flax(nn.Dense(3))
     with pytest.raises(TypeError, match=r"cell_from_flax\(linen.GRUCell\): .*pass its params"):
         interop.cell_from_flax(nn.GRUCell(H))
+    with pytest.raises(TypeError, match=r"from_flax\(linen.GRUCell\): params must be a mapping"):
+        interop.from_flax(nn.GRUCell(H), [("params", {})])
     with pytest.raises(ValueError, match=r"from_flax\(linen.GRUCell\): missing parameters"):
         interop.from_flax(nn.GRUCell(H), {"params": {}})
     with pytest.raises(ValueError, match="initialize_carry: carry_init needs rngs"):

@@ -45,6 +45,12 @@ from jaxrnn import _params
 _SMALL_BATCH = 32
 
 
+def feature_major_default(mode: str, batch: int) -> bool:
+    """The loop layout :func:`layer` picks: feature-major for LSTM and GRU from a batch of
+    ``_SMALL_BATCH``, batch-major otherwise."""
+    return _params.GATES[mode] > 1 and batch >= _SMALL_BATCH
+
+
 def layer(
     mode: str,
     weights,
@@ -69,8 +75,8 @@ def layer(
         reverse: one bool per direction, ``True`` to run it from the last step to the first.
         precision: ``jax.lax.Precision`` of the matmuls.
         unroll: time steps per loop iteration.
-        feature_major: the layout of the loops (the same results; ``None``: feature-major for the
-            gated modes from a batch of ``_SMALL_BATCH``, batch-major otherwise).
+        feature_major: the layout of the loops (the same results; ``None``:
+            :func:`feature_major_default`).
 
     Returns:
         ``finals``: per direction the state after its last step (``h`` or ``(h, c)``);
@@ -78,7 +84,7 @@ def layer(
     """
     weights = tuple({k: w.get(k) for k in _params.RECURRENT_NAMES} for w in weights)
     if feature_major is None:
-        feature_major = _params.GATES[mode] > 1 and x.shape[1] >= _SMALL_BATCH
+        feature_major = feature_major_default(mode, x.shape[1])
     spec = (mode, tuple(bool(r) for r in reverse), precision, int(unroll), bool(feature_major))
     hs, c_last = _layer_jit(spec, weights, x, state0, mask)
     finals = []
@@ -365,12 +371,11 @@ def _backward(spec, weights, x, state0, mask, out, saved, cts):
                 precision,
             )
             bufs = dict(bufs)
-            zero_i = jnp.zeros((), t.dtype)
             if per_gate_writes:
-                hidden = dgx[0].shape[0]
+                hidden = dgh[0].shape[0]
                 step = bufs["step"]
                 for k, g in enumerate(dgh):
-                    step = _put_at(step, g, (zero_i + k * hidden, zero_i))
+                    step = _put_at(step, g, (k * hidden, 0))
                 bufs["step"] = step
             else:
                 step = jnp.concatenate(dgh, axis=0 if fm else -1)
