@@ -117,7 +117,8 @@ def test_forward_mode_needs_remat(remat):
 
 
 def test_precision_argument_reaches_the_matmuls():
-    """``precision=`` is passed to every matmul (visible in the lowered program) and the result
+    """``precision=`` is passed to every matmul of the forward pass and of the training step (the
+    fused path's hand-written backward included; visible in the lowered program) and the result
     still equals torch's."""
     tmod = torch_layer("GRU", IN, H, num_layers=2)
     params = jaxrnn.state_dict_to_params(tmod.state_dict())
@@ -126,13 +127,19 @@ def test_precision_argument_reaches_the_matmuls():
     def run(params, x, precision):
         return F.rnn(params, x, mode="GRU", precision=precision)[0]
 
-    def hlo(precision):
-        return jax.jit(run, static_argnums=2).lower(params, x, precision).as_text()
+    def train(params, x, precision):
+        return jax.grad(lambda p, x: jnp.sum(run(p, x, precision)), argnums=(0, 1))(params, x)
 
-    highest = hlo(jax.lax.Precision.HIGHEST)
-    assert "HIGHEST" in highest and "HIGHEST" not in hlo(None)
-    dots = highest.count("stablehlo.dot_general")
-    assert dots > 0 and highest.count("HIGHEST") >= dots
+    for fn in (run, train):
+
+        def hlo(precision, fn=fn):
+            return jax.jit(fn, static_argnums=2).lower(params, x, precision).as_text()
+
+        assert "HIGHEST" not in hlo(None)
+        dots = [
+            line for line in hlo(jax.lax.Precision.HIGHEST).splitlines() if "dot_general" in line
+        ]
+        assert dots and all("HIGHEST" in line for line in dots), fn.__name__
     with torch.no_grad():
         want = tmod(torch.from_numpy(x))[0].numpy()
     assert_close(run(params, x, jax.lax.Precision.HIGHEST), want, what="output")
