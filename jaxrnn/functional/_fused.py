@@ -9,10 +9,9 @@ then large matmuls over all steps at once. Both directions of a layer advance in
 computed before the loop, and each step's recurrent product is one matmul for all gates.
 
 For LSTM and GRU from a batch of ``_SMALL_BATCH`` the loops keep the state feature-major,
-``(H, N)``, so that step is ``W_hh @ h`` with torch's weight as stored: XLA:CPU's GEMM then reads
-the large operand in place instead of repacking it every step (``benchmarks/layouts.py`` times
-both layouts). Below it, and for the one-gate RNN, they run batch-major, ``(N, H)``, with
-``h @ W_hh.T``, which is faster when ``N`` is tiny. Every dynamic index is known to be in range
+``(H, N)``, so that step is ``W_hh @ h`` with torch's weight as stored. Below it, and for the
+one-gate RNN, they run batch-major, ``(N, H)``, with ``h @ W_hh.T``. Both layouts compute the
+same; the choice is from timings (``benchmarks/layouts.py`` times them against each other). Every dynamic index is known to be in range
 (``allow_negative_indices=False``), which spares a scalar kernel per step. Two XLA:CPU
 code-generation traps shape the rest: gate nonlinearities on a dynamic slice that is then sliced
 again, or feeding a concatenation, compile to scalar code; so each gate's input projection is its
