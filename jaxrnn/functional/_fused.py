@@ -11,9 +11,9 @@ computed before the loop, and each step's recurrent product is one matmul for al
 For LSTM and GRU from a batch of ``_SMALL_BATCH`` the loops keep the state feature-major,
 ``(H, N)``, so that step is ``W_hh @ h`` with torch's weight as stored. Below it, and for the
 one-gate RNN, they run batch-major, ``(N, H)``, with ``h @ W_hh.T``. Both layouts compute the
-same; the choice is from timings (``benchmarks/layouts.py`` times them against each other). Every dynamic index is known to be in range
-(``allow_negative_indices=False``), which spares a scalar kernel per step. Two XLA:CPU
-code-generation traps shape the rest: gate nonlinearities on a dynamic slice that is then sliced
+same; the choice is from timings (``benchmarks/layouts.py`` times them against each other).
+Every dynamic index is declared in range (``allow_negative_indices=False``): no index
+normalisation per step. Two XLA:CPU code-generation traps shape the rest: gate nonlinearities on a dynamic slice that is then sliced
 again, or feeding a concatenation, compile to scalar code; so each gate's input projection is its
 own array, read with one ``dynamic_slice`` per step, and feature-major the backward writes the
 gate gradients of a step gate by gate into a ``(G*H, N)`` scratch, which is then copied into the
