@@ -13,12 +13,12 @@ For LSTM and GRU from a batch of ``_SMALL_BATCH`` the loops keep the state featu
 one-gate RNN, they run batch-major, ``(N, H)``, with ``h @ W_hh.T``. Both layouts compute the
 same; the choice is from timings (``benchmarks/layouts.py`` times them against each other).
 Every dynamic index is declared in range (``allow_negative_indices=False``): no index
-normalisation per step. Two XLA:CPU code-generation traps shape the rest: gate nonlinearities on a dynamic slice that is then sliced
-again, or feeding a concatenation, compile to scalar code; so each gate's input projection is its
-own array, read with one ``dynamic_slice`` per step, and feature-major the backward writes the
-gate gradients of a step gate by gate into a ``(G*H, N)`` scratch, which is then copied into the
-buffer for all steps (``(G*H, L, N)``, read as the ``(G*H, L*N)`` operand of the weight-gradient
-matmuls).
+normalisation per step. Two XLA:CPU code-generation traps shape the rest: gate nonlinearities on
+a dynamic slice that is then sliced again, or feeding a concatenation, compile to scalar code; so
+each gate's input projection is its own array, read with one ``dynamic_slice`` per step, and
+feature-major the backward writes the gate gradients of a step gate by gate into a ``(G*H, N)``
+scratch, which is then copied into the buffer for all steps (``(G*H, L, N)``, read as the
+``(G*H, L*N)`` operand of the weight-gradient matmuls).
 
 The equations are torch's (see :func:`jaxrnn.functional.step_from_gates`); the tests check the
 outputs and gradients of this path against torch and against autodiff of the plain scan.
