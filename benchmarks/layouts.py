@@ -1,8 +1,9 @@
 """The fused layer's two loop layouts, timed against each other on the same work.
 
 ``jaxrnn.functional._fused.layer`` runs the time loops of LSTM and GRU feature-major (``(H, N)``
-states, one ``W_hh @ h`` per step for all gates) from a batch of ``_fused._SMALL_BATCH`` and
-batch-major (``(N, H)`` states, ``h @ W_hh.T``) below it; the one-gate RNN always batch-major. This script checks that choice on this
+states, one ``W @ h`` per step for all gates) from the batch sizes in
+``_fused._FEATURE_MAJOR_FROM`` and batch-major (``(N, H)`` states, ``h @ W.T``) below them; the
+one-gate RNN always batch-major. This script checks that choice on this
 machine: for each workload it runs both layouts on the same weights and input, checks that their
 outputs and gradients agree, and prints the median time of the forward pass and of a training
 step (value and gradient of ``sum(output * w)`` with respect to the weights and the input),
@@ -29,6 +30,8 @@ from jaxrnn.functional import _fused  # noqa: E402
 
 # (mode, T, B, I, H): single-layer, one-direction versions of benchmarks/run.py's workloads
 WORKLOADS = [
+    ("LSTM", 128, 4, 128, 256),
+    ("LSTM", 128, 8, 128, 256),
     ("LSTM", 128, 16, 128, 256),
     ("LSTM", 128, 32, 128, 256),
     ("LSTM", 128, 64, 256, 512),
@@ -80,7 +83,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reps", type=int, default=7)
     args = parser.parse_args(argv)
-    print(f"small-batch threshold: _fused._SMALL_BATCH = {_fused._SMALL_BATCH}")
+    print(f"feature-major from batch: _fused._FEATURE_MAJOR_FROM = {_fused._FEATURE_MAJOR_FROM}")
     print(
         "| workload (T,B,I,H) | mode | feature-major ms | batch-major ms | fm speed-up | default |"
     )

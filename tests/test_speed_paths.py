@@ -180,8 +180,8 @@ def _torch_packed(tmod, x, lengths, h0, w_out, w_h):
 )
 @pytest.mark.parametrize("batch", [B, 32], ids=["small_batch", "batch_32"])
 def test_variable_lengths_match_torch_packed(mode, kwargs, batch):
-    """Both loop layouts (the batch size picks one for LSTM and GRU: ``_fused._SMALL_BATCH``; the
-    one-gate RNN runs batch-major at both) with ``hx``, unsorted lengths incl. 1 and the full
+    """Both loop layouts (the batch size picks one for LSTM and GRU: ``_fused._FEATURE_MAJOR_FROM``;
+    the one-gate RNN runs batch-major at both) with ``hx``, unsorted lengths incl. 1 and the full
     length, against torch's packed run."""
     assert _fused.feature_major_default(mode, batch) == (batch > B and mode in ("LSTM", "GRU"))
     rng = np.random.default_rng(2)
@@ -217,11 +217,14 @@ def test_variable_lengths_match_torch_packed(mode, kwargs, batch):
     assert_close(tuple(g_h), t_gh, 2e-5, 2e-5, "d hx")
 
 
-@pytest.mark.parametrize("mode,batch", [("LSTM", 8), ("GRU", 8), ("LSTM", 32), ("GRU", 32)])
-def test_benchmark_sized_layer_matches_torch(mode, batch):
+@pytest.mark.parametrize(
+    "mode,batch,feature_major",
+    [("LSTM", 4, False), ("LSTM", 8, True), ("GRU", 8, False), ("GRU", 32, True)],
+)
+def test_benchmark_sized_layer_matches_torch(mode, batch, feature_major):
     """Sizes where the hoisted matmuls are real GEMMs, two bidirectional layers, unroll=4; batches
-    on either side of the loop-layout switch (``_fused._SMALL_BATCH``)."""
-    assert _fused.feature_major_default(mode, batch) == (batch == 32)
+    on either side of the loop-layout switch (``_fused._FEATURE_MAJOR_FROM``)."""
+    assert _fused.feature_major_default(mode, batch) == feature_major
     steps, inp, hid = 24, 32, 48
     rng = np.random.default_rng(3)
     tmod = torch_layer(mode, inp, hid, num_layers=2, bidirectional=True)

@@ -5,12 +5,15 @@ Autodiff of a ``lax.scan`` accumulates the weight gradients step by step inside 
 own loop. Here, as cuDNN does, the forward loop saves the gate activations; the backward loop runs
 the recurrence for the gate gradients only and ``dW_ih``, ``dW_hh``, the biases and ``dx`` are
 then large matmuls over all steps at once. Both directions of a layer advance in the same loop
-(two independent chains that XLA may run side by side), the input projections of all steps are
-computed before the loop, and each step's recurrent product is one matmul for all gates.
+(two independent chains that XLA may run side by side) and each step's recurrent product is one
+matmul for all gates. For GRU and the RNN the input projections of all steps are computed before
+the loop; an LSTM step multiplies ``[W_ih, W_hh]`` by ``[x_t; h]`` in one matmul instead (on
+XLA:CPU this measured 5-15% faster forward than the hoisted projection, whose large GEMM ran well
+below the per-step one's rate; the backward's large matmuls are the same either way).
 
-For LSTM and GRU from a batch of ``_SMALL_BATCH`` the loops keep the state feature-major,
-``(H, N)``, so that step is ``W_hh @ h`` with torch's weight as stored. Below it, and for the
-one-gate RNN, they run batch-major, ``(N, H)``, with ``h @ W_hh.T``. Both layouts compute the
+For LSTM from a batch of 8 and GRU from 32 (``_FEATURE_MAJOR_FROM``) the loops keep the state
+feature-major, ``(H, N)``, so that step is ``W @ h`` with torch's weights as stored. Below, and
+for the one-gate RNN, they run batch-major, ``(N, H)``, with ``h @ W.T``. Both layouts compute the
 same; the choice is from timings (``benchmarks/layouts.py`` times them against each other).
 Every dynamic index is declared in range (``allow_negative_indices=False``): no index
 normalisation per step. Two XLA:CPU code-generation traps shape the rest: gate nonlinearities on
@@ -39,15 +42,16 @@ from jax import lax
 
 from jaxrnn import _params
 
-# Below this batch size (and always for the one-gate RNN) the loops run batch-major: ``(N, H)``
-# states, ``h @ W_hh.T`` per step.
-_SMALL_BATCH = 32
+# From these batch sizes the loops of LSTM and GRU run feature-major, ``(H, N)`` states and
+# ``W @ h`` per step; below them, and always for the one-gate RNN, batch-major, ``(N, H)`` and
+# ``h @ W.T`` (from interleaved timings, ``benchmarks/layouts.py``).
+_FEATURE_MAJOR_FROM = {"LSTM": 8, "GRU": 32}
 
 
 def feature_major_default(mode: str, batch: int) -> bool:
-    """The loop layout :func:`layer` picks: feature-major for LSTM and GRU from a batch of
-    ``_SMALL_BATCH``, batch-major otherwise."""
-    return _params.GATES[mode] > 1 and batch >= _SMALL_BATCH
+    """The loop layout :func:`layer` picks: feature-major for LSTM from a batch of 8 and for GRU
+    from 32 (``_FEATURE_MAJOR_FROM``), batch-major otherwise."""
+    return mode in _FEATURE_MAJOR_FROM and batch >= _FEATURE_MAJOR_FROM[mode]
 
 
 def layer(
@@ -147,8 +151,8 @@ def _shifted(hs, h0, reverse):
 
 
 def _input_gates(mode, w, x, precision, fm):
-    """Per gate ``W_ih_k @ x_t + b_ih_k`` for every step (plus ``b_hh_k`` where it simply adds):
-    ``(H, L, N)`` feature-major, ``(L, N, H)`` batch-major."""
+    """GRU and RNN: per gate ``W_ih_k @ x_t + b_ih_k`` for every step (plus ``b_hh_k`` where it
+    simply adds): ``(H, L, N)`` feature-major, ``(L, N, H)`` batch-major."""
     num_gates = _params.GATES[mode]
     w_ih, b_ih, b_hh = (_gates(w[k], num_gates) for k in ("weight_ih", "bias_ih", "bias_hh"))
     out = []
@@ -167,11 +171,17 @@ def _recurrent(w_rec, h, num_gates, fm, precision):
     return jnp.split(_lin(w_rec, h, fm, precision), num_gates, axis=0 if fm else -1)
 
 
-def _cell(mode, gx, state, w_rec, b_hn, w_hr, fm, precision):
-    """One step of one direction: ``(new_state, h_new, activations to save)``."""
+def _cell(mode, gx, state, w_rec, b_rec, w_hr, fm, precision):
+    """One step of one direction: ``(new_state, h_new, activations to save)``.
+
+    ``gx``: for LSTM ``[x_t]``, otherwise the step's input-side gates; ``w_rec``, ``b_rec`` and
+    ``w_hr`` from :func:`_prepare`.
+    """
     if mode == "LSTM":
         h, c = state
-        pre = [g + r for g, r in zip(gx, _recurrent(w_rec, h, 4, fm, precision))]
+        pre = _recurrent(w_rec, jnp.concatenate([gx[0], h], axis=0 if fm else -1), 4, fm, precision)
+        if b_rec is not None:
+            pre = [p + b for p, b in zip(pre, b_rec)]
         i, f, o = (jax.nn.sigmoid(pre[k]) for k in (0, 1, 3))
         g = jnp.tanh(pre[2])
         c_new = f * c + i * g
@@ -182,7 +192,7 @@ def _cell(mode, gx, state, w_rec, b_hn, w_hr, fm, precision):
     h = state
     gh = _recurrent(w_rec, h, len(gx), fm, precision)
     if mode == "GRU":
-        hn = gh[2] if b_hn is None else gh[2] + b_hn
+        hn = gh[2] if b_rec is None else gh[2] + b_rec
         r = jax.nn.sigmoid(gx[0] + gh[0])
         z = jax.nn.sigmoid(gx[1] + gh[1])
         n = jnp.tanh(gx[2] + r * hn)
@@ -194,13 +204,21 @@ def _cell(mode, gx, state, w_rec, b_hn, w_hr, fm, precision):
 
 
 def _prepare(mode, w, fm):
-    """Loop-invariant weights of one direction, as :func:`_lin` takes them: ``W_hh`` and
-    ``W_hr``; and ``b_hn`` (a column feature-major)."""
-    b_hn = None
-    if mode == "GRU" and w["bias_hh"] is not None:
-        b_hn = _gates(w["bias_hh"], 3)[2]
-        b_hn = b_hn[:, None] if fm else b_hn
-    return _oriented(w["weight_hh"], fm), b_hn, _oriented(w["weight_hr"], fm)
+    """Loop-invariant weights of one direction, as :func:`_lin` takes them: the recurrent
+    weight (LSTM: ``[W_ih, W_hh]``, which multiplies ``[x_t; h]``; otherwise ``W_hh``) and
+    ``W_hr``; and the bias added in the loop (LSTM: ``b_ih + b_hh`` per gate; GRU: ``b_hn``;
+    columns feature-major)."""
+    if mode == "LSTM":
+        w_rec = jnp.concatenate([w["weight_ih"], w["weight_hh"]], axis=1)
+        b_rec = None if w["bias_ih"] is None else _gates(w["bias_ih"] + w["bias_hh"], 4)
+    else:
+        w_rec = w["weight_hh"]
+        b_rec = None
+        if mode == "GRU" and w["bias_hh"] is not None:
+            b_rec = _gates(w["bias_hh"], 3)[2]
+    if b_rec is not None and fm:
+        b_rec = [b[:, None] for b in b_rec] if mode == "LSTM" else b_rec[:, None]
+    return _oriented(w_rec, fm), b_rec, _oriented(w["weight_hr"], fm)
 
 
 def _split_state(mode, state, d, fm):
@@ -214,7 +232,13 @@ def _forward(spec, weights, x, state0, mask, save):
     mode, rev, precision, unroll, fm = spec
     seq_len = x.shape[0]
     lstm = mode == "LSTM"
-    gxs = [_input_gates(mode, w, x, precision, fm) for w in weights]
+    # the input side, read per step: LSTM ``x_t`` (one matmul with ``h`` in the step), otherwise
+    # each gate's input projection for all steps, computed here
+    if lstm:
+        gxs = [[_loop(x, fm)]] * len(weights)  # (L, H_in, N) or (L, N, H_in)
+    else:
+        gxs = [_input_gates(mode, w, x, precision, fm) for w in weights]
+    step_axis = 1 if fm and not lstm else 0
     prepared = [_prepare(mode, w, fm) for w in weights]
     mask_loop = None if mask is None else _loop(mask, fm)  # (L, 1, N) or (L, N, 1)
     num_saved = 4 if save and mode in ("LSTM", "GRU") else 0
@@ -236,7 +260,7 @@ def _forward(spec, weights, x, state0, mask, save):
         new_carry = []
         for d, (state, bufs) in enumerate(carry):
             t = seq_len - 1 - s if rev[d] else s
-            gx = [_at(g, t, axis=1 if fm else 0) for g in gxs[d]]
+            gx = [_at(g, t, axis=step_axis) for g in gxs[d]]
             new, h_new, acts = _cell(mode, gx, state, *prepared[d], fm, precision)
             if mask is not None:
                 m = _at(mask_loop, t)
