@@ -32,7 +32,8 @@ def to_numpy(value) -> np.ndarray:
 
 
 def _flat(tree: Mapping, path: tuple = ()) -> Iterator[tuple[tuple, Any]]:
-    """``(key path, leaf)`` for every leaf of nested mappings, depth first in each mapping's iteration order.
+    """``(key path, leaf)`` for every leaf of nested mappings, depth first, each mapping in its
+    iteration order.
 
     ``{'a': {'b': 1}, 'c': 2}`` gives ``(('a', 'b'), 1)`` then ``(('c',), 2)``; callers join the
     path as their format needs (``'.'`` for torch's names, ``'/'`` for Flax's).

@@ -177,7 +177,8 @@ def test_random_configuration_matches_torch(mode, data):
 # 2. malformed inputs
 
 
-_HX_CORRUPTIONS = (
+# hx that is not an array (or a pair of arrays) at all
+_HX_STRUCTURAL = (
     "int",
     "str",
     "dict",
@@ -188,6 +189,8 @@ _HX_CORRUPTIONS = (
     "three tuple",
     "nested tuple",
     "none inside",
+)
+_HX_CORRUPTIONS = _HX_STRUCTURAL + (
     "wrong lead",
     "wrong batch",
     "wrong hidden",
@@ -232,21 +235,7 @@ _STRUCTURAL = {
     ("input", "python list"),
     ("input", "python float"),
     ("input", "none"),
-    *(
-        ("hx", kind)
-        for kind in (
-            "int",
-            "str",
-            "dict",
-            "float list",
-            "array list",
-            "single for lstm",
-            "one tuple",
-            "three tuple",
-            "nested tuple",
-            "none inside",
-        )
-    ),
+    *(("hx", kind) for kind in _HX_STRUCTURAL),
 }
 
 _ALL_CORRUPTIONS = [

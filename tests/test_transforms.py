@@ -116,16 +116,17 @@ def test_forward_mode_needs_remat(remat):
     assert_close(tangent, t_tangent.detach().numpy(), 2e-5, 2e-5, what="jvp")
 
 
-def test_precision_argument_reaches_the_matmuls():
+@pytest.mark.parametrize("mode", ["GRU", "LSTM"])
+def test_precision_argument_reaches_the_matmuls(mode):
     """``precision=`` is passed to every matmul of the forward pass and of the training step (the
     fused path's hand-written backward included; visible in the lowered program) and the result
     still equals torch's."""
-    tmod = torch_layer("GRU", IN, H, num_layers=2)
+    tmod = torch_layer(mode, IN, H, num_layers=2)
     params = jaxrnn.state_dict_to_params(tmod.state_dict())
     x = np.random.default_rng(6).standard_normal((T, N, IN)).astype(np.float32)
 
     def run(params, x, precision):
-        return F.rnn(params, x, mode="GRU", precision=precision)[0]
+        return F.rnn(params, x, mode=mode, precision=precision)[0]
 
     def train(params, x, precision):
         return jax.grad(lambda p, x: jnp.sum(run(p, x, precision)), argnums=(0, 1))(params, x)

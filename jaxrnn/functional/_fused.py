@@ -8,8 +8,8 @@ then large matmuls over all steps at once. Both directions of a layer advance in
 (two independent chains that XLA may run side by side) and each step's recurrent product is one
 matmul for all gates. For GRU and the RNN the input projections of all steps are computed before
 the loop; an LSTM step multiplies ``[W_ih, W_hh]`` by ``[x_t; h]`` in one matmul instead (on
-XLA:CPU this measured 5-15% faster forward than the hoisted projection, whose large GEMM ran well
-below the per-step one's rate; the backward's large matmuls are the same either way).
+XLA:CPU the large projection GEMM ran well below the per-step one's rate, and the LSTM forward
+was faster this way in interleaved timings; the backward's large matmuls are the same either way).
 
 For LSTM from a batch of 8 and GRU from 32 (``_FEATURE_MAJOR_FROM``) the loops keep the state
 feature-major, ``(H, N)``, so that step is ``W @ h`` with torch's weights as stored. Below, and
@@ -17,11 +17,11 @@ for the one-gate RNN, they run batch-major, ``(N, H)``, with ``h @ W.T``. Both l
 same; the choice is from timings (``benchmarks/layouts.py`` times them against each other).
 Every dynamic index is declared in range (``allow_negative_indices=False``): no index
 normalisation per step. Two XLA:CPU code-generation traps shape the rest: gate nonlinearities on
-a dynamic slice that is then sliced again, or feeding a concatenation, compile to scalar code; so
-each gate's input projection is its own array, read with one ``dynamic_slice`` per step, and
-feature-major the backward writes the gate gradients of a step gate by gate into a ``(G*H, N)``
-scratch, which is then copied into the buffer for all steps (``(G*H, L, N)``, read as the
-``(G*H, L*N)`` operand of the weight-gradient matmuls).
+a dynamic slice that is then sliced again, or feeding a concatenation, compile to scalar code;
+so each gate's input projection (GRU, RNN) is its own array, read with one ``dynamic_slice`` per
+step, and feature-major the backward writes the gate gradients of a step gate by gate into a
+``(G*H, N)`` scratch, which is then copied into the buffer for all steps (``(G*H, L, N)``, read as
+the ``(G*H, L*N)`` operand of the weight-gradient matmuls).
 
 The equations are torch's (see :func:`jaxrnn.functional.step_from_gates`); the tests check the
 outputs and gradients of this path against torch and against autodiff of the plain scan.
@@ -166,8 +166,8 @@ def _input_gates(mode, w, x, precision, fm):
 
 
 def _recurrent(w_rec, h, num_gates, fm, precision):
-    """The recurrent products of every gate: one ``W_hh @ h`` (batch-major ``h @ W_hh.T``),
-    split by gate (``w_rec`` from :func:`_prepare`)."""
+    """The products of every gate: one ``w_rec @ h`` (batch-major ``h @ w_rec``), split by gate
+    (``w_rec`` from :func:`_prepare`; for LSTM ``h`` is ``[x_t; h]``)."""
     return jnp.split(_lin(w_rec, h, fm, precision), num_gates, axis=0 if fm else -1)
 
 
