@@ -457,13 +457,27 @@ def _backward(spec, weights, x, state0, mask, out, saved, cts):
             h_cell = acts[3] * jnp.tanh(cs)  # (L, H, N) or (L, N, H)
             dw["weight_hr"] = over_steps("lpn,lhn->ph" if fm else "lnp,lnh->ph", bufs["dh"], h_cell)
         for g, w_ih in input_side:
-            term = over_steps(f"{all_gates},gi->lni", g, w_ih)
+            if fm:  # W_ih^T @ dgates as (H_in, L, N) (see _dx_weight), transposed below
+                term = over_steps("ig,gln->iln", _dx_weight(w_ih), g)
+            else:
+                term = over_steps("lng,gi->lni", g, w_ih)
             dx = term if dx is None else dx + term
         dweights.append(dw)
         dh0.append(_loop(dh0_d, fm))
         dc0.append(None if dc0_d is None else _loop(dc0_d, fm))
+    if fm:
+        dx = jnp.transpose(dx, (1, 2, 0))
     dstate0 = (jnp.stack(dh0), jnp.stack(dc0)) if lstm else jnp.stack(dh0)
     return tuple(dweights), dx, dstate0, None
+
+
+def _dx_weight(w_ih):
+    """``W_ih^T`` for the feature-major input gradient ``W_ih^T @ dgates``, made a real
+    ``(H_in, G*H)`` array (XLA would otherwise fold the transpose into the matmul). On XLA:CPU the
+    large ``dx`` GEMM with a transposed operand (that folded form, or ``dgates^T @ W_ih``) ran at
+    55-80% of the rate of this one, both operands as stored and the ``(H_in, L, N)`` result
+    transposed after (``benchmarks/matmul_forms.py``)."""
+    return lax.optimization_barrier(w_ih.T)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
