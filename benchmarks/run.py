@@ -7,7 +7,8 @@ gradients equal torch's, then times them interleaved in one process (median of `
 contenders in rotating order). torch runs at its best thread count for the workload (1 or all
 cores, chosen by a short trial and reported). GFLOP/s count the matmul FLOPs (x3 for forward +
 backward) and are compared to this machine's float32 GEMM rate measured at the start (best of
-JAX and torch on a 2048^2 matmul). Compile seconds are jaxrnn's (forward + training step).
+JAX and torch on a 2048^2 matmul), for every contender: the same FLOPs in its time, as a share of
+that rate, shows how close each one is to the machine's matmul bound. Compile seconds are jaxrnn's (forward + training step).
 
 The notes under the table show the compile time at two sequence lengths (flat: the time loop
 is a ``while`` loop) and the compiled temporary memory of a training step at ``T = 1024`` with and
@@ -123,7 +124,11 @@ def run_workload(w: Workload, reps: int, with_flax: bool, peak: float) -> list[d
             k: v * 1e3
             for k, v in interleaved({c.name: getattr(c, attr) for c in contenders}, reps).items()
         }
-        gflops = w.flops(mode != "fwd") / (ms["jaxrnn"] / 1e3) / 1e9
+        flops = w.flops(mode != "fwd")
+        gflops = flops / (ms["jaxrnn"] / 1e3) / 1e9
+        # each contender's share of the GEMM rate (the same FLOPs): how far any of them is from
+        # the machine's matmul bound
+        share = {k: 100.0 * flops / (v / 1e3) / 1e9 / peak for k, v in ms.items()}
         rows.append(
             dict(
                 workload=w.name,
@@ -133,7 +138,7 @@ def run_workload(w: Workload, reps: int, with_flax: bool, peak: float) -> list[d
                 flax=ms.get("flax", float("nan")),
                 jaxrnn=ms["jaxrnn"],
                 gflops=gflops,
-                peak=100.0 * gflops / peak,
+                share=share,
                 compile=contenders[-1].compile_s,
             )
         )
@@ -143,17 +148,22 @@ def run_workload(w: Workload, reps: int, with_flax: bool, peak: float) -> list[d
 def format_table(rows: list[dict]) -> str:
     head = (
         "| workload (T,B,I,H,layers) | mode | torch ms (threads) | flax ms | jaxrnn ms "
-        "| torch/jaxrnn | flax/jaxrnn | jaxrnn GFLOP/s | % of GEMM | compile s |"
+        "| torch/jaxrnn | flax/jaxrnn | jaxrnn GFLOP/s | % of GEMM (torch/flax/jaxrnn) "
+        "| compile s |"
     )
     lines = [head, "|" + "---|" * 10]
     for r in rows:
         lines.append(
             f"| {r['workload']} | {r['mode']} | {r['torch']:.1f} ({r['threads']}) "
             f"| {r['flax']:.1f} | {r['jaxrnn']:.1f} | {r['torch'] / r['jaxrnn']:.2f}x "
-            f"| {r['flax'] / r['jaxrnn']:.2f}x | {r['gflops']:.1f} | {r['peak']:.0f}% "
+            f"| {r['flax'] / r['jaxrnn']:.2f}x | {r['gflops']:.1f} | {_shares(r['share'])} "
             f"| {r['compile']:.1f} |"
         )
     return "\n".join(lines)
+
+
+def _shares(share: dict) -> str:
+    return "/".join(f"{share[k]:.0f}" if k in share else "-" for k in ("torch", "flax", "jaxrnn"))
 
 
 def compile_seconds(length: int, w: Workload) -> float:
