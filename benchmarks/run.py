@@ -3,16 +3,19 @@
 For every workload (``T, B, I, H, layers``) and mode (``fwd``: inference forward; ``fwd+bwd``: a
 training step, value and gradient of ``sum(output * w)`` with respect to the parameters) it builds
 the three contenders from the same torch weights, checks their outputs, losses and (jaxrnn's)
-gradients equal torch's, then times them interleaved in one process (median of ``--reps`` runs,
-contenders in rotating order). torch runs at its best thread count for the workload (1 or all
-cores, chosen by a short trial and reported). GFLOP/s count the matmul FLOPs (x3 for forward +
-backward) and are compared to this machine's float32 GEMM rate measured at the start (best of
-JAX and torch on a 2048^2 matmul), for every contender: the same FLOPs in its time, as a share of
-that rate, shows how close each one is to the machine's matmul bound. Compile seconds are jaxrnn's (forward + training step).
+gradients equal torch's, then times them interleaved in one process (``--reps`` rounds,
+contenders in rotating order; milliseconds are medians, the ratios the median of per-round
+ratios, which cancels the machine's drift between rounds). torch runs at its best thread count
+for the workload (1 or all cores, chosen by a short trial and reported). GFLOP/s count the
+matmul FLOPs (x3 for forward + backward) and are compared to this machine's float32 GEMM rate
+measured at the start (best of JAX and torch on a 2048^2 matmul), for every contender: the same
+FLOPs in its time, as a share of that rate, shows how close each one is to the machine's matmul
+bound. Compile seconds are jaxrnn's (forward + training step).
 
 The notes under the table show the compile time at two sequence lengths (flat: the time loop
 is a ``while`` loop) and the compiled temporary memory of a training step at ``T = 1024`` with and
-without ``remat``. The output is printed and written to ``benchmarks/results/<date>-<machine>.md``.
+without ``remat``. The output is printed and written to ``benchmarks/results/<date>-<machine>.md``
+(``-run2``, ``-run3``, ... for later runs of the same day).
 
 Usage: ``python benchmarks/run.py [--quick] [--reps N] [--only SUBSTRING] [--no-flax]``.
 """
@@ -100,8 +103,9 @@ def best_torch_threads(fn, reps: int = 3) -> int:
     return min(times, key=times.get)
 
 
-def interleaved(fns: dict, reps: int) -> dict:
-    """Median seconds per callable; each round runs all of them, in rotating order."""
+def interleaved_rounds(fns: dict, reps: int) -> dict:
+    """Seconds per callable and round, ``{name: [t_0, ..., t_reps-1]}``; each round runs all of
+    them once, in rotating order, after one untimed warm-up call each."""
     names = list(fns)
     for fn in fns.values():
         fn()
@@ -109,7 +113,20 @@ def interleaved(fns: dict, reps: int) -> dict:
     for r in range(reps):
         for k in names[r % len(names) :] + names[: r % len(names)]:
             times[k].append(_time(fns[k]))
-    return {k: float(np.median(v)) for k, v in times.items()}
+    return times
+
+
+def interleaved(fns: dict, reps: int) -> dict:
+    """Median seconds per callable over :func:`interleaved_rounds`."""
+    return {k: float(np.median(v)) for k, v in interleaved_rounds(fns, reps).items()}
+
+
+def ratio(times: dict, num: str, den: str) -> float:
+    """Median over rounds of ``num``'s time over ``den``'s in the same round: the runs compared
+    are seconds apart, so the machine's drift between rounds cancels."""
+    if num not in times:
+        return float("nan")
+    return float(np.median(np.asarray(times[num]) / np.asarray(times[den])))
 
 
 def run_workload(w: Workload, reps: int, with_flax: bool, peak: float) -> list[dict]:
@@ -120,10 +137,8 @@ def run_workload(w: Workload, reps: int, with_flax: bool, peak: float) -> list[d
         attr = "fwd" if mode == "fwd" else "train"
         threads = best_torch_threads(getattr(contenders[0], attr))
         torch.set_num_threads(threads)
-        ms = {
-            k: v * 1e3
-            for k, v in interleaved({c.name: getattr(c, attr) for c in contenders}, reps).items()
-        }
+        rounds = interleaved_rounds({c.name: getattr(c, attr) for c in contenders}, reps)
+        ms = {k: float(np.median(v)) * 1e3 for k, v in rounds.items()}
         flops = w.flops(mode != "fwd")
         gflops = flops / (ms["jaxrnn"] / 1e3) / 1e9
         # each contender's share of the GEMM rate (the same FLOPs): how far any of them is from
@@ -137,6 +152,8 @@ def run_workload(w: Workload, reps: int, with_flax: bool, peak: float) -> list[d
                 threads=threads,
                 flax=ms.get("flax", float("nan")),
                 jaxrnn=ms["jaxrnn"],
+                vs_torch=ratio(rounds, "torch", "jaxrnn"),
+                vs_flax=ratio(rounds, "flax", "jaxrnn"),
                 gflops=gflops,
                 share=share,
                 compile=contenders[-1].compile_s,
@@ -155,8 +172,8 @@ def format_table(rows: list[dict]) -> str:
     for r in rows:
         lines.append(
             f"| {r['workload']} | {r['mode']} | {r['torch']:.1f} ({r['threads']}) "
-            f"| {r['flax']:.1f} | {r['jaxrnn']:.1f} | {r['torch'] / r['jaxrnn']:.2f}x "
-            f"| {r['flax'] / r['jaxrnn']:.2f}x | {r['gflops']:.1f} | {_shares(r['share'])} "
+            f"| {r['flax']:.1f} | {r['jaxrnn']:.1f} | {r['vs_torch']:.2f}x "
+            f"| {r['vs_flax']:.2f}x | {r['gflops']:.1f} | {_shares(r['share'])} "
             f"| {r['compile']:.1f} |"
         )
     return "\n".join(lines)
@@ -216,8 +233,9 @@ def main(argv=None) -> None:
         f"- versions: jax {jax.__version__}, flax {flax.__version__}, torch {torch.__version__}, "
         f"jaxrnn {jaxrnn.__version__}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}",
         f"- float32 GEMM rate (2048^2): {peak:.0f} GFLOP/s ({peak_who})",
-        f"- median of {reps} interleaved runs; torch/jaxrnn and flax/jaxrnn > 1 mean jaxrnn "
-        "is faster; all contenders checked equal to torch first",
+        f"- {reps} interleaved rounds: ms are medians, torch/jaxrnn and flax/jaxrnn the median "
+        "of the per-round ratios (> 1: jaxrnn is faster); all contenders checked equal to torch "
+        "first",
         "",
     ]
     print("\n".join(header), flush=True)
@@ -263,6 +281,10 @@ def main(argv=None) -> None:
     if out is None:
         slug = re.sub(r"[^a-z0-9]+", "-", machine().lower()).strip("-")
         out = Path(__file__).resolve().parent / "results" / f"{today}-{slug}.md"
+        run = 2
+        while out.exists():  # another run today: keep it
+            out = out.with_name(f"{today}-{slug}-run{run}.md")
+            run += 1
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     print(f"\nwritten to {out}")
