@@ -6,10 +6,12 @@ own loop. Here, as cuDNN does, the forward loop saves the gate activations; the 
 the recurrence for the gate gradients only and ``dW_ih``, ``dW_hh``, the biases and ``dx`` are
 then large matmuls over all steps at once. Both directions of a layer advance in the same loop
 (two independent chains that XLA may run side by side) and each step's recurrent product is one
-matmul for all gates. For GRU and the RNN the input projections of all steps are computed before
-the loop; an LSTM step multiplies ``[W_ih, W_hh]`` by ``[x_t; h]`` in one matmul instead (on
-XLA:CPU the large projection GEMM ran well below the per-step one's rate, and the LSTM forward
-was faster this way in interleaved timings; the backward's large matmuls are the same either way).
+matmul for all gates. For GRU, the RNN and the batch-major LSTM (small batches, below) the input
+projections of all steps are computed before the loop; a feature-major LSTM step multiplies
+``[W_ih, W_hh]`` by ``[x_t; h]`` in one matmul instead (on XLA:CPU the large projection GEMM ran
+well below the per-step one's rate, and the LSTM forward was faster this way in interleaved
+timings, except at batches of 2-4, where the hoisted projection was; the backward's large matmuls
+are the same either way).
 
 For LSTM from a batch of 8 and GRU from 32 (``_FEATURE_MAJOR_FROM``) the loops keep the state
 feature-major, ``(H, N)``, so that step is ``W @ h`` with torch's weights as stored. Below, and
@@ -18,7 +20,7 @@ same; the choice is from timings (``benchmarks/layouts.py`` times them against e
 Every dynamic index is declared in range (``allow_negative_indices=False``): no index
 normalisation per step. Two XLA:CPU code-generation traps shape the rest: gate nonlinearities on
 a dynamic slice that is then sliced again, or feeding a concatenation, compile to scalar code;
-so each gate's input projection (GRU, RNN) is its own array, read with one ``dynamic_slice`` per
+so each gate's hoisted input projection is its own array, read with one ``dynamic_slice`` per
 step, and feature-major the backward writes the gate gradients of a step gate by gate into a
 ``(G*H, N)`` scratch, which is then copied into the buffer for all steps (``(G*H, L, N)``, read as
 the ``(G*H, L*N)`` operand of the weight-gradient matmuls).
@@ -151,7 +153,7 @@ def _shifted(hs, h0, reverse):
 
 
 def _input_gates(mode, w, x, precision, fm):
-    """GRU and RNN: per gate ``W_ih_k @ x_t + b_ih_k`` for every step (plus ``b_hh_k`` where it
+    """GRU, RNN and the batch-major LSTM: per gate ``W_ih_k @ x_t + b_ih_k`` for every step (plus ``b_hh_k`` where it
     simply adds): ``(H, L, N)`` feature-major, ``(L, N, H)`` batch-major."""
     num_gates = _params.GATES[mode]
     w_ih, b_ih, b_hh = (_gates(w[k], num_gates) for k in ("weight_ih", "bias_ih", "bias_hh"))
@@ -174,14 +176,17 @@ def _recurrent(w_rec, h, num_gates, fm, precision):
 def _cell(mode, gx, state, w_rec, b_rec, w_hr, fm, precision):
     """One step of one direction: ``(new_state, h_new, activations to save)``.
 
-    ``gx``: for LSTM ``[x_t]``, otherwise the step's input-side gates; ``w_rec``, ``b_rec`` and
-    ``w_hr`` from :func:`_prepare`.
+    ``gx``: the step's input-side gates, or for a feature-major LSTM ``[x_t]`` (then ``w_rec``
+    is ``[W_ih, W_hh]``); ``w_rec``, ``b_rec`` and ``w_hr`` from :func:`_prepare`.
     """
     if mode == "LSTM":
         h, c = state
-        pre = _recurrent(w_rec, jnp.concatenate([gx[0], h], axis=0 if fm else -1), 4, fm, precision)
-        if b_rec is not None:
-            pre = [p + b for p, b in zip(pre, b_rec)]
+        if len(gx) == 1:  # [W_ih, W_hh] @ [x_t; h]
+            pre = _recurrent(w_rec, jnp.concatenate([gx[0], h], axis=0), 4, fm, precision)
+            if b_rec is not None:
+                pre = [p + b for p, b in zip(pre, b_rec)]
+        else:
+            pre = [g + r for g, r in zip(gx, _recurrent(w_rec, h, 4, fm, precision))]
         i, f, o = (jax.nn.sigmoid(pre[k]) for k in (0, 1, 3))
         g = jnp.tanh(pre[2])
         c_new = f * c + i * g
@@ -205,10 +210,10 @@ def _cell(mode, gx, state, w_rec, b_rec, w_hr, fm, precision):
 
 def _prepare(mode, w, fm):
     """Loop-invariant weights of one direction, as :func:`_lin` takes them: the recurrent
-    weight (LSTM: ``[W_ih, W_hh]``, which multiplies ``[x_t; h]``; otherwise ``W_hh``) and
-    ``W_hr``; and the bias added in the loop (LSTM: ``b_ih + b_hh`` per gate; GRU: ``b_hn``;
-    columns feature-major)."""
-    if mode == "LSTM":
+    weight (feature-major LSTM: ``[W_ih, W_hh]``, which multiplies ``[x_t; h]``; otherwise
+    ``W_hh``) and ``W_hr``; and the bias added in the loop (feature-major LSTM: ``b_ih + b_hh``
+    per gate; GRU: ``b_hn``; columns feature-major)."""
+    if mode == "LSTM" and fm:
         w_rec = jnp.concatenate([w["weight_ih"], w["weight_hh"]], axis=1)
         b_rec = None if w["bias_ih"] is None else _gates(w["bias_ih"] + w["bias_hh"], 4)
     else:
@@ -232,13 +237,14 @@ def _forward(spec, weights, x, state0, mask, save):
     mode, rev, precision, unroll, fm = spec
     seq_len = x.shape[0]
     lstm = mode == "LSTM"
-    # the input side, read per step: LSTM ``x_t`` (one matmul with ``h`` in the step), otherwise
-    # each gate's input projection for all steps, computed here
-    if lstm:
-        gxs = [[_loop(x, fm)]] * len(weights)  # (L, H_in, N) or (L, N, H_in)
+    # the input side, read per step: feature-major LSTM ``x_t`` (one matmul with ``h`` in the
+    # step), otherwise each gate's input projection for all steps, computed here
+    joint = lstm and fm
+    if joint:
+        gxs = [[_loop(x, fm)]] * len(weights)  # (L, H_in, N)
     else:
         gxs = [_input_gates(mode, w, x, precision, fm) for w in weights]
-    step_axis = 1 if fm and not lstm else 0
+    step_axis = 1 if fm and not joint else 0
     prepared = [_prepare(mode, w, fm) for w in weights]
     mask_loop = None if mask is None else _loop(mask, fm)  # (L, 1, N) or (L, N, 1)
     num_saved = 4 if save and mode in ("LSTM", "GRU") else 0
