@@ -5,8 +5,9 @@ states, one ``W @ h`` per step for all gates) from the batch sizes in
 ``_fused._FEATURE_MAJOR_FROM`` and batch-major (``(N, H)`` states, ``h @ W.T``) below them; the
 one-gate RNN always batch-major. This script checks that choice on this machine: for each
 workload it runs both layouts on the same weights and input, checks that their outputs and
-gradients agree, and prints the median time of the forward pass and of a training step (value and gradient of ``sum(output * w)`` with respect to the weights and the input),
-interleaved, float32, plus which layout the default picks.
+gradients agree, and prints the median time of the forward pass and of a training step (value
+and gradient of ``sum(output * w)`` with respect to the weights and the input), interleaved,
+float32, plus which layout the default picks.
 
 Usage: ``python benchmarks/layouts.py [--reps N]``.
 """

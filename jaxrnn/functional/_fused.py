@@ -153,8 +153,8 @@ def _shifted(hs, h0, reverse):
 
 
 def _input_gates(mode, w, x, precision, fm):
-    """GRU, RNN and the batch-major LSTM: per gate ``W_ih_k @ x_t + b_ih_k`` for every step (plus ``b_hh_k`` where it
-    simply adds): ``(H, L, N)`` feature-major, ``(L, N, H)`` batch-major."""
+    """GRU, RNN and the batch-major LSTM: per gate ``W_ih_k @ x_t + b_ih_k`` for every step (plus
+    ``b_hh_k`` where it simply adds): ``(H, L, N)`` feature-major, ``(L, N, H)`` batch-major."""
     num_gates = _params.GATES[mode]
     w_ih, b_ih, b_hh = (_gates(w[k], num_gates) for k in ("weight_ih", "bias_ih", "bias_hh"))
     out = []
