@@ -10,7 +10,7 @@ matmul for all gates. For GRU, the RNN and the batch-major LSTM (small batches, 
 projections of all steps are computed before the loop; a feature-major LSTM step multiplies
 ``[W_ih, W_hh]`` by ``[x_t; h]`` in one matmul instead (on XLA:CPU the large projection GEMM ran
 well below the per-step one's rate, and the LSTM forward was faster this way in interleaved
-timings, except at batches of 2-4, where the hoisted projection was; the backward's large matmuls
+timings, except at a batch of 4, where the hoisted projection was; the backward's large matmuls
 are the same either way).
 
 For LSTM from a batch of 8 and GRU from 32 (``_FEATURE_MAJOR_FROM``) the loops keep the state
@@ -176,12 +176,12 @@ def _recurrent(w_rec, h, num_gates, fm, precision):
 def _cell(mode, gx, state, w_rec, b_rec, w_hr, fm, precision):
     """One step of one direction: ``(new_state, h_new, activations to save)``.
 
-    ``gx``: the step's input-side gates, or for a feature-major LSTM ``[x_t]`` (then ``w_rec``
+    ``gx``: the step's input-side gates, or ``[x_t]`` where :func:`_joint_step` (then ``w_rec``
     is ``[W_ih, W_hh]``); ``w_rec``, ``b_rec`` and ``w_hr`` from :func:`_prepare`.
     """
     if mode == "LSTM":
         h, c = state
-        if len(gx) == 1:  # [W_ih, W_hh] @ [x_t; h]
+        if _joint_step(mode, fm):  # gx is [x_t]
             pre = _recurrent(w_rec, jnp.concatenate([gx[0], h], axis=0), 4, fm, precision)
             if b_rec is not None:
                 pre = [p + b for p, b in zip(pre, b_rec)]
@@ -208,12 +208,18 @@ def _cell(mode, gx, state, w_rec, b_rec, w_hr, fm, precision):
     return h_new, h_new, ()
 
 
+def _joint_step(mode, fm):
+    """Whether a step multiplies ``[W_ih, W_hh]`` by ``[x_t; h]`` (the feature-major LSTM)
+    instead of adding a hoisted input projection to ``W_hh``'s product."""
+    return mode == "LSTM" and fm
+
+
 def _prepare(mode, w, fm):
     """Loop-invariant weights of one direction, as :func:`_lin` takes them: the recurrent
     weight (feature-major LSTM: ``[W_ih, W_hh]``, which multiplies ``[x_t; h]``; otherwise
     ``W_hh``) and ``W_hr``; and the bias added in the loop (feature-major LSTM: ``b_ih + b_hh``
     per gate; GRU: ``b_hn``; columns feature-major)."""
-    if mode == "LSTM" and fm:
+    if _joint_step(mode, fm):
         w_rec = jnp.concatenate([w["weight_ih"], w["weight_hh"]], axis=1)
         b_rec = None if w["bias_ih"] is None else _gates(w["bias_ih"] + w["bias_hh"], 4)
     else:
@@ -239,7 +245,7 @@ def _forward(spec, weights, x, state0, mask, save):
     lstm = mode == "LSTM"
     # the input side, read per step: feature-major LSTM ``x_t`` (one matmul with ``h`` in the
     # step), otherwise each gate's input projection for all steps, computed here
-    joint = lstm and fm
+    joint = _joint_step(mode, fm)
     if joint:
         gxs = [[_loop(x, fm)]] * len(weights)  # (L, H_in, N)
     else:
@@ -481,8 +487,8 @@ def _dx_weight(w_ih):
     """``W_ih^T`` for the feature-major input gradient ``W_ih^T @ dgates``, made a real
     ``(H_in, G*H)`` array (XLA would otherwise fold the transpose into the matmul). On XLA:CPU the
     large ``dx`` GEMM with a transposed operand (that folded form, or ``dgates^T @ W_ih``) ran at
-    55-80% of the rate of this one, both operands as stored and the ``(H_in, L, N)`` result
-    transposed after (``benchmarks/matmul_forms.py``)."""
+    half to four fifths of the rate of this one, both operands as stored and the ``(H_in, L, N)``
+    result transposed after (``benchmarks/matmul_forms.py``)."""
     return lax.optimization_barrier(w_ih.T)
 
 
