@@ -134,31 +134,39 @@ class _RNNBase(_TorchParams):
         """
         deterministic = self.deterministic if deterministic is None else deterministic
         training = not deterministic
-        key = None
+        key, stream = None, None
         if training and self.dropout > 0 and self.num_layers > 1:
             source = self.rngs if rngs is None else rngs
             if isinstance(source, nnx.Rngs):
-                key = source["dropout"]()
+                stream = source["dropout"]
             elif isinstance(source, nnx.RngStream):
-                key = source()
+                stream = source
             else:
                 key = source
-        return F.rnn(
-            self.torch_params(),
-            input,
-            hx,
-            mode=self.mode,
-            batch_first=self.batch_first,
-            dropout=self.dropout,
-            training=training,
-            dropout_key=key,
-            seq_lengths=seq_lengths,
-            dtype=self.dtype,
-            precision=self.precision,
-            unroll=self.unroll,
-            remat=self.remat,
-            name=type(self).__name__,
-        )
+        count = None if stream is None else stream.count[...]
+        try:
+            if stream is not None:
+                key = stream()
+            return F.rnn(
+                self.torch_params(),
+                input,
+                hx,
+                mode=self.mode,
+                batch_first=self.batch_first,
+                dropout=self.dropout,
+                training=training,
+                dropout_key=key,
+                seq_lengths=seq_lengths,
+                dtype=self.dtype,
+                precision=self.precision,
+                unroll=self.unroll,
+                remat=self.remat,
+                name=type(self).__name__,
+            )
+        except Exception:
+            if stream is not None:  # a failed call draws no randomness, as in torch
+                stream.count[...] = count
+            raise
 
 
 _LAYER_DOC = """

@@ -97,3 +97,27 @@ def test_train_step_under_nnx_jit_updates_params():
     l0 = step(m, opt, x)
     l1 = step(m, opt, x)
     assert l1 < l0
+
+
+def test_failed_call_draws_no_dropout_randomness():
+    """As in torch (checks before any random draw), a call that raises leaves the dropout stream
+    where it was: the next valid call gives the masks of a module that never saw the bad one."""
+    x = jnp.ones((4, 2, 3))
+    a = jaxrnn.LSTM(3, 8, 3, dropout=0.5, rngs=nnx.Rngs(0, dropout=1))
+    b = jaxrnn.LSTM(3, 8, 3, dropout=0.5, rngs=nnx.Rngs(0, dropout=1))
+    try:
+        a(jnp.ones((4, 2, 5)))  # wrong input size
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("expected a ValueError")
+    override = nnx.Rngs(dropout=7)
+    try:
+        a(x, (jnp.zeros((1, 2, 8)), jnp.zeros((3, 2, 8))), rngs=override)  # wrong h_0 size
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("expected a ValueError")
+    np.testing.assert_array_equal(a(x)[0], b(x)[0])
+    np.testing.assert_array_equal(a(x, rngs=override)[0], b(x, rngs=nnx.Rngs(dropout=7))[0])
+    assert not np.allclose(a(x)[0], a(x)[0])  # valid calls still advance the stream
