@@ -37,21 +37,10 @@ def check_constructor(
     bidirectional=False,
     proj_size=0,
 ) -> None:
-    """Validate a multi-layer module's constructor arguments as ``torch.nn.RNNBase`` does."""
-    _check_sizes(name, input_size, hidden_size)
-    if not _is_int(num_layers):
-        raise TypeError(
-            f"{name}: num_layers should be of type int, got: {type(num_layers).__name__}"
-        )
-    if num_layers <= 0:
-        raise ValueError(f"{name}: num_layers must be greater than zero, got {num_layers}")
-    for flag, value in (
-        ("bias", bias),
-        ("batch_first", batch_first),
-        ("bidirectional", bidirectional),
-    ):
-        if not isinstance(value, (bool, np.bool_)):
-            raise TypeError(f"{name}: {flag} should be a bool, got: {type(value).__name__}")
+    """Validate a multi-layer module's constructor arguments as ``torch.nn.RNNBase`` does, in
+    its order (dropout, bias, batch_first, sizes, num_layers, proj_size); also the types torch
+    leaves unchecked (``num_layers``, ``proj_size``, ``bidirectional``: a bool or an int, as torch
+    takes any truthy value)."""
     if (
         not isinstance(dropout, numbers.Number)
         or isinstance(dropout, bool)
@@ -68,6 +57,19 @@ def check_constructor(
             f"num_layers={num_layers}",
             stacklevel=3,
         )
+    _check_bool(name, "bias", bias)
+    _check_bool(name, "batch_first", batch_first)
+    _check_sizes(name, input_size, hidden_size)
+    if not _is_int(num_layers):
+        raise TypeError(
+            f"{name}: num_layers should be of type int, got: {type(num_layers).__name__}"
+        )
+    if num_layers <= 0:
+        raise ValueError(f"{name}: num_layers must be greater than zero, got {num_layers}")
+    if not isinstance(bidirectional, (bool, np.bool_, numbers.Integral)):
+        raise TypeError(
+            f"{name}: bidirectional should be of type bool, got: {type(bidirectional).__name__}"
+        )
     if not _is_int(proj_size):
         raise TypeError(f"{name}: proj_size should be of type int, got: {type(proj_size).__name__}")
     if proj_size < 0:
@@ -81,14 +83,28 @@ def check_constructor(
             f"and hidden_size={hidden_size}"
         )
     if proj_size and mode != "LSTM":
-        raise ValueError(f"{name}: proj_size argument is only supported for LSTM, not RNN or GRU")
+        raise ValueError(f"{name}: {_PROJ_SIZE_ONLY_LSTM}")
+
+
+_PROJ_SIZE_ONLY_LSTM = "proj_size argument is only supported for LSTM, not RNN or GRU"
+
+
+def check_no_proj_size(name: str, kwargs) -> None:
+    """``RNN`` and ``GRU`` refuse any ``proj_size`` keyword, even 0, as torch's do."""
+    if "proj_size" in kwargs:
+        raise ValueError(f"{name}: {_PROJ_SIZE_ONLY_LSTM}")
 
 
 def check_cell_constructor(name: str, input_size, hidden_size, bias=True) -> None:
-    """Validate a cell's constructor arguments as ``torch.nn.RNNCellBase`` does."""
+    """Validate a cell's constructor arguments (torch's cells check none; the messages are its
+    layers')."""
     _check_sizes(name, input_size, hidden_size)
-    if not isinstance(bias, (bool, np.bool_)):
-        raise TypeError(f"{name}: bias should be a bool, got: {type(bias).__name__}")
+    _check_bool(name, "bias", bias)
+
+
+def _check_bool(name: str, arg: str, value) -> None:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: {arg} should be of type bool, got: {type(value).__name__}")
 
 
 def check_nonlinearity(name: str, nonlinearity) -> str:
@@ -129,10 +145,16 @@ def as_array(name: str, what: str, x) -> jax.Array:
     else:
         raise TypeError(f"{name}: {what} must be an array, got {type(x).__name__}")
     if not jnp.issubdtype(arr.dtype, jnp.floating):
-        raise TypeError(
-            f"{name}: {what} must have a floating-point dtype ({_FLOAT_KINDS}), got {arr.dtype}"
+        raise DtypeError(
+            f"{name}: {what} must have a floating-point dtype ({_FLOAT_KINDS}), got {arr.dtype} "
+            f"({what} dtype does not match weight dtype)"
         )
     return jnp.asarray(arr)
+
+
+class DtypeError(TypeError, ValueError):
+    """A non-floating input or state. A ``TypeError``, and a ``ValueError`` as torch's
+    "input dtype ... does not match weight dtype" is."""
 
 
 def check_params(name: str, params, expected: Mapping[str, tuple[int, ...]]) -> None:
@@ -166,7 +188,8 @@ def check_layer_input(
         if ndim != 2:
             raise ValueError(f"{name}: packed input data must have 2 dimensions, got {ndim}")
     elif ndim not in (2, 3):
-        raise ValueError(f"{name}: Expected input to be 2D or 3D, got {ndim}D instead")
+        what = f"{ndim}D tensor" if mode.startswith("RNN") else f"{ndim}D"  # torch's RNN says so
+        raise ValueError(f"{name}: Expected input to be 2D or 3D, got {what} instead")
     if input_shape[-1] != input_size:
         raise ValueError(
             f"{name}: input.size(-1) must be equal to input_size. "
@@ -228,10 +251,10 @@ def check_layer_hidden(
             )
         batch = (batch_size,) if batched else ()
         _check_hidden_size(
-            name, h0, (lead, *batch, real_hidden), "Expected hidden[0] size {}, got {}"
+            name, h0, (lead, *batch, real_hidden), "Expected hidden[0] size {}, got {}", batched
         )
         _check_hidden_size(
-            name, c0, (lead, *batch, hidden_size), "Expected hidden[1] size {}, got {}"
+            name, c0, (lead, *batch, hidden_size), "Expected hidden[1] size {}, got {}", batched
         )
         return (h0, c0)
     if isinstance(hx, (tuple, list)):
@@ -244,13 +267,20 @@ def check_layer_hidden(
             f"{name}: For {kind} input, hx should also be {want}-D but got {h0.ndim}-D tensor"
         )
     batch = (batch_size,) if batched else ()
-    _check_hidden_size(name, h0, (lead, *batch, hidden_size), "Expected hidden size {}, got {}")
+    _check_hidden_size(
+        name, h0, (lead, *batch, hidden_size), "Expected hidden size {}, got {}", batched
+    )
     return h0
 
 
-def _check_hidden_size(name, h, expected, msg) -> None:
+def _check_hidden_size(name, h, expected, msg, batched) -> None:
+    """Torch's message: expected size as a tuple, the given one as a list; unbatched, both with
+    the batch axis of one that torch inserts before it checks."""
     if tuple(h.shape) != tuple(expected):
-        raise ValueError(f"{name}: " + msg.format(tuple(expected), tuple(h.shape)))
+        want, got = tuple(expected), list(h.shape)
+        if not batched:
+            want, got = (want[0], 1, *want[1:]), [got[0], 1, *got[1:]]
+        raise ValueError(f"{name}: " + msg.format(want, got))
 
 
 def _describe(x) -> str:
@@ -260,18 +290,16 @@ def _describe(x) -> str:
 
 
 def check_cell_call(name: str, mode: str, input, hx, input_size: int, hidden_size: int):
-    """Validate a cell call; returns ``(input, hx_or_None, batched)`` as arrays."""
+    """Validate a cell call in torch's order and wording (the dimensions of ``input`` and of each
+    state, then ``input_size``, then each state's batch and size, with unbatched arrays read as
+    a batch of one); returns ``(input, hx_or_None, batched)`` as arrays."""
     x = as_array(name, "input", input)
     if x.ndim not in (1, 2):
         raise ValueError(f"{name}: Expected input to be 1D or 2D, got {x.ndim}D instead")
-    if x.shape[-1] != input_size:
-        raise ValueError(
-            f"{name}: input has inconsistent input_size: got {x.shape[-1]}, expected {input_size}"
-        )
     batched = x.ndim == 2
     if hx is None:
-        return x, None, batched
-    if mode == "LSTM":
+        states = []
+    elif mode == "LSTM":
         if not isinstance(hx, (tuple, list)) or len(hx) != 2:
             raise TypeError(
                 f"{name}: hx must be a tuple (h_0, c_0) of two arrays, got {_describe(hx)}"
@@ -282,21 +310,33 @@ def check_cell_call(name: str, mode: str, input, hx, input_size: int, hidden_siz
             raise TypeError(f"{name}: hx must be a single array, got {_describe(hx)}")
         states = [as_array(name, "hx", hx)]
     for i, h in enumerate(states):
-        label = f"hidden{i}" if mode == "LSTM" else "hidden"
-        if h.ndim != x.ndim:
+        if h.ndim not in (1, 2):
+            what = f"hx[{i}]" if mode == "LSTM" else "hidden"
+            raise ValueError(f"{name}: Expected {what} to be 1D or 2D, got {h.ndim}D instead")
+    if x.shape[-1] != input_size:
+        raise ValueError(
+            f"{name}: input has inconsistent input_size: got {x.shape[-1]} expected {input_size}"
+        )
+    x_shape = x.shape if batched else (1, *x.shape)
+    for i, h in enumerate(states):
+        label = f"hidden{i}"
+        h_shape = h.shape if batched else (1, *h.shape)
+        if h_shape[0] != x_shape[0]:
             raise ValueError(
-                f"{name}: Expected hidden to be {x.ndim}D like the input "
-                f"(got input {x.ndim}D and {label} {h.ndim}D)"
+                f"{name}: Input batch size {x_shape[0]} doesn't match {label} batch size "
+                f"{h_shape[0]}"
             )
-        if batched and h.shape[0] != x.shape[0]:
+        if len(h_shape) > 1 and h_shape[1] != hidden_size:
             raise ValueError(
-                f"{name}: Input batch size {x.shape[0]} doesn't match {label} batch size {h.shape[0]}"
-            )
-        if h.shape[-1] != hidden_size:
-            raise ValueError(
-                f"{name}: {label} has inconsistent hidden_size: got {h.shape[-1]}, "
+                f"{name}: {label} has inconsistent hidden_size: got {h_shape[1]}, "
                 f"expected {hidden_size}"
             )
+        if h.ndim != x.ndim:  # torch fails later, without a message of its own
+            raise ValueError(
+                f"{name}: Expected {label} to be {x.ndim}D like the input, got {h.ndim}D instead"
+            )
+    if hx is None:
+        return x, None, batched
     return x, (tuple(states) if mode == "LSTM" else states[0]), batched
 
 

@@ -48,10 +48,21 @@ class _TorchParams(nnx.Module):
         Returns:
             ``IncompatibleKeys(missing_keys, unexpected_keys)`` as torch does.
         """
-        loaded = convert.match_state_dict(type(self).__name__, state_dict, self._shapes, strict)
-        for key, value in loaded.items():
-            param = getattr(self, key)
-            param[...] = jnp.array(value, dtype=param[...].dtype)
+        name = type(self).__name__
+        loaded = convert.match_state_dict(name, state_dict, self._shapes, strict)
+        values = {}
+        for key, value in loaded.items():  # every value cast before any is assigned
+            try:
+                values[key] = jnp.array(value, dtype=getattr(self, key)[...].dtype)
+            except (TypeError, ValueError) as e:
+                raise ValueError(
+                    f"Error(s) in loading state_dict for {name}:\n\tWhile copying the parameter "
+                    f'named "{key}", whose dimensions in the model are {self._shapes[key]} and '
+                    f"whose dimensions in the checkpoint are {tuple(value.shape)}, an exception "
+                    f"occurred : {e}."
+                ) from e
+        for key, value in values.items():
+            getattr(self, key)[...] = value
         missing = [k for k in self._shapes if k not in loaded]
         unexpected = [k for k in state_dict if k not in self._shapes]
         return IncompatibleKeys(missing, unexpected)
@@ -235,6 +246,7 @@ class RNN(_RNNBase):
         rngs: nnx.Rngs,
         **kwargs,
     ):
+        _checks.check_no_proj_size(type(self).__name__, kwargs)
         mode = _checks.check_nonlinearity(type(self).__name__, nonlinearity)
         self.nonlinearity = nonlinearity
         super().__init__(
@@ -327,6 +339,7 @@ class GRU(_RNNBase):
         rngs: nnx.Rngs,
         **kwargs,
     ):
+        _checks.check_no_proj_size(type(self).__name__, kwargs)
         super().__init__(
             "GRU",
             input_size,

@@ -143,14 +143,14 @@ def test_input_errors(lstm):
     lstm(x, (h0, c0))  # the right shapes work
     # proj_size: h_0 has H_out = proj_size, c_0 has H_cell = hidden_size
     _raises(
-        ValueError, re.escape("Expected hidden[0] size (4, 4, 2), got (4, 4, 5)"), lstm, x, (c0, c0)
+        ValueError, re.escape("Expected hidden[0] size (4, 4, 2), got [4, 4, 5]"), lstm, x, (c0, c0)
     )
     _raises(
-        ValueError, re.escape("Expected hidden[1] size (4, 4, 5), got (4, 4, 2)"), lstm, x, (h0, h0)
+        ValueError, re.escape("Expected hidden[1] size (4, 4, 5), got [4, 4, 2]"), lstm, x, (h0, h0)
     )
     _raises(
         ValueError,
-        re.escape("Expected hidden[0] size (4, 4, 2), got (2, 4, 2)"),
+        re.escape("Expected hidden[0] size (4, 4, 2), got [2, 4, 2]"),
         lstm,
         x,
         (h0[:2], c0),
@@ -177,7 +177,7 @@ def test_hidden_errors_gru():
     x = jnp.ones((7, 4, 3))
     _raises(
         ValueError,
-        re.escape("GRU: Expected hidden size (1, 4, 5), got (1, 3, 5)"),
+        re.escape("GRU: Expected hidden size (1, 4, 5), got [1, 3, 5]"),
         gru,
         x,
         jnp.zeros((1, 3, 5)),
@@ -203,7 +203,7 @@ def test_cell_errors():
     cell = jaxrnn.GRUCell(3, 4, rngs=nnx.Rngs(0))
     _raises(
         ValueError,
-        "GRUCell: input has inconsistent input_size: got 5, expected 3",
+        "GRUCell: input has inconsistent input_size: got 5 expected 3",
         cell,
         jnp.ones((2, 5)),
     )
@@ -215,14 +215,14 @@ def test_cell_errors():
     )
     _raises(
         ValueError,
-        "Input batch size 2 doesn't match hidden batch size 3",
+        "Input batch size 2 doesn't match hidden0 batch size 3",
         cell,
         jnp.ones((2, 3)),
         jnp.ones((3, 4)),
     )
     _raises(
         ValueError,
-        "hidden has inconsistent hidden_size: got 5, expected 4",
+        "hidden0 has inconsistent hidden_size: got 5, expected 4",
         cell,
         jnp.ones((2, 3)),
         jnp.ones((2, 5)),
@@ -327,3 +327,113 @@ def test_dropout_key_must_be_a_single_key():
         )
     for key in (jax.random.key(0), jax.random.PRNGKey(0)):  # single keys are accepted
         F.lstm(params, x, dropout=0.5, training=True, dropout_key=key)
+
+
+def _cases_against_torch():
+    """(id, torch module, jaxrnn module, input shape, state shapes or None) of bad calls."""
+    z = nnx.Rngs(0)
+    layer = [
+        ("rnn-h0-batch", "RNN", (10, 20, 2), (5, 3, 10), (2, 5, 20)),
+        ("rnn-4d", "RNN", (10, 20), (5, 3, 1, 10), None),
+        ("gru-4d", "GRU", (10, 20), (5, 3, 1, 10), None),
+        ("gru-input-size", "GRU", (10, 20), (5, 3, 7), None),
+        ("gru-unbatched-h0", "GRU", (10, 20, 2), (5, 10), (1, 20)),
+        ("lstm-c0", "LSTM", (10, 20), (5, 3, 10), ((1, 3, 20), (1, 3, 21))),
+        ("lstm-unbatched-c0", "LSTM", (10, 20, 2), (5, 10), ((2, 20), (2, 19))),
+    ]
+    cell_states = [
+        ("hx-3d", (3, 10), (1, 3, 20)),
+        ("input-3d", (2, 3, 10), None),
+        ("input-1d-hx-2d", (10,), (1, 20)),
+        ("input-2d-hx-1d", (3, 10), (20,)),
+        ("input-size", (3, 7), (3, 20)),
+        ("hx-batch", (3, 10), (4, 20)),
+        ("hx-size", (3, 10), (3, 21)),
+        ("unbatched-hx-size", (10,), (21,)),
+    ]
+    for name, mod, args, x, h in layer:
+        yield name, getattr(torch.nn, mod)(*args), getattr(jaxrnn, mod)(*args, rngs=z), x, h
+    for mod in ("RNNCell", "GRUCell", "LSTMCell"):
+        for name, x, h in cell_states:
+            if mod == "LSTMCell" and h is not None:
+                h = (h, h)
+            yield (
+                f"{mod}-{name}",
+                getattr(torch.nn, mod)(10, 20),
+                getattr(jaxrnn, mod)(10, 20, rngs=z),
+                x,
+                h,
+            )
+    for name, h in [("c-3d", ((3, 20), (1, 3, 20))), ("c-batch", ((3, 20), (4, 20)))]:
+        yield (
+            f"LSTMCell-{name}",
+            torch.nn.LSTMCell(10, 20),
+            jaxrnn.LSTMCell(10, 20, rngs=z),
+            (
+                3,
+                10,
+            ),
+            h,
+        )
+
+
+@pytest.mark.parametrize("case", list(_cases_against_torch()), ids=lambda c: c[0])
+def test_call_errors_have_torchs_wording(case):
+    """The oracle is torch's own message for the same bad call: it must appear in ours (ours adds
+    the module's name in front), and ours is a ValueError or TypeError."""
+    _, tmod, jmod, x_shape, h_shape = case
+
+    def states(make):
+        if h_shape is None:
+            return None
+        if isinstance(h_shape[0], tuple):
+            return tuple(make(s) for s in h_shape)
+        return make(h_shape)
+
+    with pytest.raises(Exception) as theirs:
+        tmod(torch.zeros(x_shape), states(torch.zeros))
+    with pytest.raises((ValueError, TypeError)) as ours:
+        jmod(jnp.zeros(x_shape), states(jnp.zeros))
+    assert str(theirs.value) in str(ours.value)
+    assert str(ours.value).startswith(type(jmod).__name__ + ": ")
+
+
+@pytest.mark.parametrize(
+    "mod,args,kwargs",
+    [
+        ("LSTM", (10, 0), {"dropout": 2}),  # torch checks dropout first
+        ("LSTM", (10, 20), {"bias": 1}),
+        ("GRU", (10, 20), {"batch_first": "yes"}),
+        ("GRU", (10, 2.5), {}),
+        ("RNN", (0, 4), {}),
+        ("LSTM", (10, 20, 0), {}),
+        ("LSTM", (10, 20), {"proj_size": 20}),
+        ("LSTM", (10, 20), {"proj_size": -1}),
+        ("GRU", (10, 20), {"proj_size": 0}),  # any proj_size keyword, as torch
+        ("RNN", (10, 20), {"proj_size": 3}),
+    ],
+)
+def test_constructor_errors_have_torchs_wording(mod, args, kwargs):
+    with pytest.raises(Exception) as theirs:
+        getattr(torch.nn, mod)(*args, **kwargs)
+    with pytest.raises(type(theirs.value)) as ours:
+        getattr(jaxrnn, mod)(*args, **kwargs, rngs=nnx.Rngs(0))
+    assert str(theirs.value) in str(ours.value)
+    assert str(ours.value).startswith(f"{mod}: ")
+
+
+def test_bidirectional_takes_an_int_like_torch():
+    t = torch.nn.GRU(3, 4, bidirectional=1)
+    m = jaxrnn.GRU(3, 4, bidirectional=1, rngs=nnx.Rngs(0))
+    assert m.state_dict().keys() == t.state_dict().keys()
+
+
+def test_integer_input_is_a_value_and_a_type_error():
+    """torch raises ValueError ("input dtype ... does not match weight dtype"); the error is both,
+    so code written against either catches it."""
+    lstm = jaxrnn.LSTM(3, 4, rngs=nnx.Rngs(0))
+    for exc in (ValueError, TypeError):
+        with pytest.raises(exc, match="LSTM: input must have a floating-point dtype"):
+            lstm(jnp.ones((5, 2, 3), jnp.int32))
+    with pytest.raises(ValueError, match="does not match weight dtype"):
+        torch.nn.LSTM(3, 4)(torch.ones(5, 2, 3, dtype=torch.int64))

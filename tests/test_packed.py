@@ -360,6 +360,6 @@ def test_layer_errors_on_packed_input():
     theirs = _torch_message(
         lambda: module(tr.pack_padded_sequence(torch.tensor(x), [5, 3, 2, 1]), torch.zeros(1, 3, 2))
     )
-    with pytest.raises(ValueError, match=r"Expected hidden size \(1, 4, 2\), got \(1, 3, 2\)"):
+    with pytest.raises(ValueError) as info:
         model(packed, jnp.zeros((1, 3, 2)))
-    assert "Expected hidden size (1, 4, 2)" in theirs
+    assert theirs in str(info.value)
