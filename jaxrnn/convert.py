@@ -7,6 +7,7 @@ the keys under a prefix, copy the arrays. torch is imported lazily and only by
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -109,11 +110,11 @@ def match_state_dict(
         loaded[key] = value
     if strict and unexpected:
         errors.insert(
-            0, "Unexpected key(s) in state_dict: " + ", ".join(f'"{k}"' for k in unexpected) + "."
+            0, "Unexpected key(s) in state_dict: " + ", ".join(f'"{k}"' for k in unexpected) + ". "
         )
     if strict and missing:
         errors.insert(
-            0, "Missing key(s) in state_dict: " + ", ".join(f'"{k}"' for k in missing) + "."
+            0, "Missing key(s) in state_dict: " + ", ".join(f'"{k}"' for k in missing) + ". "
         )
     if errors:
         raise ValueError(f"Error(s) in loading state_dict for {name}:\n\t" + "\n\t".join(errors))
@@ -123,6 +124,23 @@ def match_state_dict(
 _TORCH_CLASSES = ("RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell")
 
 
+def _param_dtype(module):
+    """The JAX dtype of a torch module's parameters; float32 (with a warning) for float64 while
+    ``jax_enable_x64`` is off, as JAX itself would truncate."""
+    import jax
+    import jax.numpy as jnp
+
+    dtype = jnp.dtype(str(next(module.parameters()).dtype).split(".")[-1])
+    if dtype == jnp.float64 and not jax.config.jax_enable_x64:
+        warnings.warn(
+            "from_torch: the torch module is float64 but jax_enable_x64 is off; its parameters "
+            "are loaded as float32",
+            stacklevel=3,
+        )
+        return jnp.dtype(jnp.float32)
+    return dtype
+
+
 def from_torch(module, *, rngs=None, **kwargs):
     """The jaxrnn NNX module equivalent to a ``torch.nn`` RNN/LSTM/GRU or cell, weights copied.
 
@@ -130,7 +148,9 @@ def from_torch(module, *, rngs=None, **kwargs):
         module: an instance of ``torch.nn.RNN``, ``LSTM``, ``GRU``, ``RNNCell``, ``LSTMCell`` or
             ``GRUCell``.
         rngs: ``nnx.Rngs`` for the new module (its dropout stream); ``nnx.Rngs(0)`` if omitted.
-        **kwargs: JAX extras passed to the constructor (``dtype``, ``precision``, ...).
+        **kwargs: JAX extras passed to the constructor (``dtype``, ``precision``, ...);
+            ``param_dtype`` defaults to the torch module's parameter dtype (float64 needs
+            ``jax_enable_x64``, as any float64 array in JAX).
 
     Returns:
         The jaxrnn module, in the same training/eval mode as ``module``.
@@ -173,6 +193,8 @@ def from_torch(module, *, rngs=None, **kwargs):
             args["nonlinearity"] = module.nonlinearity
         if cls_name == "LSTM":
             args["proj_size"] = module.proj_size
+    if "param_dtype" not in kwargs:
+        args["param_dtype"] = _param_dtype(module)
     args.update(kwargs)
     out = getattr(jaxrnn, cls_name)(**args, rngs=rngs)
     out.load_state_dict(module.state_dict())

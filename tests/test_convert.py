@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -138,3 +139,47 @@ def test_from_torch_copies_configuration(make):
 def test_from_torch_rejects_other_modules():
     with pytest.raises(TypeError, match="from_torch expects a torch.nn.RNN, LSTM, GRU"):
         jaxrnn.from_torch(torch.nn.Linear(2, 2))
+
+
+def test_strict_load_message_is_torchs():
+    """Missing and unexpected keys: torch's own message for the same state_dict (it is ours after
+    the exception type)."""
+    sd = dict(torch.nn.GRU(3, 4).state_dict())
+    del sd["bias_hh_l0"]
+    sd["extra"] = torch.zeros(1)
+    with pytest.raises(RuntimeError) as theirs:
+        torch.nn.GRU(3, 4).load_state_dict(sd)
+    with pytest.raises(ValueError) as ours:
+        jaxrnn.GRU(3, 4, rngs=nnx.Rngs(0)).load_state_dict(sd)
+    assert str(ours.value) == str(theirs.value)
+
+
+def test_load_that_fails_to_cast_changes_nothing():
+    m = jaxrnn.GRU(3, 4, rngs=nnx.Rngs(0))
+    before = m.state_dict()
+    sd = {k: v.numpy() for k, v in torch.nn.GRU(3, 4).state_dict().items()}
+    sd["bias_hh_l0"] = np.full(12, "x")  # the right shape, but no numbers: fails last
+    with pytest.raises(ValueError, match='GRU:\n\tWhile copying the parameter named "bias_hh_l0"'):
+        m.load_state_dict(sd)
+    for k, v in m.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_from_torch_keeps_the_parameter_dtype(dtype):
+    t = torch.nn.LSTM(3, 4, 2).to(dtype)
+    m = jaxrnn.from_torch(t)
+    assert str(m.weight_ih_l0[...].dtype) == str(dtype).split(".")[-1]
+    sd = m.state_dict()
+    for k, v in t.state_dict().items():
+        np.testing.assert_array_equal(np.asarray(sd[k], np.float32), v.float().numpy())
+    m32 = jaxrnn.from_torch(t, param_dtype=jnp.float32)  # an explicit param_dtype wins
+    assert m32.weight_ih_l0[...].dtype == jnp.float32
+
+
+def test_from_torch_float64_without_x64_warns_and_loads_float32():
+    if jax.config.jax_enable_x64:
+        pytest.skip("x64 is on")
+    with pytest.warns(UserWarning, match="float64 but jax_enable_x64 is off"):
+        m = jaxrnn.from_torch(torch.nn.GRU(3, 4).double())
+    assert m.weight_ih_l0[...].dtype == jnp.float32
