@@ -427,8 +427,12 @@ def check_pack_lengths(name: str, lengths, batch: int, steps: int, enforce_sorte
         arr = np.asarray(lengths)
         if arr.size == 0:
             arr = arr.astype(np.int64)
+    if jnp.issubdtype(arr.dtype, jnp.floating):  # torch casts them to int64 (truncating)
+        arr = arr.astype(jnp.int32 if isinstance(arr, jax.Array) else np.int64)
     if not jnp.issubdtype(arr.dtype, jnp.integer):
-        raise TypeError(f"{name}: 'lengths' argument should be integers, got dtype {arr.dtype}")
+        raise TypeError(
+            f"{name}: 'lengths' argument should be integers or floats, got dtype {arr.dtype}"
+        )
     if arr.ndim != 1:
         raise ValueError(f"{name}: 'lengths' argument should be a 1D array, but got {arr.ndim}D")
     if arr.shape[0] != batch:

@@ -122,6 +122,30 @@ def infer_layer_config(mode: str, params: Mapping[str, jax.Array]) -> dict:
 #: Torch's recurrent class for each number of gate blocks in ``weight_ih``. An RNN's
 #: nonlinearity (tanh or relu) is not recorded in its weights, nor are ``batch_first`` and
 #: ``dropout``: those must come from elsewhere.
+# the constructor arguments torch's ``extra_repr`` shows when they differ from these defaults
+_REPR_DEFAULTS = {
+    "layer": {
+        "proj_size": 0,
+        "num_layers": 1,
+        "bias": True,
+        "batch_first": False,
+        "dropout": 0,
+        "bidirectional": False,
+    },
+    "cell": {"bias": True, "nonlinearity": "tanh"},
+}
+
+
+def torch_repr(cls_name: str, config: Mapping) -> str:
+    """Torch's repr of a module of class ``cls_name`` with these constructor arguments, e.g.
+    ``'LSTM(10, 20, num_layers=2, batch_first=True)'`` (``RNNBase.extra_repr``'s rules; cells:
+    ``RNNCellBase``'s). Arguments absent from ``config`` are left out."""
+    defaults = _REPR_DEFAULTS["cell" if cls_name.endswith("Cell") else "layer"]
+    args = [str(config["input_size"]), str(config["hidden_size"])]
+    args += [f"{k}={config[k]}" for k, d in defaults.items() if k in config and config[k] != d]
+    return f"{cls_name}({', '.join(args)})"
+
+
 GATE_CLASSES = {1: "RNN", 3: "GRU", 4: "LSTM"}
 
 #: The parameter names of a recurrent layer or cell, without the ``_l{k}[_reverse]`` suffix.

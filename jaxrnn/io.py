@@ -293,11 +293,7 @@ class RecurrentLayer(NamedTuple):
         """Torch's repr of the module, e.g. ``'LSTM(40, 64, num_layers=2, bidirectional=True)'``."""
         if self.error is not None:
             return f"not a recurrent layer: {self.error}"
-        c = self.config
-        args = [str(c["input_size"]), str(c["hidden_size"])]
-        defaults = dict(proj_size=0, num_layers=1, bias=True, bidirectional=False)  # torch's order
-        args += [f"{k}={c[k]}" for k, d in defaults.items() if k in c and c[k] != d]
-        return f"{self.cls}({', '.join(args)})"
+        return _params.torch_repr(self.cls, self.config)
 
 
 def recurrent_layer(state_dict: Mapping, prefix: str = "") -> RecurrentLayer:

@@ -49,6 +49,11 @@ class _LayerBase(_LinenBase):
     def _mode(self) -> str:
         raise NotImplementedError
 
+    @property
+    def mode(self) -> str:
+        """Torch's mode string: ``'LSTM'``, ``'GRU'``, ``'RNN_TANH'`` or ``'RNN_RELU'``."""
+        return self._mode()
+
     def __post_init__(self):
         _checks.check_constructor(
             type(self).__name__,

@@ -30,6 +30,41 @@ class _TorchParams(nnx.Module):
         for key, value in values.items():
             setattr(self, key, nnx.Param(value))
 
+    def extra_repr(self) -> str:
+        """Torch's ``extra_repr``: the constructor arguments that differ from the defaults."""
+        return _params.torch_repr(type(self).__name__, self._config())[
+            len(type(self).__name__) + 1 : -1
+        ]
+
+    def __repr__(self) -> str:
+        """Torch's repr, e.g. ``LSTM(10, 20, num_layers=2)`` (``nnx.display`` shows the state)."""
+        return _params.torch_repr(type(self).__name__, self._config())
+
+    def _config(self) -> dict[str, Any]:
+        names = ("input_size", "hidden_size", "bias", "nonlinearity", "num_layers")
+        names += ("batch_first", "dropout", "bidirectional", "proj_size")
+        return {k: getattr(self, k) for k in names if hasattr(self, k)}
+
+    @property
+    def _flat_weights_names(self) -> list[str]:
+        """Torch's parameter names in order (its ``_flat_weights_names``)."""
+        return list(self._shapes)
+
+    @property
+    def _all_weights(self) -> list[list[str]]:
+        """Torch's ``_all_weights``: the parameter names of each layer and direction (cells: one
+        group)."""
+        groups: dict[str, list[str]] = {}
+        for key in self._shapes:
+            parts = _params.split_recurrent_key(key)
+            groups.setdefault("" if parts is None else parts[2], []).append(key)
+        return list(groups.values())
+
+    @property
+    def all_weights(self) -> list[list[jax.Array]]:
+        """Torch's ``all_weights``: the parameter values grouped as :attr:`_all_weights`."""
+        return [[getattr(self, k)[...] for k in names] for names in self._all_weights]
+
     def torch_params(self) -> dict[str, jax.Array]:
         """The current parameters as a flat dict keyed by torch's names (the functional tree)."""
         return {key: getattr(self, key)[...] for key in self._shapes}
@@ -124,6 +159,28 @@ class _RNNBase(_TorchParams):
         self._create_params(shapes, hidden_size, rngs, param_dtype)
         needs_rng = self.dropout > 0 and num_layers > 1
         self.rngs = rngs["dropout"].fork() if needs_rng else None
+
+    @property
+    def training(self) -> bool:
+        """Torch's flag: ``True`` in training mode (dropout active), see :meth:`eval`."""
+        return not self.deterministic
+
+    def train(self, mode: bool = True, **attributes):
+        """Training mode (dropout between layers active), as torch's ``module.train(mode)``;
+        returns the module."""
+        if mode:
+            super().train(**attributes)
+        else:
+            super().eval(**attributes)
+        return self
+
+    def eval(self, **attributes):
+        """Evaluation mode (no dropout), as torch's ``module.eval()``; returns the module."""
+        super().eval(**attributes)
+        return self
+
+    def flatten_parameters(self) -> None:
+        """A no-op, for code written for torch's cuDNN weight packing."""
 
     def __call__(
         self,

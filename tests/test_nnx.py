@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import torch
 from _torch_oracle import assert_close
 from flax import nnx
@@ -121,3 +122,44 @@ def test_failed_call_draws_no_dropout_randomness():
     np.testing.assert_array_equal(a(x)[0], b(x)[0])
     np.testing.assert_array_equal(a(x, rngs=override)[0], b(x, rngs=nnx.Rngs(dropout=7))[0])
     assert not np.allclose(a(x)[0], a(x)[0])  # valid calls still advance the stream
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda nn: nn.LSTM(
+            10, 20, 2, batch_first=True, bidirectional=True, proj_size=5, dropout=0.5
+        ),
+        lambda nn: nn.RNN(10, 20, nonlinearity="relu", bias=False),
+        lambda nn: nn.GRU(3, 4, 3, bidirectional=1),
+        lambda nn: nn.RNNCell(3, 4, nonlinearity="relu"),
+        lambda nn: nn.LSTMCell(3, 4, bias=False),
+        lambda nn: nn.GRUCell(3, 4),
+    ],
+)
+def test_torch_attributes_and_repr(make):
+    """What torch code reads off a module: its repr, ``extra_repr``, the weight names and groups,
+    ``all_weights`` (values), ``training``; ``eval()``/``train()`` return the module."""
+    t = make(torch.nn)
+    m = jaxrnn.from_torch(t)
+    assert repr(m) == repr(t)
+    assert m.extra_repr() == t.extra_repr()
+    if not hasattr(t, "_all_weights"):
+        return
+    assert m._all_weights == t._all_weights
+    assert m._flat_weights_names == t._flat_weights_names
+    for ours, theirs in zip(m.all_weights, t.all_weights, strict=True):
+        for a, b in zip(ours, theirs, strict=True):
+            np.testing.assert_array_equal(a, b.detach().numpy())
+    assert m.training and t.training
+    assert m.eval() is m and not m.training
+    assert m.train() is m and m.training
+    assert m.train(False) is m and not m.training
+    m.flatten_parameters()
+
+
+def test_linen_layers_have_torchs_mode():
+    from jaxrnn import linen as jrl
+
+    assert jrl.RNN(3, 4, nonlinearity="relu").mode == torch.nn.RNN(3, 4, nonlinearity="relu").mode
+    assert jrl.LSTM(3, 4).mode == "LSTM" and jrl.GRU(3, 4).mode == "GRU"

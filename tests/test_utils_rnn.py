@@ -221,8 +221,8 @@ def test_pack_errors_torch_does_not_raise():
         jr.pack_padded_sequence(X, [6, 3, 2, 1])
     with pytest.raises(ValueError, match="should be a 1D array, but got 2D"):
         jr.pack_padded_sequence(X, [[5, 3], [2, 1]])
-    with pytest.raises(TypeError, match="should be integers"):
-        jr.pack_padded_sequence(X, jnp.array([5.0, 3, 2, 1]))
+    with pytest.raises(TypeError, match="should be integers or floats, got dtype complex"):
+        jr.pack_padded_sequence(X, np.array([5, 3, 2, 1], np.complex64))
     with pytest.raises(ValueError, match="at least 2 dimensions"):
         jr.pack_padded_sequence(X[:, 0, 0], [5])
 
@@ -292,3 +292,23 @@ def test_packed_sequence_constructor_errors():
         jr.PackedSequence(randn(6, 2), np.array([1, 2, 3]))
     with pytest.raises(TypeError, match="batch_sizes"):
         jr.PackedSequence(randn(6, 2))
+
+
+@pytest.mark.parametrize("lengths", [[5.0, 3.0, 2.0, 1.0], np.array([5.7, 3.2, 2.9, 1.1])])
+def test_float_lengths_are_truncated_as_torch(lengths):
+    ours = jr.pack_padded_sequence(X, lengths)
+    theirs = tr.pack_padded_sequence(torch.tensor(X), torch.as_tensor(lengths))
+    np.testing.assert_array_equal(ours.batch_sizes, theirs.batch_sizes.numpy())
+    np.testing.assert_array_equal(ours.data, theirs.data.numpy())
+
+
+def test_packed_sequence_unpacks_and_indexes_like_torchs_namedtuple():
+    ours = jr.pack_padded_sequence(X, [5, 2, 3, 1], enforce_sorted=False)
+    theirs = tr.pack_padded_sequence(torch.tensor(X), [5, 2, 3, 1], enforce_sorted=False)
+    assert len(ours) == len(theirs) == 4
+    for a, b in zip(ours, theirs, strict=True):  # data, batch_sizes, sorted/unsorted indices
+        np.testing.assert_array_equal(np.asarray(a), b.numpy())
+    data, batch_sizes, _, unsorted = ours
+    np.testing.assert_array_equal(ours[0], data)
+    np.testing.assert_array_equal(ours[-1], unsorted)
+    np.testing.assert_array_equal(ours[1], batch_sizes)

@@ -167,6 +167,18 @@ class PackedSequence:
             _checks.check_sorted_lengths("PackedSequence", lengths)
         return self.padded[step, slot if order is None else order[slot]]
 
+    # torch's PackedSequence is a namedtuple of these four: it unpacks and indexes the same way
+    _fields = ("data", "batch_sizes", "sorted_indices", "unsorted_indices")
+
+    def __iter__(self):
+        return (getattr(self, f) for f in self._fields)
+
+    def __len__(self) -> int:
+        return len(self._fields)
+
+    def __getitem__(self, index):
+        return tuple(self)[index]
+
     def __repr__(self) -> str:
         if _concrete(self.lengths) is not None:
             return (
