@@ -168,15 +168,24 @@ def check_params(name: str, params, expected: Mapping[str, tuple[int, ...]]) -> 
     if missing:
         raise ValueError(f"{name}: missing parameters {missing} (have {sorted(params)})")
     for key, shape in expected.items():
-        if not (hasattr(params[key], "shape") and hasattr(params[key], "dtype")):
+        value = params[key]
+        if not (hasattr(value, "shape") and hasattr(value, "dtype")) or _is_torch_tensor(value):
+            hint = ""
+            if _is_torch_tensor(value):
+                hint = " (convert a torch state_dict with jaxrnn.state_dict_to_params)"
             raise TypeError(
-                f"{name}: parameter {key} must be an array, got {type(params[key]).__name__}"
+                f"{name}: parameter {key} must be a JAX or numpy array, got "
+                f"{type(value).__name__}{hint}"
             )
         if shape is None:
             continue
         got = tuple(np.shape(params[key]))
         if got != tuple(shape):
             raise ValueError(f"{name}: parameter {key} has shape {got}, expected {tuple(shape)}")
+
+
+def _is_torch_tensor(x) -> bool:
+    return type(x).__module__.startswith("torch") and hasattr(x, "detach")
 
 
 def check_layer_input(

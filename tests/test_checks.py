@@ -272,6 +272,14 @@ def test_functional_param_errors():
     _raises(ValueError, "missing parameters \\['bias_hh_l0'\\]", F.lstm, missing, jnp.ones((2, 3)))
     _raises(TypeError, "params must be a mapping", F.gru, [1, 2], jnp.ones((2, 3)))
     _raises(ValueError, "Unrecognized RNN mode", F.rnn, params, jnp.ones((2, 3)), mode="lstm")
+    _raises(
+        TypeError,
+        "parameter weight_ih_l0 must be a JAX or numpy array, got Tensor "
+        "\\(convert a torch state_dict with jaxrnn.state_dict_to_params\\)",
+        F.lstm,
+        torch.nn.LSTM(3, 4).state_dict(),
+        jnp.ones((2, 3)),
+    )
 
 
 @pytest.mark.parametrize("mode", ["RNN_TANH", "LSTM", "GRU"])
