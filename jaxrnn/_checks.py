@@ -168,14 +168,9 @@ def check_params(name: str, params, expected: Mapping[str, tuple[int, ...]]) -> 
     if missing:
         raise ValueError(f"{name}: missing parameters {missing} (have {sorted(params)})")
     for key, shape in expected.items():
-        value = params[key]
-        if not (hasattr(value, "shape") and hasattr(value, "dtype")) or _is_torch_tensor(value):
-            hint = ""
-            if _is_torch_tensor(value):
-                hint = " (convert a torch state_dict with jaxrnn.state_dict_to_params)"
+        if not (hasattr(params[key], "shape") and hasattr(params[key], "dtype")):
             raise TypeError(
-                f"{name}: parameter {key} must be a JAX or numpy array, got "
-                f"{type(value).__name__}{hint}"
+                f"{name}: parameter {key} must be an array, got {type(params[key]).__name__}"
             )
         if shape is None:
             continue
@@ -184,8 +179,16 @@ def check_params(name: str, params, expected: Mapping[str, tuple[int, ...]]) -> 
             raise ValueError(f"{name}: parameter {key} has shape {got}, expected {tuple(shape)}")
 
 
-def _is_torch_tensor(x) -> bool:
-    return type(x).__module__.startswith("torch") and hasattr(x, "detach")
+def check_no_torch_tensors(name: str, params: Mapping) -> None:
+    """The functional core computes on JAX/numpy arrays: a torch tensor (a raw ``state_dict``)
+    gets a TypeError that names the conversion."""
+    for key, value in params.items():
+        if type(value).__module__.startswith("torch") and hasattr(value, "detach"):
+            raise TypeError(
+                f"{name}: parameter {key} must be a JAX or numpy array, got "
+                f"{type(value).__name__} (convert a torch state_dict with "
+                "jaxrnn.state_dict_to_params)"
+            )
 
 
 def check_layer_input(

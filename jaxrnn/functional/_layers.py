@@ -185,6 +185,7 @@ def rnn(
         return _packing.rnn_packed(forward, input, hx, seq_lengths, name)
     _checks.check_mode(name, mode)
     _checks.check_params(name, params, {"weight_ih_l0": None, "weight_hh_l0": None})
+    _checks.check_no_torch_tensors(name, params)
     cfg = _params.infer_layer_config(mode, params)
     _checks.check_params(
         name,
@@ -323,6 +324,7 @@ def cell_forward(
     name = name or ("LSTMCell" if mode == "LSTM" else "GRUCell" if mode == "GRU" else "RNNCell")
     _checks.check_mode(name, mode)
     _checks.check_params(name, params, {"weight_ih": None, "weight_hh": None})
+    _checks.check_no_torch_tensors(name, params)
     hidden_size = params["weight_hh"].shape[1]
     input_size = params["weight_ih"].shape[1]
     _checks.check_params(
