@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.utils.rnn as tr
 
+import jaxrnn
 from jaxrnn.utils import rnn as jr
 
 RNG = np.random.default_rng(0)
@@ -312,3 +313,31 @@ def test_packed_sequence_unpacks_and_indexes_like_torchs_namedtuple():
     np.testing.assert_array_equal(ours[0], data)
     np.testing.assert_array_equal(ours[-1], unsorted)
     np.testing.assert_array_equal(ours[1], batch_sizes)
+
+
+@pytest.mark.parametrize("batch", [16, 17, 20, 33, 40, 97])
+def test_equal_lengths_sort_as_torchs_unstable_sort(batch):
+    """torch sorts the lengths with its CPU sort, which is not stable from 17 items on: the
+    order of equal lengths (sorted_indices, data) follows it, through a module too."""
+    rng = np.random.default_rng(batch)
+    lengths = rng.integers(1, 5, batch)
+    x = rng.standard_normal((4, batch, 2)).astype(np.float32)
+    theirs = tr.pack_padded_sequence(torch.tensor(x), torch.tensor(lengths), enforce_sorted=False)
+    ours = jr.pack_padded_sequence(x, lengths, enforce_sorted=False)
+    np.testing.assert_array_equal(ours.sorted_indices, theirs.sorted_indices.numpy())
+    np.testing.assert_array_equal(ours.unsorted_indices, theirs.unsorted_indices.numpy())
+    np.testing.assert_array_equal(ours.data, theirs.data.numpy())
+    t = torch.nn.GRU(2, 3)
+    out_t, _ = t(theirs)
+    out_j, _ = jaxrnn.from_torch(t)(ours)
+    np.testing.assert_allclose(out_j.data, out_t.data.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_torch_sort_order_matches_torch_on_many_inputs():
+    from jaxrnn.utils._torch_sort import sort_descending_indices
+
+    rng = np.random.default_rng(0)
+    for n in [*range(1, 70), 128, 1000]:
+        for values in (rng.integers(1, 4, n), rng.integers(1, n + 1, n), np.full(n, 2)):
+            expected = torch.sort(torch.tensor(values), descending=True)[1].numpy()
+            np.testing.assert_array_equal(sort_descending_indices(values), expected)

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrnn import _checks
+from jaxrnn.utils import _torch_sort
 
 __all__ = [
     "PackedSequence",
@@ -213,7 +214,9 @@ def pack_padded_sequence(
         batch_first: whether ``input`` is ``(B, T, *)``.
         enforce_sorted: if ``True``, the lengths must be in decreasing order (checked when they
             are concrete); if ``False`` they are sorted here and the order is recorded in
-            ``sorted_indices``/``unsorted_indices``.
+            ``sorted_indices``/``unsorted_indices``: concrete lengths in torch's order, equal
+            lengths included (its CPU sort is not stable from 17 sequences on); traced ones
+            with equal lengths in batch order.
 
     Returns:
         A :class:`PackedSequence`.
@@ -241,10 +244,10 @@ def pack_padded_sequence(
     if values is not None:
         x = x[: int(values.max())] if values.size else x[:0]
         if not enforce_sorted:
-            order = np.argsort(-values, kind="stable")
+            order = _torch_sort.sort_descending_indices(values)  # torch's order of ties
             sorted_indices = jnp.asarray(order, jnp.int32)
             unsorted_indices = jnp.asarray(np.argsort(order), jnp.int32)
-    elif not enforce_sorted:
+    elif not enforce_sorted:  # traced: ties keep their order (torch's differ from 17 sequences)
         sorted_indices = jnp.argsort(-lengths, stable=True).astype(jnp.int32)
         unsorted_indices = invert_permutation(sorted_indices)
     padded = jnp.where(_time_mask(lengths, x.shape[0], x.ndim), x, jnp.zeros((), x.dtype))
