@@ -210,6 +210,17 @@ def check_layer_input(
     return packed or ndim == 3
 
 
+def check_loop_options(name: str, unroll, remat) -> None:
+    """``unroll``: a positive int (steps per loop iteration); ``remat``: a bool, or a positive int
+    (the chunk length)."""
+    if not _is_int(unroll) or unroll < 1:
+        raise ValueError(f"{name}: unroll should be a positive int, got {unroll!r}")
+    if not isinstance(remat, (bool, np.bool_)) and (not _is_int(remat) or remat < 1):
+        raise ValueError(
+            f"{name}: remat should be a bool or a positive int (a chunk length), got {remat!r}"
+        )
+
+
 def check_seq_len(name: str, seq_len: int) -> None:
     """A layer's input has at least one time step (torch's wording)."""
     if seq_len == 0:

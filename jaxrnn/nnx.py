@@ -40,6 +40,9 @@ class _TorchParams(nnx.Module):
         """Torch's repr, e.g. ``LSTM(10, 20, num_layers=2)`` (``nnx.display`` shows the state)."""
         return _params.torch_repr(type(self).__name__, self._config())
 
+    def __str__(self) -> str:  # print(module), as torch's
+        return repr(self)
+
     def _config(self) -> dict[str, Any]:
         names = ("input_size", "hidden_size", "bias", "nonlinearity", "num_layers")
         names += ("batch_first", "dropout", "bidirectional", "proj_size")

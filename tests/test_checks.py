@@ -445,3 +445,19 @@ def test_integer_input_is_a_value_and_a_type_error():
             lstm(jnp.ones((5, 2, 3), jnp.int32))
     with pytest.raises(ValueError, match="does not match weight dtype"):
         torch.nn.LSTM(3, 4)(torch.ones(5, 2, 3, dtype=torch.int64))
+
+
+@pytest.mark.parametrize(
+    "kwargs,pattern",
+    [
+        ({"unroll": 0}, "unroll should be a positive int, got 0"),
+        ({"unroll": 1.5}, "unroll should be a positive int, got 1.5"),
+        ({"remat": -1}, "remat should be a bool or a positive int"),
+        ({"remat": "yes"}, "remat should be a bool or a positive int"),
+    ],
+)
+def test_loop_options_are_checked(kwargs, pattern):
+    m = jaxrnn.GRU(3, 4, rngs=nnx.Rngs(0), **kwargs)
+    _raises(ValueError, "GRU: " + pattern, m, jnp.ones((5, 2, 3)))
+    lin = jrl.GRU(3, 4, **kwargs)
+    _raises(ValueError, "GRU: " + pattern, lin.init, jax.random.key(0), jnp.ones((5, 2, 3)))

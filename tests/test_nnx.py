@@ -142,7 +142,7 @@ def test_torch_attributes_and_repr(make):
     ``all_weights`` (values), ``training``; ``eval()``/``train()`` return the module."""
     t = make(torch.nn)
     m = jaxrnn.from_torch(t)
-    assert repr(m) == repr(t)
+    assert repr(m) == repr(t) and str(m) == str(t) and f"{m}" == f"{t}"
     assert m.extra_repr() == t.extra_repr()
     if not hasattr(t, "_all_weights"):
         return

@@ -186,6 +186,7 @@ def rnn(
     _checks.check_mode(name, mode)
     _checks.check_params(name, params, {"weight_ih_l0": None, "weight_hh_l0": None})
     _checks.check_no_torch_tensors(name, params)
+    _checks.check_loop_options(name, unroll, remat)
     cfg = _params.infer_layer_config(mode, params)
     _checks.check_params(
         name,
