@@ -210,6 +210,23 @@ def check_layer_input(
     return packed or ndim == 3
 
 
+def load_error(name: str, errors: list[str]) -> ValueError:
+    """Torch's ``load_state_dict`` error for module class ``name``, one line per problem."""
+    return ValueError(f"Error(s) in loading state_dict for {name}:\n\t" + "\n\t".join(errors))
+
+
+def load_copy_error(name: str, key: str, model_shape, checkpoint_shape, exc) -> ValueError:
+    """Torch's error for a checkpoint value that cannot be copied into its parameter."""
+    return load_error(
+        name,
+        [
+            f'While copying the parameter named "{key}", whose dimensions in the model are '
+            f"{tuple(model_shape)} and whose dimensions in the checkpoint are "
+            f"{tuple(checkpoint_shape)}, an exception occurred : {exc}."
+        ],
+    )
+
+
 def check_loop_options(name: str, unroll, remat) -> None:
     """``unroll``: a positive int (steps per loop iteration); ``remat``: a bool, or a positive int
     (the chunk length)."""

@@ -136,14 +136,19 @@ _REPR_DEFAULTS = {
 }
 
 
-def torch_repr(cls_name: str, config: Mapping) -> str:
-    """Torch's repr of a module of class ``cls_name`` with these constructor arguments, e.g.
-    ``'LSTM(10, 20, num_layers=2, batch_first=True)'`` (``RNNBase.extra_repr``'s rules; cells:
+def torch_extra_repr(cls_name: str, config: Mapping) -> str:
+    """Torch's ``extra_repr`` of a module of class ``cls_name`` with these constructor arguments,
+    e.g. ``'10, 20, num_layers=2, batch_first=True'`` (``RNNBase.extra_repr``'s rules; cells:
     ``RNNCellBase``'s). Arguments absent from ``config`` are left out."""
     defaults = _REPR_DEFAULTS["cell" if cls_name.endswith("Cell") else "layer"]
     args = [str(config["input_size"]), str(config["hidden_size"])]
     args += [f"{k}={config[k]}" for k, d in defaults.items() if k in config and config[k] != d]
-    return f"{cls_name}({', '.join(args)})"
+    return ", ".join(args)
+
+
+def torch_repr(cls_name: str, config: Mapping) -> str:
+    """Torch's repr, e.g. ``'LSTM(10, 20, num_layers=2, batch_first=True)'``."""
+    return f"{cls_name}({torch_extra_repr(cls_name, config)})"
 
 
 GATE_CLASSES = {1: "RNN", 3: "GRU", 4: "LSTM"}

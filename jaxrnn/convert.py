@@ -117,7 +117,7 @@ def match_state_dict(
             0, "Missing key(s) in state_dict: " + ", ".join(f'"{k}"' for k in missing) + ". "
         )
     if errors:
-        raise ValueError(f"Error(s) in loading state_dict for {name}:\n\t" + "\n\t".join(errors))
+        raise _checks.load_error(name, errors)
     return loaded
 
 

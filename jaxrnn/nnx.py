@@ -32,9 +32,7 @@ class _TorchParams(nnx.Module):
 
     def extra_repr(self) -> str:
         """Torch's ``extra_repr``: the constructor arguments that differ from the defaults."""
-        return _params.torch_repr(type(self).__name__, self._config())[
-            len(type(self).__name__) + 1 : -1
-        ]
+        return _params.torch_extra_repr(type(self).__name__, self._config())
 
     def __repr__(self) -> str:
         """Torch's repr, e.g. ``LSTM(10, 20, num_layers=2)`` (``nnx.display`` shows the state)."""
@@ -93,12 +91,7 @@ class _TorchParams(nnx.Module):
             try:
                 values[key] = jnp.array(value, dtype=getattr(self, key)[...].dtype)
             except (TypeError, ValueError) as e:
-                raise ValueError(
-                    f"Error(s) in loading state_dict for {name}:\n\tWhile copying the parameter "
-                    f'named "{key}", whose dimensions in the model are {self._shapes[key]} and '
-                    f"whose dimensions in the checkpoint are {tuple(value.shape)}, an exception "
-                    f"occurred : {e}."
-                ) from e
+                raise _checks.load_copy_error(name, key, self._shapes[key], value.shape, e) from e
         for key, value in values.items():
             getattr(self, key)[...] = value
         missing = [k for k in self._shapes if k not in loaded]
