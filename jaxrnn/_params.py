@@ -119,9 +119,6 @@ def infer_layer_config(mode: str, params: Mapping[str, jax.Array]) -> dict:
     )
 
 
-#: Torch's recurrent class for each number of gate blocks in ``weight_ih``. An RNN's
-#: nonlinearity (tanh or relu) is not recorded in its weights, nor are ``batch_first`` and
-#: ``dropout``: those must come from elsewhere.
 # the constructor arguments torch's ``extra_repr`` shows when they differ from these defaults
 _REPR_DEFAULTS = {
     "layer": {
@@ -151,6 +148,9 @@ def torch_repr(cls_name: str, config: Mapping) -> str:
     return f"{cls_name}({torch_extra_repr(cls_name, config)})"
 
 
+#: Torch's recurrent class for each number of gate blocks in ``weight_ih``. An RNN's
+#: nonlinearity (tanh or relu) is not recorded in its weights, nor are ``batch_first`` and
+#: ``dropout``: those must come from elsewhere.
 GATE_CLASSES = {1: "RNN", 3: "GRU", 4: "LSTM"}
 
 #: The parameter names of a recurrent layer or cell, without the ``_l{k}[_reverse]`` suffix.

@@ -431,9 +431,17 @@ def test_constructor_errors_have_torchs_wording(mod, args, kwargs):
 
 
 def test_bidirectional_takes_an_int_like_torch():
-    t = torch.nn.GRU(3, 4, bidirectional=1)
+    """torch's constructor takes ``bidirectional=1`` (its forward then fails in the C++ binding);
+    ours builds the two-direction layer and runs it as torch's ``bidirectional=True``."""
+    assert torch.nn.GRU(3, 4, bidirectional=1).state_dict().keys()
+    t = torch.nn.GRU(3, 4, bidirectional=True)
     m = jaxrnn.GRU(3, 4, bidirectional=1, rngs=nnx.Rngs(0))
     assert m.state_dict().keys() == t.state_dict().keys()
+    m.load_state_dict(t.state_dict())
+    x = np.random.default_rng(0).standard_normal((5, 2, 3)).astype(np.float32)
+    np.testing.assert_allclose(
+        m(jnp.asarray(x))[0], t(torch.from_numpy(x))[0].detach().numpy(), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_integer_input_is_a_value_and_a_type_error():

@@ -17,10 +17,10 @@ _THRESHOLD = 16  # libstdc++'s _S_threshold
 
 def sort_descending_indices(values) -> np.ndarray:
     """Indices that sort 1-D ``values`` in descending order exactly as torch's CPU sort does."""
-    keys = [v for v in np.asarray(values).tolist()]
+    keys = np.asarray(values).tolist()
     items = list(range(len(keys)))  # positions; compared by their keys
 
-    def comp(a, b):  # torch's KeyValueCompDesc on integer keys: a before b if a's key is greater
+    def comp(a, b):  # torch's KeyValueCompDesc (no NaN among lengths): the greater key first
         return keys[a] > keys[b]
 
     n = len(items)
