@@ -176,7 +176,7 @@ def test_packed_parity_grid(mode, proj, layers, bidirectional):
             for s, r in zip(states, ref["states"], strict=True):
                 np.testing.assert_allclose(s, r, **TOL, err_msg=where)
             np.testing.assert_allclose(g_xs[i], ref["g_x"], **TOL, err_msg=where)
-            grads = g_models[i].to_pure_dict()
+            grads = nnx.to_pure_dict(g_models[i])
             assert set(grads) == set(ref["g_params"])
             for k, g in ref["g_params"].items():
                 np.testing.assert_allclose(grads[k], g, **TOL, err_msg=f"{where} {k}")
