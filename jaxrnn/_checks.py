@@ -157,6 +157,12 @@ class DtypeError(TypeError, ValueError):
     "input dtype ... does not match weight dtype" is."""
 
 
+class TorchRuntimeError(ValueError, RuntimeError):
+    """Bad input where torch raises ``RuntimeError`` (sizes of the input and states, lengths of
+    packed sequences): a ``ValueError``, jaxrnn's type for bad values, that is also a
+    ``RuntimeError``, so code and tests written against torch catch it as they catch torch's."""
+
+
 def check_params(name: str, params, expected: Mapping[str, tuple[int, ...]]) -> None:
     """Every expected parameter present, with its expected shape."""
     if not isinstance(params, Mapping):
@@ -198,12 +204,12 @@ def check_layer_input(
     ndim = len(input_shape)
     if packed:
         if ndim != 2:
-            raise ValueError(f"{name}: packed input data must have 2 dimensions, got {ndim}")
+            raise TorchRuntimeError(f"{name}: input must have 2 dimensions, got {ndim}")
     elif ndim not in (2, 3):
         what = f"{ndim}D tensor" if mode.startswith("RNN") else f"{ndim}D"  # torch's RNN says so
         raise ValueError(f"{name}: Expected input to be 2D or 3D, got {what} instead")
     if input_shape[-1] != input_size:
-        raise ValueError(
+        raise TorchRuntimeError(
             f"{name}: input.size(-1) must be equal to input_size. "
             f"Expected {input_size}, got {input_shape[-1]}"
         )
@@ -241,7 +247,7 @@ def check_loop_options(name: str, unroll, remat) -> None:
 def check_seq_len(name: str, seq_len: int) -> None:
     """A layer's input has at least one time step (torch's wording)."""
     if seq_len == 0:
-        raise ValueError(f"{name}: Expected sequence length to be larger than 0 in RNN")
+        raise TorchRuntimeError(f"{name}: Expected sequence length to be larger than 0 in RNN")
 
 
 def compute_dtype(name: str, dtype, *operands):
@@ -285,7 +291,7 @@ def check_layer_hidden(
         want = 3 if batched else 2
         if h0.ndim != want or c0.ndim != want:
             kind = "batched 3-D" if batched else "unbatched 2-D"
-            raise ValueError(
+            raise TorchRuntimeError(
                 f"{name}: For {kind} input, hx and cx should also be {want}-D but got "
                 f"({h0.ndim}-D, {c0.ndim}-D) tensors"
             )
@@ -303,7 +309,7 @@ def check_layer_hidden(
     want = 3 if batched else 2
     if h0.ndim != want:
         kind = "batched 3-D" if batched else "unbatched 2-D"
-        raise ValueError(
+        raise TorchRuntimeError(
             f"{name}: For {kind} input, hx should also be {want}-D but got {h0.ndim}-D tensor"
         )
     batch = (batch_size,) if batched else ()
@@ -320,7 +326,7 @@ def _check_hidden_size(name, h, expected, msg, batched) -> None:
         want, got = tuple(expected), list(h.shape)
         if not batched:
             want, got = (want[0], 1, *want[1:]), [got[0], 1, *got[1:]]
-        raise ValueError(f"{name}: " + msg.format(want, got))
+        raise TorchRuntimeError(f"{name}: " + msg.format(want, got))
 
 
 def _describe(x) -> str:
@@ -354,7 +360,7 @@ def check_cell_call(name: str, mode: str, input, hx, input_size: int, hidden_siz
             what = f"hx[{i}]" if mode == "LSTM" else "hidden"
             raise ValueError(f"{name}: Expected {what} to be 1D or 2D, got {h.ndim}D instead")
     if x.shape[-1] != input_size:
-        raise ValueError(
+        raise TorchRuntimeError(
             f"{name}: input has inconsistent input_size: got {x.shape[-1]} expected {input_size}"
         )
     x_shape = x.shape if batched else (1, *x.shape)
@@ -362,17 +368,17 @@ def check_cell_call(name: str, mode: str, input, hx, input_size: int, hidden_siz
         label = f"hidden{i}"
         h_shape = h.shape if batched else (1, *h.shape)
         if h_shape[0] != x_shape[0]:
-            raise ValueError(
+            raise TorchRuntimeError(
                 f"{name}: Input batch size {x_shape[0]} doesn't match {label} batch size "
                 f"{h_shape[0]}"
             )
         if len(h_shape) > 1 and h_shape[1] != hidden_size:
-            raise ValueError(
+            raise TorchRuntimeError(
                 f"{name}: {label} has inconsistent hidden_size: got {h_shape[1]}, "
                 f"expected {hidden_size}"
             )
         if h.ndim != x.ndim:  # torch fails later, without a message of its own
-            raise ValueError(
+            raise TorchRuntimeError(
                 f"{name}: Expected {label} to be {x.ndim}D like the input, got {h.ndim}D instead"
             )
     if hx is None:
@@ -436,7 +442,8 @@ def _is_prng_key(key) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# packed sequences (jaxrnn.utils.rnn); torch raises RuntimeError where these raise ValueError
+# packed sequences (jaxrnn.utils.rnn); where torch raises RuntimeError, these raise
+# TorchRuntimeError (a ValueError and a RuntimeError)
 
 _UNSORTED = (
     "`lengths` array must be sorted in decreasing order when `enforce_sorted` is True. You can "
@@ -446,9 +453,11 @@ _UNSORTED = (
 
 
 def check_pack_input(name: str, x):
-    """A padded batch ``(T, B, *)`` to pack: at least 2-D."""
+    """A padded batch ``(T, B, *)`` to pack: at least 2-D, not empty."""
     if x.ndim < 2:
         raise ValueError(f"{name}: input must have at least 2 dimensions (T x B x *), got {x.ndim}")
+    if x.size == 0:
+        raise TorchRuntimeError(f"{name}: Cannot pack empty tensors. (got shape {x.shape})")
     return x
 
 
@@ -474,34 +483,38 @@ def check_pack_lengths(name: str, lengths, batch: int, steps: int, enforce_sorte
             f"{name}: 'lengths' argument should be integers or floats, got dtype {arr.dtype}"
         )
     if arr.ndim != 1:
-        raise ValueError(f"{name}: 'lengths' argument should be a 1D array, but got {arr.ndim}D")
+        raise TorchRuntimeError(
+            f"{name}: 'lengths' argument should be a 1D array, but got {arr.ndim}D"
+        )
     if arr.shape[0] != batch:
-        raise ValueError(
+        raise TorchRuntimeError(
             f"{name}: Expected `len(lengths)` to be equal to batch_size, but got "
             f"{arr.shape[0]} (batch_size={batch})"
         )
     values = None
     if not isinstance(arr, jax.core.Tracer):
         values = np.asarray(arr).astype(np.int64)
-        if values.size and values.min() <= 0:
-            raise ValueError(
+        # torch's order: the last length (the shortest, once sorted) > 0, then the order, then
+        # (not checked by torch) at most the padded length
+        if values.size and (values[-1] if enforce_sorted else values.min()) <= 0:
+            raise TorchRuntimeError(
                 f"{name}: Length of all samples has to be greater than 0, but found an element "
                 f"in 'lengths' that is <= 0 (got {values.tolist()})"
             )
+        if enforce_sorted:
+            check_sorted_lengths(name, values)
         if values.size and values.max() > steps:
             raise ValueError(
                 f"{name}: Expected all lengths to be at most the padded sequence length "
                 f"{steps}, but got {values.tolist()}"
             )
-        if enforce_sorted:
-            check_sorted_lengths(name, values)
     return jnp.asarray(arr, jnp.int32), values
 
 
 def check_sorted_lengths(name: str, values: np.ndarray) -> None:
     """Concrete lengths of a PackedSequence without ``sorted_indices`` must be decreasing."""
     if np.any(np.diff(values) > 0):
-        raise ValueError(f"{name}: {_UNSORTED} (got lengths {values.tolist()})")
+        raise TorchRuntimeError(f"{name}: {_UNSORTED} (got lengths {values.tolist()})")
 
 
 def check_total_length(name: str, total_length, longest: int | None, steps: int) -> int:
@@ -534,7 +547,7 @@ def check_total_length(name: str, total_length, longest: int | None, steps: int)
 def check_pad_sequences(name: str, sequences, padding_side: str, *, convert) -> list:
     """A non-empty list of ``(L_i, *)`` arrays with equal trailing shapes."""
     if padding_side not in ("left", "right"):
-        raise ValueError(
+        raise TorchRuntimeError(
             f"{name}: Expected padding_side to be one of left or right, but got {padding_side}."
         )
     try:
@@ -544,14 +557,14 @@ def check_pad_sequences(name: str, sequences, padding_side: str, *, convert) -> 
             f"{name}: Expected iterable for input sequences, but got arg of type: {type(sequences)}"
         ) from None
     if not items:
-        raise ValueError(f"{name}: received an empty list of sequences")
+        raise TorchRuntimeError(f"{name}: received an empty list of sequences")
     arrays = [convert(s) for s in items]
     trailing = arrays[0].shape[1:]
     for i, a in enumerate(arrays):
         if a.ndim == 0:
-            raise ValueError(f"{name}: sequence {i} is a scalar; expected shape (L, *)")
+            raise TorchRuntimeError(f"{name}: sequence {i} is a scalar; expected shape (L, *)")
         if a.shape[1:] != trailing:
-            raise ValueError(
+            raise TorchRuntimeError(
                 f"{name}: all sequences must have the same trailing shape; sequence 0 has "
                 f"{tuple(trailing)} and sequence {i} has {tuple(a.shape[1:])}"
             )
@@ -617,7 +630,7 @@ def check_packed_call(name: str, data_ndim: int, seq_lengths) -> None:
             "its own lengths; pass either a PackedSequence or a padded input with seq_lengths"
         )
     if data_ndim != 2:
-        raise ValueError(f"{name}: input must have 2 dimensions, got {data_ndim}")
+        raise TorchRuntimeError(f"{name}: input must have 2 dimensions, got {data_ndim}")
 
 
 # ---------------------------------------------------------------------------------------------

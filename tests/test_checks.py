@@ -387,8 +387,9 @@ def _cases_against_torch():
 
 @pytest.mark.parametrize("case", list(_cases_against_torch()), ids=lambda c: c[0])
 def test_call_errors_have_torchs_wording(case):
-    """The oracle is torch's own message for the same bad call: it must appear in ours (ours adds
-    the module's name in front), and ours is a ValueError or TypeError."""
+    """The oracle is torch's own error for the same bad call: its message must appear in ours
+    (ours adds the module's name in front), and ours is a ValueError or TypeError that is also an
+    instance of torch's type (where torch raises RuntimeError: TorchRuntimeError)."""
     _, tmod, jmod, x_shape, h_shape = case
 
     def states(make):
@@ -404,6 +405,7 @@ def test_call_errors_have_torchs_wording(case):
         jmod(jnp.zeros(x_shape), states(jnp.zeros))
     assert str(theirs.value) in str(ours.value)
     assert str(ours.value).startswith(type(jmod).__name__ + ": ")
+    assert isinstance(ours.value, type(theirs.value))
 
 
 @pytest.mark.parametrize(

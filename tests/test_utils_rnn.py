@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -33,10 +35,20 @@ def assert_same_packed(ours, theirs):
             np.testing.assert_array_equal(mine, torchs.numpy())
 
 
-def torch_error(fn) -> str:
+def torch_error(fn) -> Exception:
     with pytest.raises((RuntimeError, ValueError, TypeError, IndexError)) as info:
         fn()
-    return str(info.value)
+    return info.value
+
+
+def assert_raises_as_torch(theirs: Exception, fn, name: str):
+    """``fn`` raises torch's message behind ``name: ``, as an instance of torch's exception type
+    (torch's RuntimeErrors are TorchRuntimeErrors here, also ValueErrors)."""
+    with pytest.raises(type(theirs)) as info:
+        fn()
+    assert str(theirs) in str(info.value)
+    assert str(info.value).startswith(f"{name}: ")
+    assert isinstance(info.value, (ValueError, TypeError))
 
 
 # (lengths, enforce_sorted): unsorted with ties, 1 and the full length; sorted with ties
@@ -187,7 +199,8 @@ def test_pack_unpack_sequence_match_torch(enforce_sorted):
 
 
 # ------------------------------------------------------------------------------------------
-# errors: torch's wording where torch has one (torch raises RuntimeError, we ValueError)
+# errors: torch's wording and type where torch has one (torch's RuntimeErrors are
+# TorchRuntimeErrors here, a ValueError and a RuntimeError)
 
 X = randn(5, 4, 3)
 
@@ -201,16 +214,27 @@ X = randn(5, 4, 3)
         ([3, 5, 2, 1], True, "unsorted"),
         ([5, 3, 2], True, "batch"),
         ([5, 3, 2, 1, 1], True, "batch"),
+        ([0, 3, 2, 1], True, "unsorted before zero"),  # torch checks the last length, then order
+        ([2, 5, 1, 6], True, "unsorted before too long"),
     ],
 )
 def test_pack_padded_sequence_errors_as_torch(lengths, enforce_sorted, kind):
     theirs = torch_error(
         lambda: tr.pack_padded_sequence(torch.tensor(X), lengths, enforce_sorted=enforce_sorted)
     )
-    with pytest.raises(ValueError) as info:
-        jr.pack_padded_sequence(X, lengths, enforce_sorted=enforce_sorted)
-    assert theirs in str(info.value)
-    assert str(info.value).startswith("pack_padded_sequence: ")
+    assert_raises_as_torch(
+        theirs,
+        lambda: jr.pack_padded_sequence(X, lengths, enforce_sorted=enforce_sorted),
+        "pack_padded_sequence",
+    )
+
+
+def test_packing_an_empty_batch_fails_as_torch():
+    empty = np.zeros((5, 0, 3), np.float32)
+    theirs = torch_error(lambda: tr.pack_padded_sequence(torch.tensor(empty), []))
+    assert_raises_as_torch(
+        theirs, lambda: jr.pack_padded_sequence(empty, []), "pack_padded_sequence"
+    )
 
 
 def test_pack_errors_torch_does_not_raise():
@@ -252,9 +276,9 @@ def test_pad_packed_sequence_errors():
             tr.pack_padded_sequence(torch.tensor(X), [5, 3, 2, 1]), total_length=3
         )
     )
-    with pytest.raises(ValueError) as info:
-        jr.pad_packed_sequence(packed, total_length=3)
-    assert theirs in str(info.value)
+    assert_raises_as_torch(
+        theirs, lambda: jr.pad_packed_sequence(packed, total_length=3), "pad_packed_sequence"
+    )
     with pytest.raises(ValueError, match="traced"):
         jax.jit(lambda p: jr.pad_packed_sequence(p, total_length=4))(packed)
     with pytest.raises(TypeError, match="must be a PackedSequence"):
@@ -274,16 +298,21 @@ def test_pad_and_pack_sequence_errors_as_torch():
         fn = tr.pad_sequence if compare == "pad" else tr.pack_sequence
         theirs = torch_error(lambda fn=fn, t=t_seqs: fn(t))
         ours_fn = jr.pad_sequence if compare == "pad" else jr.pack_sequence
-        with pytest.raises((ValueError, TypeError)) as info:
+        if isinstance(seqs, int):  # not iterable: torch's RuntimeError is a TypeError here
+            with pytest.raises(TypeError, match=re.escape(str(theirs))):
+                ours_fn(seqs)
+            continue
+        with pytest.raises(type(theirs)) as info:
             ours_fn(seqs)
+        assert isinstance(info.value, ValueError)
         if compare is not None:
-            assert theirs in str(info.value)
+            assert str(theirs) in str(info.value)
         else:
             assert "same trailing shape" in str(info.value)
     theirs = torch_error(lambda: tr.pad_sequence([torch.ones(2)], padding_side="middle"))
-    with pytest.raises(ValueError) as info:
-        jr.pad_sequence([np.ones(2)], padding_side="middle")
-    assert theirs in str(info.value)
+    assert_raises_as_torch(
+        theirs, lambda: jr.pad_sequence([np.ones(2)], padding_side="middle"), "pad_sequence"
+    )
 
 
 def test_packed_sequence_constructor_errors():
