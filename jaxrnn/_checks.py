@@ -571,6 +571,47 @@ def check_pad_sequences(name: str, sequences, padding_side: str, *, convert) -> 
     return arrays
 
 
+def check_unpad_lengths(name: str, values: np.ndarray, batch: int) -> None:
+    """One length per sequence of the padded batch (torch zips them strictly)."""
+    if values.ndim != 1 or values.shape[0] != batch:
+        raise ValueError(
+            f"{name}: expected one length per sequence ({batch}), got lengths of shape "
+            f"{values.shape}"
+        )
+
+
+def check_field_names(name: str, fields, allowed) -> None:
+    """Keyword names of a namedtuple-style ``_replace``."""
+    unknown = sorted(set(fields) - set(allowed))
+    if unknown:
+        raise ValueError(f"{name}: Got unexpected field names: {unknown}")
+
+
+def check_to_arguments(name: str, args, kwargs):
+    """``to(dtype)`` / ``to(device)`` / ``to(device, dtype)`` (also as keywords): returns
+    ``(dtype or None, device or None)``; a torch dtype is read by its name."""
+    unknown = sorted(set(kwargs) - {"dtype", "device"})
+    if unknown or len(args) > 2:
+        raise TypeError(f"{name}: expected a dtype and/or a device, got {args} and {kwargs}")
+    dtype, device = kwargs.get("dtype"), kwargs.get("device")
+    for arg in args:
+        if isinstance(arg, (jax.Device, jax.sharding.Sharding)):
+            device = arg
+        else:
+            dtype = arg
+    if dtype is not None:
+        shown = dtype
+        if type(dtype).__module__ == "torch":  # torch.float16 -> "float16"
+            dtype = str(dtype).removeprefix("torch.")
+        try:
+            dtype = jnp.dtype(dtype)
+        except TypeError:
+            raise TypeError(
+                f"{name}: expected a dtype or a JAX device/sharding, got {shown!r}"
+            ) from None
+    return dtype, device
+
+
 def check_is_packed(name: str, what: str, x, cls) -> None:
     if not isinstance(x, cls):
         raise TypeError(f"{name}: {what} must be a PackedSequence, got {type(x).__name__}")

@@ -344,6 +344,67 @@ def test_packed_sequence_unpacks_and_indexes_like_torchs_namedtuple():
     np.testing.assert_array_equal(ours[1], batch_sizes)
 
 
+def test_packed_sequence_replace_asdict_and_casts_as_torch():
+    lengths = [5, 2, 3, 1]
+    ours = jr.pack_padded_sequence(X, lengths, enforce_sorted=False)
+    theirs = tr.pack_padded_sequence(torch.tensor(X), lengths, enforce_sorted=False)
+    assert list(ours._asdict()) == list(theirs._asdict())
+    assert_same_packed(ours._replace(data=ours.data * 2), theirs._replace(data=theirs.data * 2))
+    with pytest.raises(ValueError, match="unexpected field names"):
+        ours._replace(lengths=None)
+    # a dtype casts the data only (the indices keep theirs), the same dtype returns the object
+    cases = [
+        (lambda p: p.half(), lambda p: p.half()),
+        (lambda p: p.to(jnp.float16), lambda p: p.to(torch.float16)),
+        (lambda p: p.to(torch.float16), lambda p: p.to(torch.float16)),
+        (lambda p: p.to(dtype="bfloat16"), lambda p: p.to(dtype=torch.bfloat16)),
+        (lambda p: p.int(), lambda p: p.int()),
+        (lambda p: p.byte(), lambda p: p.byte()),
+    ]
+    positive = jr.pack_padded_sequence(np.abs(X) * 9, lengths, enforce_sorted=False)
+    positive_t = tr.pack_padded_sequence(torch.tensor(np.abs(X) * 9), lengths, enforce_sorted=False)
+    for cast, cast_t in cases:
+        mine, ref = cast(positive), cast_t(positive_t)
+        assert str(mine.data.dtype) == str(ref.data.dtype).removeprefix("torch.")
+        np.testing.assert_array_equal(np.asarray(mine.data, np.float32), ref.data.float().numpy())
+        assert mine.sorted_indices.dtype == positive.sorted_indices.dtype
+        assert_same_packed(mine.float(), ref.float())
+    assert ours.to(jnp.float32) is ours and ours.float() is ours
+    moved = ours.cpu()
+    assert moved.data.devices() == {jax.devices("cpu")[0]}
+    assert_same_packed(moved, theirs)
+    with pytest.raises(TypeError, match="PackedSequence.to: expected a dtype"):
+        ours.to("not a dtype")
+
+
+def test_mixed_dtypes_take_the_first_sequences_as_torch():
+    for first, second in [
+        (np.array([1, 2, 3]), np.array([4.5, 5.0])),
+        (np.array([1.5, 2.0, 3.0], np.float16), np.array([4.25, 5.0], np.float32)),
+        (np.array([True, False]), np.array([0.0, 2.0])),
+    ]:
+        ref = tr.pad_sequence([torch.tensor(first), torch.tensor(second)])
+        ours = jr.pad_sequence([first, second])
+        assert str(ours.dtype) == str(ref.dtype).removeprefix("torch.").replace("int64", "int32")
+        np.testing.assert_array_equal(np.asarray(ours), ref.numpy())
+        packed = jr.pack_sequence([first, second])
+        packed_t = tr.pack_sequence([torch.tensor(first), torch.tensor(second)])
+        np.testing.assert_array_equal(np.asarray(packed.data), packed_t.data.numpy())
+
+
+def test_unpad_sequence_keeps_the_steps_torchs_mask_keeps():
+    padded = randn(3, 2)  # (T, B)
+    for lengths in ([-1, 2], [2.5, 0], [3, 1]):
+        ref = tr.unpad_sequence(torch.tensor(padded), torch.tensor(lengths))
+        ours = jr.unpad_sequence(padded, np.array(lengths))
+        for a, b in zip(ours, ref, strict=True):
+            np.testing.assert_array_equal(a, b.numpy())
+    theirs = torch_error(lambda: tr.unpad_sequence(torch.tensor(padded), torch.tensor([1, 2, 3])))
+    assert isinstance(theirs, ValueError)
+    with pytest.raises(ValueError, match="unpad_sequence: expected one length per sequence"):
+        jr.unpad_sequence(padded, np.array([1, 2, 3]))
+
+
 @pytest.mark.parametrize("batch", [16, 17, 20, 33, 40, 97])
 def test_equal_lengths_sort_as_torchs_unstable_sort(batch):
     """torch sorts the lengths with its CPU sort, which is not stable from 17 items on: the

@@ -87,6 +87,11 @@ class PackedSequence:
         batch_sizes: torch's int64 ``(max(lengths),)``, the number of sequences longer than
             each step (concrete lengths only).
 
+    Like torch's namedtuple it unpacks and indexes as ``(data, batch_sizes, sorted_indices,
+    unsorted_indices)`` and has ``_asdict``/``_replace``; like torch's, ``to(dtype)``,
+    ``half()``, ``float()``, ``double()``, ``int()``, ``long()``, ... cast the data only, and
+    ``to(device)``/``cpu()`` move every array (to a JAX device or sharding).
+
     Under ``jit`` with traced lengths the pytree leaves ``padded``, ``lengths``,
     ``sorted_indices`` and ``unsorted_indices`` are all there is; ``data`` and
     ``batch_sizes`` need values that are only known at run time and raise ``ValueError``.
@@ -179,6 +184,61 @@ class PackedSequence:
 
     def __getitem__(self, index):
         return tuple(self)[index]
+
+    def _asdict(self) -> dict:
+        """The four fields by name, as the namedtuple's."""
+        return dict(zip(self._fields, self, strict=True))
+
+    def _replace(self, **fields) -> PackedSequence:
+        """A new PackedSequence with some of torch's four fields replaced, as the namedtuple's
+        (e.g. ``packed._replace(data=f(packed.data))``; concrete lengths)."""
+        _checks.check_field_names("PackedSequence._replace", fields, self._fields)
+        return type(self)(**{**self._asdict(), **fields})
+
+    # torch's tensor-like methods: a dtype casts the data (the lengths and indices keep theirs)
+
+    def to(self, *args, **kwargs) -> PackedSequence:
+        """``to(dtype)``: the data cast to ``dtype`` (a JAX/numpy dtype, its name, or a torch
+        dtype); ``to(device)``: every array placed on a JAX device or sharding. ``self`` when
+        nothing changes, as torch's."""
+        dtype, device = _checks.check_to_arguments("PackedSequence.to", args, kwargs)
+        padded = self.padded
+        if dtype is not None and padded.dtype != dtype:
+            padded = padded.astype(dtype)
+        leaves = (padded, self.lengths, self.sorted_indices, self.unsorted_indices)
+        if device is not None:
+            leaves = tuple(None if a is None else jax.device_put(a, device) for a in leaves)
+        if padded is self.padded and device is None:
+            return self
+        return type(self).from_padded(*leaves)
+
+    def cpu(self) -> PackedSequence:
+        """Every array on the first CPU device."""
+        return self.to(jax.devices("cpu")[0])
+
+    def float(self) -> PackedSequence:
+        return self.to(jnp.float32)
+
+    def double(self) -> PackedSequence:
+        return self.to(jnp.float64)
+
+    def half(self) -> PackedSequence:
+        return self.to(jnp.float16)
+
+    def long(self) -> PackedSequence:
+        return self.to(jnp.int64)
+
+    def int(self) -> PackedSequence:
+        return self.to(jnp.int32)
+
+    def short(self) -> PackedSequence:
+        return self.to(jnp.int16)
+
+    def char(self) -> PackedSequence:
+        return self.to(jnp.int8)
+
+    def byte(self) -> PackedSequence:
+        return self.to(jnp.uint8)
 
     def __repr__(self) -> str:
         if _concrete(self.lengths) is not None:
@@ -308,7 +368,8 @@ def pad_sequence(
 ) -> jax.Array:
     """Pads a list of ``(L_i, *)`` sequences into ``(T, B, *)`` (``(B, T, *)``), as torch's.
 
-    ``T`` is the longest ``L_i``; shapes are static, so this works under ``jit``.
+    ``T`` is the longest ``L_i``; shapes are static, so this works under ``jit``. The result has
+    the first sequence's dtype, the others cast to it (as torch's).
 
     Example:
         >>> import jax.numpy as jnp
@@ -317,7 +378,7 @@ def pad_sequence(
     """
     arrays = _checks.check_pad_sequences("pad_sequence", sequences, padding_side, convert=_to_array)
     steps = max(a.shape[0] for a in arrays)
-    dtype = jnp.result_type(*arrays)
+    dtype = arrays[0].dtype
     rows = []
     for a in arrays:
         gap = steps - a.shape[0]
@@ -331,13 +392,20 @@ def pad_sequence(
 
 
 def unpad_sequence(padded_sequences, lengths, batch_first: bool = False) -> list[jax.Array]:
-    """Splits a padded batch into a list of ``(L_i, *)`` arrays, as torch's (concrete lengths)."""
+    """Splits a padded batch into a list of ``(L_i, *)`` arrays, as torch's (concrete lengths).
+
+    Sequence ``i`` keeps the steps ``t < lengths[i]``, as torch's mask does (so a negative length
+    gives an empty sequence and ``2.5`` three steps); one length per sequence.
+    """
+    name = "unpad_sequence"
     padded = _to_array(padded_sequences)
     values = _concrete(_to_array(lengths))
-    _checks.check_concrete_lengths("unpad_sequence", "a list of sequences", values is not None)
+    _checks.check_concrete_lengths(name, "a list of sequences", values is not None)
     if not batch_first:
         padded = jnp.swapaxes(padded, 0, 1)
-    return [padded[i, : int(n)] for i, n in enumerate(values)]
+    _checks.check_unpad_lengths(name, values, padded.shape[0])
+    steps = np.clip(np.ceil(values), 0, padded.shape[1]).astype(np.int64)
+    return [padded[i, : int(n)] for i, n in enumerate(steps)]
 
 
 def pack_sequence(sequences: Sequence, enforce_sorted: bool = True) -> PackedSequence:
