@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numbers
 import os
+import sys
 import warnings
 from collections.abc import Mapping
 
@@ -25,6 +26,20 @@ def _is_int(x) -> bool:
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that attributes a warning raised by this module's caller to the first
+    frame outside jaxrnn, Flax and generated code (the user's line), however deep the call."""
+    import flax
+
+    inside = (os.path.dirname(os.path.dirname(__file__)) + os.sep + "jaxrnn" + os.sep,)
+    inside += (os.path.dirname(flax.__file__) + os.sep, os.path.dirname(jax.__file__) + os.sep)
+    inside += ("<",)
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(inside):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def check_constructor(
     name: str,
     mode: str,
@@ -36,6 +51,8 @@ def check_constructor(
     dropout=0.0,
     bidirectional=False,
     proj_size=0,
+    *,
+    warn: bool = True,
 ) -> None:
     """Validate a multi-layer module's constructor arguments as ``torch.nn.RNNBase`` does, in
     its order (dropout, bias, batch_first, sizes, num_layers, proj_size); also the types torch
@@ -50,12 +67,12 @@ def check_constructor(
             f"{name}: dropout should be a number in range [0, 1] representing the probability of "
             f"an element being zeroed, got {dropout!r}"
         )
-    if dropout > 0 and num_layers == 1:
+    if warn and dropout > 0 and num_layers == 1:
         warnings.warn(
             "dropout option adds dropout after all but last recurrent layer, so non-zero dropout "
             f"expects num_layers greater than 1, but got dropout={dropout} and "
             f"num_layers={num_layers}",
-            stacklevel=3,
+            stacklevel=user_stacklevel(),
         )
     _check_bool(name, "bias", bias)
     _check_bool(name, "batch_first", batch_first)
@@ -217,8 +234,11 @@ def check_layer_input(
 
 
 def load_error(name: str, errors: list[str]) -> ValueError:
-    """Torch's ``load_state_dict`` error for module class ``name``, one line per problem."""
-    return ValueError(f"Error(s) in loading state_dict for {name}:\n\t" + "\n\t".join(errors))
+    """Torch's ``load_state_dict`` error for module class ``name``, one line per problem (a
+    RuntimeError, as torch's, and a ValueError)."""
+    return TorchRuntimeError(
+        f"Error(s) in loading state_dict for {name}:\n\t" + "\n\t".join(errors)
+    )
 
 
 def load_copy_error(name: str, key: str, model_shape, checkpoint_shape, exc) -> ValueError:
@@ -231,6 +251,19 @@ def load_copy_error(name: str, key: str, model_shape, checkpoint_shape, exc) -> 
             f"{tuple(checkpoint_shape)}, an exception occurred : {exc}."
         ],
     )
+
+
+def dropout_stream(name: str, rngs, dropout: float):
+    """A fork of the ``dropout`` stream (NNX falls back to ``default``) of a module's ``rngs``,
+    for the dropout between layers; a clear error when ``rngs`` has neither."""
+    try:
+        stream = rngs["dropout"]
+    except (KeyError, AttributeError):
+        raise ValueError(
+            f"{name}: dropout={dropout} between layers needs a 'dropout' (or 'default') stream "
+            "in rngs, e.g. nnx.Rngs(0) or nnx.Rngs(params=0, dropout=1)"
+        ) from None
+    return stream.fork()
 
 
 def check_loop_options(name: str, unroll, remat) -> None:

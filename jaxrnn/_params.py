@@ -175,6 +175,29 @@ def split_recurrent_key(key: str) -> tuple[str, str, str] | None:
     return ("" if prefix is None else prefix + "."), m.group("name"), m.group("suffix") or ""
 
 
+def torch_key_order(keys) -> list[str]:
+    """``keys`` in torch's order when all are recurrent parameter names (per prefix: layer by
+    layer, forward before reverse, ``weight_ih, weight_hh, bias_ih, bias_hh, weight_hr``), e.g.
+    after a ``jax.tree.map`` that sorted them; otherwise as given."""
+    keys = list(keys)
+    parts = [split_recurrent_key(k) for k in keys]
+    if any(p is None for p in parts):
+        return keys
+    prefixes = list(dict.fromkeys(p[0] for p in parts))
+
+    def rank(item):
+        (prefix, name, suffix), key = item
+        layer = re.match(r"(?:_l(\d+))?(_reverse)?$", suffix)
+        return (
+            prefixes.index(prefix),
+            int(layer.group(1) or 0),
+            layer.group(2) is not None,
+            RECURRENT_NAMES.index(name),
+        )
+
+    return [key for _, key in sorted(zip(parts, keys, strict=True), key=rank)]
+
+
 def infer_module_config(params: Mapping) -> tuple[str, dict]:
     """Torch's class name and constructor arguments for a recurrent module's parameters.
 

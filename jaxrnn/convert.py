@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxrnn import _checks
+from jaxrnn import _checks, _params
 
 
 def to_numpy(value) -> np.ndarray:
@@ -72,13 +72,14 @@ def state_dict_to_params(state_dict: Mapping, prefix: str = "") -> dict[str, np.
 
 
 def params_to_state_dict(params: Mapping, prefix: str = "") -> dict[str, np.ndarray]:
-    """A jaxrnn parameter dict as a torch-loadable state dict of numpy arrays (keys ``prefix+name``).
+    """A jaxrnn parameter dict as a torch-loadable state dict of numpy arrays (keys ``prefix+name``,
+    in torch's order even if ``params`` came sorted out of a ``jax.tree`` function).
 
     ``torch_module.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})`` accepts it.
     """
     _checks.check_mapping("params_to_state_dict", "params", params)
     _checks.check_prefix("params_to_state_dict", prefix)
-    return {prefix + key: to_numpy(value) for key, value in params.items()}
+    return {prefix + key: to_numpy(params[key]) for key in _params.torch_key_order(params)}
 
 
 def match_state_dict(
@@ -135,7 +136,7 @@ def _param_dtype(module):
         warnings.warn(
             "from_torch: the torch module is float64 but jax_enable_x64 is off; its parameters "
             "are loaded as float32",
-            stacklevel=3,
+            stacklevel=_checks.user_stacklevel(),
         )
         return jnp.dtype(jnp.float32)
     return dtype

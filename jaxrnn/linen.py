@@ -25,6 +25,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax.core import Scope
 
 from jaxrnn import _checks, _params
 from jaxrnn import functional as F
@@ -66,6 +67,7 @@ class _LayerBase(_LinenBase):
             self.dropout,
             self.bidirectional,
             getattr(self, "proj_size", 0),
+            warn=not isinstance(self.parent, Scope),  # torch's warning once, not per clone
         )
         super().__post_init__()
 

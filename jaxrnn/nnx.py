@@ -16,7 +16,21 @@ from flax import nnx
 from jaxrnn import _checks, _params, convert
 from jaxrnn import functional as F
 
-IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
+
+class _IncompatibleKeys(namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])):
+    """What ``load_state_dict`` returns, as torch's (named and printed as torch's)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        if not self.missing_keys and not self.unexpected_keys:
+            return "<All keys matched successfully>"
+        return super().__repr__()
+
+    __str__ = __repr__
+
+
+IncompatibleKeys = _IncompatibleKeys
 
 
 class _TorchParams(nnx.Module):
@@ -66,37 +80,86 @@ class _TorchParams(nnx.Module):
         """Torch's ``all_weights``: the parameter values grouped as :attr:`_all_weights`."""
         return [[getattr(self, k)[...] for k in names] for names in self._all_weights]
 
+    @property
+    def _flat_weights(self) -> list[jax.Array]:
+        """Torch's ``_flat_weights``: the parameter values in :attr:`_flat_weights_names` order."""
+        return [getattr(self, k)[...] for k in self._shapes]
+
     def torch_params(self) -> dict[str, jax.Array]:
         """The current parameters as a flat dict keyed by torch's names (the functional tree)."""
         return {key: getattr(self, key)[...] for key in self._shapes}
 
-    def state_dict(self, prefix: str = "") -> dict[str, Any]:
-        """Torch's ``state_dict``: ``{prefix + name: numpy array}`` in torch's key order."""
-        return convert.params_to_state_dict(self.torch_params(), prefix)
+    def named_parameters(self, prefix: str = "", recurse: bool = True, remove_duplicate=True):
+        """Torch's ``named_parameters``: ``(name, array)`` pairs in torch's order, names after
+        ``prefix + "."`` when a prefix is given (as torch's)."""
+        del recurse, remove_duplicate  # no submodules, no shared parameters
+        _checks.check_prefix(f"{type(self).__name__}.named_parameters", prefix)
+        lead = prefix + "." if prefix else ""
+        return ((lead + key, getattr(self, key)[...]) for key in self._shapes)
 
-    def load_state_dict(self, state_dict, strict: bool = True) -> IncompatibleKeys:
+    def parameters(self, recurse: bool = True):
+        """Torch's ``parameters``: the arrays in torch's order."""
+        return (value for _, value in self.named_parameters(recurse=recurse))
+
+    def state_dict(self, *, destination=None, prefix: str = "", keep_vars: bool = False):
+        """Torch's ``state_dict``: ``{prefix + name: numpy array}`` in torch's key order (added to
+        ``destination`` and returned, if given; ``keep_vars`` changes nothing: the values are
+        copies either way); keywords only, as torch's documented signature."""
+        del keep_vars
+        values = convert.params_to_state_dict(self.torch_params(), prefix)
+        if destination is None:
+            return values
+        destination.update(values)
+        return destination
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """Copy parameters from a torch ``state_dict`` (tensors or numpy arrays).
 
-        With ``strict``, missing, unexpected or mis-shaped keys raise ``ValueError`` naming each;
-        with ``strict=False`` the matching keys load and the rest are reported. Values are copied
-        and cast to each parameter's dtype; a failed load changes nothing.
+        With ``strict``, missing, unexpected or mis-shaped keys raise torch's error (a
+        ``ValueError`` that is also a ``RuntimeError``) naming each; with ``strict=False`` the
+        matching keys load and the rest are reported. Values are cast to each parameter's dtype;
+        with ``assign=True`` they keep the checkpoint's dtype, as torch's ``assign``. A failed
+        load changes nothing.
 
         Returns:
-            ``IncompatibleKeys(missing_keys, unexpected_keys)`` as torch does.
+            ``_IncompatibleKeys(missing_keys, unexpected_keys)`` as torch's.
         """
         name = type(self).__name__
         loaded = convert.match_state_dict(name, state_dict, self._shapes, strict)
         values = {}
         for key, value in loaded.items():  # every value cast before any is assigned
+            dtype = None if assign else getattr(self, key)[...].dtype
             try:
-                values[key] = jnp.array(value, dtype=getattr(self, key)[...].dtype)
+                values[key] = jnp.array(value, dtype=dtype)
             except (TypeError, ValueError) as e:
                 raise _checks.load_copy_error(name, key, self._shapes[key], value.shape, e) from e
         for key, value in values.items():
-            getattr(self, key)[...] = value
+            if assign:
+                setattr(self, key, nnx.Param(value))
+            else:
+                getattr(self, key)[...] = value
         missing = [k for k in self._shapes if k not in loaded]
         unexpected = [k for k in state_dict if k not in self._shapes]
-        return IncompatibleKeys(missing, unexpected)
+        return _IncompatibleKeys(missing, unexpected)
+
+    @property
+    def training(self) -> bool:
+        """Torch's flag: ``True`` in training mode (dropout active), see :meth:`eval`."""
+        return not self.deterministic
+
+    def train(self, mode: bool = True, **attributes):
+        """Training mode (dropout between layers active), as torch's ``module.train(mode)``;
+        returns the module."""
+        if mode:
+            super().train(**attributes)
+        else:
+            super().eval(**attributes)
+        return self
+
+    def eval(self, **attributes):
+        """Evaluation mode (no dropout), as torch's ``module.eval()``; returns the module."""
+        super().eval(**attributes)
+        return self
 
 
 class _RNNBase(_TorchParams):
@@ -154,26 +217,7 @@ class _RNNBase(_TorchParams):
         )
         self._create_params(shapes, hidden_size, rngs, param_dtype)
         needs_rng = self.dropout > 0 and num_layers > 1
-        self.rngs = rngs["dropout"].fork() if needs_rng else None
-
-    @property
-    def training(self) -> bool:
-        """Torch's flag: ``True`` in training mode (dropout active), see :meth:`eval`."""
-        return not self.deterministic
-
-    def train(self, mode: bool = True, **attributes):
-        """Training mode (dropout between layers active), as torch's ``module.train(mode)``;
-        returns the module."""
-        if mode:
-            super().train(**attributes)
-        else:
-            super().eval(**attributes)
-        return self
-
-    def eval(self, **attributes):
-        """Evaluation mode (no dropout), as torch's ``module.eval()``; returns the module."""
-        super().eval(**attributes)
-        return self
+        self.rngs = _checks.dropout_stream(name, rngs, self.dropout) if needs_rng else None
 
     def flatten_parameters(self) -> None:
         """A no-op, for code written for torch's cuDNN weight packing."""
@@ -451,6 +495,7 @@ class _CellBase(_TorchParams):
         self.dtype = dtype
         self.param_dtype = param_dtype
         self.precision = precision
+        self.deterministic = False  # torch's cells have training mode too (nothing depends on it)
         shapes = _params.cell_param_shapes(mode, input_size, hidden_size, bias)
         self._create_params(shapes, hidden_size, rngs, param_dtype)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -103,8 +104,21 @@ def test_constructor_errors_agree_with_torch():
 
 
 def test_dropout_single_layer_warns_like_torch():
-    with pytest.warns(UserWarning, match="non-zero dropout expects num_layers greater than 1"):
+    """torch's warning and category, attributed to the caller's line (as torch's), once per
+    constructed module (Linen: not again for the clones of init and apply)."""
+    with warnings.catch_warnings(record=True) as theirs:
+        warnings.simplefilter("always")
+        torch.nn.GRU(3, 4, dropout=0.5)
+    with warnings.catch_warnings(record=True) as ours:
+        warnings.simplefilter("always")
         jaxrnn.GRU(3, 4, dropout=0.5, rngs=R)
+        m = jrl.GRU(3, 4, dropout=0.5)
+        m.apply(m.init(jax.random.key(0), jnp.ones((2, 1, 3))), jnp.ones((2, 1, 3)))
+    assert len(theirs) == 1 and len(ours) == 2
+    for w in ours:
+        assert w.category is theirs[0].category
+        assert str(w.message) == str(theirs[0].message)
+        assert w.filename == __file__
 
 
 @pytest.fixture(scope="module")

@@ -144,6 +144,15 @@ def test_torch_attributes_and_repr(make):
     m = jaxrnn.from_torch(t)
     assert repr(m) == repr(t) and str(m) == str(t) and f"{m}" == f"{t}"
     assert m.extra_repr() == t.extra_repr()
+    named, named_t = list(m.named_parameters("p.")), list(t.named_parameters("p."))
+    assert [k for k, _ in named] == [k for k, _ in named_t]
+    for (_, a), (_, b), c in zip(named, named_t, m.parameters(), strict=True):
+        np.testing.assert_array_equal(a, b.detach().numpy())
+        np.testing.assert_array_equal(c, a)
+    assert m.training == t.training
+    assert (m.eval() is m, m.training) == (t.eval() is t, t.training)
+    assert (m.train() is m, m.training) == (t.train() is t, t.training)
+    assert (m.train(False) is m, m.training) == (t.train(False) is t, t.training)
     if not hasattr(t, "_all_weights"):
         return
     assert m._all_weights == t._all_weights
@@ -151,11 +160,56 @@ def test_torch_attributes_and_repr(make):
     for ours, theirs in zip(m.all_weights, t.all_weights, strict=True):
         for a, b in zip(ours, theirs, strict=True):
             np.testing.assert_array_equal(a, b.detach().numpy())
-    assert m.training and t.training
-    assert m.eval() is m and not m.training
-    assert m.train() is m and m.training
-    assert m.train(False) is m and not m.training
+    for a, b in zip(m._flat_weights, t._flat_weights, strict=True):
+        np.testing.assert_array_equal(a, b.detach().numpy())
     m.flatten_parameters()
+
+
+def test_state_dict_and_load_state_dict_as_torchs():
+    """``state_dict(destination=, prefix=, keep_vars=)``, and ``load_state_dict``'s result (type
+    name, repr, fields), errors (torch's type and message) and ``assign=`` against torch's."""
+    t = torch.nn.GRU(3, 4, 2, bidirectional=True)
+    m = jaxrnn.from_torch(t)
+    dest, dest_t = {"other": 1}, {"other": 1}
+    ours = m.state_dict(destination=dest, prefix="enc.", keep_vars=True)
+    theirs = t.state_dict(destination=dest_t, prefix="enc.", keep_vars=True)
+    assert ours is dest and list(ours) == list(theirs)
+    sd = t.state_dict()
+    for partial in (sd, {**sd, "extra": torch.zeros(1)}, {k: sd[k] for k in list(sd)[1:]}):
+        got, want = m.load_state_dict(partial, strict=False), t.load_state_dict(partial, False)
+        assert got == want and repr(got) == repr(want) and str(got) == str(want)
+        assert type(got).__name__ == type(want).__name__
+        assert got.missing_keys == want.missing_keys
+    for bad in ({**sd, "extra": torch.zeros(1)}, {k: sd[k] for k in list(sd)[1:]}):
+        with pytest.raises(Exception) as theirs_err:
+            t.load_state_dict(bad)
+        with pytest.raises(type(theirs_err.value)) as ours_err:
+            m.load_state_dict(bad)
+        assert str(ours_err.value) == str(theirs_err.value)
+        assert isinstance(ours_err.value, ValueError)
+    # assign=True keeps the checkpoint's dtype (torch's too); without it, the module's
+    half = {k: v.half() for k, v in sd.items()}
+    m.load_state_dict(half)
+    assert m.weight_ih_l0[...].dtype == jnp.float32
+    m.load_state_dict(half, assign=True)
+    t.load_state_dict(half, assign=True)
+    for k, v in t.state_dict().items():
+        assert str(m.state_dict()[k].dtype) == str(v.dtype).removeprefix("torch.")
+        np.testing.assert_array_equal(m.state_dict()[k], v.numpy())
+
+
+def test_params_to_state_dict_restores_torchs_key_order():
+    t = torch.nn.LSTM(3, 4, 2, bidirectional=True, proj_size=2)
+    params = jax.tree.map(jnp.asarray, dict(sorted(jaxrnn.from_torch(t).torch_params().items())))
+    assert list(params) != list(t.state_dict())  # sorted by name
+    assert list(jaxrnn.params_to_state_dict(params, "m.")) == list(t.state_dict(prefix="m."))
+
+
+def test_dropout_needs_a_stream_and_says_so():
+    with pytest.raises(ValueError, match="LSTM: dropout=0.5 between layers needs a 'dropout'"):
+        jaxrnn.LSTM(3, 4, 2, dropout=0.5, rngs=nnx.Rngs(params=0))
+    jaxrnn.LSTM(3, 4, 2, dropout=0.5, rngs=nnx.Rngs(params=0, dropout=1))
+    jaxrnn.LSTM(3, 4, 1, dropout=0.0, rngs=nnx.Rngs(params=0))  # no dropout, no stream needed
 
 
 def test_linen_layers_have_torchs_mode():
