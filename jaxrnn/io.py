@@ -1,7 +1,8 @@
 """Checkpoint files <-> flat state dicts, and the recurrent layers inside a model's checkpoint.
 
 Reads PyTorch files (``.pt``, ``.pth``, ``.bin``, ``.ckpt``: ``torch.load(weights_only=True)``, so
-loading never runs code from the file), ``.safetensors`` (no torch needed) and ``.npz`` into a
+loading never runs code from the file; TorchScript archives of ``torch.jit.save`` with
+``torch.jit.load``, their parameters and buffers), ``.safetensors`` (no torch needed) and ``.npz`` into a
 flat ``{torch_name: numpy array}`` dict, writes a jaxrnn model back as a file that
 ``torch.nn.Module.load_state_dict(strict=True)`` accepts, and finds the RNN/LSTM/GRU layers and
 cells of a full model's checkpoint from their keys and shapes.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -34,7 +36,8 @@ def load_state_dict_file(path: str | os.PathLike, prefix: str = "") -> dict[str,
     Args:
         path: a PyTorch file (``.pt``/``.pth``/``.bin``/``.ckpt``, read with
             ``torch.load(weights_only=True)``: a file that needs arbitrary objects unpickled is
-            refused with a ``ValueError``, never executed), a ``.safetensors`` file (read without
+            refused with a ``ValueError``, never executed; a TorchScript archive, e.g. of
+            ``torch.jit.save``, gives its ``state_dict()``), a ``.safetensors`` file (read without
             torch) or an ``.npz`` archive (read without pickle).
         prefix: keep only keys starting with it and strip it, e.g. ``'encoder.lstm.'`` to pick
             one recurrent layer out of a full model's checkpoint.
@@ -133,7 +136,9 @@ def _load_torch(path: str) -> dict[str, np.ndarray]:
             ".safetensors or .npz where torch is installed (python -m jaxrnn convert IN OUT)"
         ) from e
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's advice to call torch.jit.load: done below
+            warnings.filterwarnings("ignore", message=".*looks like a TorchScript archive")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         with open(path, "rb") as f:
             head = f.read(2)
@@ -149,11 +154,17 @@ def _load_torch(path: str) -> dict[str, np.ndarray]:
             + "). Save tensors only, e.g. torch.save(model.state_dict(), path), or use "
             ".safetensors."
         ) from None
-    except Exception as e:  # RuntimeError (zip), KeyError/EOFError (pickle), ...
-        raise ValueError(
-            f"{path}: not a readable PyTorch checkpoint (corrupt or truncated?): "
-            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        ) from e
+    except RuntimeError as e:
+        if "TorchScript" not in str(e):  # zip errors etc.
+            raise _unreadable(path, e) from e
+        try:  # torch.jit.save's archive: compiled TorchScript, no Python from the file runs
+            with warnings.catch_warnings():  # deprecated in favour of torch.export, still read
+                warnings.filterwarnings("ignore", message=".*torch.jit.load. is deprecated")
+                obj = torch.jit.load(path, map_location="cpu").state_dict()
+        except Exception as e2:
+            raise _unreadable(path, e2) from e2
+    except Exception as e:  # KeyError/EOFError (pickle), ...
+        raise _unreadable(path, e) from e
     if not isinstance(obj, Mapping):
         raise ValueError(
             f"{path}: expected a state dict (a mapping of names to tensors), got "
@@ -163,6 +174,13 @@ def _load_torch(path: str) -> dict[str, np.ndarray]:
     if not flat:
         raise ValueError(f"{path}: the file holds no tensors")
     return flat
+
+
+def _unreadable(path: str, e: Exception) -> ValueError:
+    return ValueError(
+        f"{path}: not a readable PyTorch checkpoint (corrupt or truncated?): "
+        f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    )
 
 
 def _flatten(obj: Mapping) -> dict[str, np.ndarray]:

@@ -7,11 +7,13 @@ torch's outputs and gradients.
 
 from __future__ import annotations
 
+import copy
 import os
 import pickle
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -167,6 +169,28 @@ def test_module_from_file_matches_torch(model, tmp_path, prefix):
     if prefix.endswith("cell."):
         x = x[0]
     _parity(torch_module, jax_module, x)
+
+
+def test_torchscript_archive_is_read_with_its_weights(model, tmp_path):
+    """A ``torch.jit.save`` archive (how deployed models ship): its state dict, every layer in
+    it found, and the modules built from it compute as torch's."""
+    path = str(tmp_path / "model.pt")
+    with warnings.catch_warnings():  # torch deprecates TorchScript for torch.export
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(model), path)
+    sd = jaxrnn.load_state_dict_file(path)
+    assert list(sd) == list(model.state_dict())
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(sd[key], value.numpy())
+    assert {layer.prefix for layer in jaxrnn.find_recurrent_layers(sd)} == set(RECURRENT)
+    gru = jaxrnn.module_from_state_dict(sd, "gru.")
+    x = np.random.default_rng(0).standard_normal((4, 2, 4), np.float32)
+    _parity(copy.deepcopy(model.gru), gru, x)  # a copy: the shared model's .grad stays clean
+    damaged = tmp_path / "damaged.pt"
+    data = open(path, "rb").read()
+    damaged.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="not a readable PyTorch checkpoint"):
+        jaxrnn.load_state_dict_file(damaged)
 
 
 # ---------------------------------------------------------------------------------------------
