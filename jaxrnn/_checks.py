@@ -31,9 +31,8 @@ def user_stacklevel() -> int:
     frame outside jaxrnn, Flax and generated code (the user's line), however deep the call."""
     import flax
 
-    inside = (os.path.dirname(os.path.dirname(__file__)) + os.sep + "jaxrnn" + os.sep,)
-    inside += (os.path.dirname(flax.__file__) + os.sep, os.path.dirname(jax.__file__) + os.sep)
-    inside += ("<",)
+    packages = (__file__, flax.__file__, jax.__file__)  # jaxrnn/_checks.py, flax/__init__.py, ...
+    inside = tuple(os.path.dirname(f) + os.sep for f in packages) + ("<",)
     frame, level = sys._getframe(1), 1
     while frame is not None and frame.f_code.co_filename.startswith(inside):
         frame, level = frame.f_back, level + 1
