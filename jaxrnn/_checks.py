@@ -112,9 +112,9 @@ def check_no_proj_size(name: str, kwargs) -> None:
 
 
 def check_cell_constructor(name: str, input_size, hidden_size, bias=True) -> None:
-    """Validate a cell's constructor arguments (torch's cells check none; the messages are its
-    layers')."""
-    _check_sizes(name, input_size, hidden_size)
+    """Validate a cell's constructor arguments (torch's cells check none and accept sizes of 0;
+    the messages are its layers')."""
+    _check_sizes(name, input_size, hidden_size, least=0)
     _check_bool(name, "bias", bias)
 
 
@@ -140,12 +140,13 @@ def check_mode(name: str, mode) -> str:
     return mode
 
 
-def _check_sizes(name, input_size, hidden_size) -> None:
+def _check_sizes(name, input_size, hidden_size, least: int = 1) -> None:
     for arg, value in (("input_size", input_size), ("hidden_size", hidden_size)):
         if not _is_int(value):
             raise TypeError(f"{name}: {arg} should be of type int, got: {type(value).__name__}")
-        if value <= 0:
-            raise ValueError(f"{name}: {arg} must be greater than zero, got {value}")
+        if value < least:
+            what = "greater than zero" if least else "non-negative"
+            raise ValueError(f"{name}: {arg} must be {what}, got {value}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,6 +172,11 @@ def as_array(name: str, what: str, x) -> jax.Array:
 class DtypeError(TypeError, ValueError):
     """A non-floating input or state. A ``TypeError``, and a ``ValueError`` as torch's
     "input dtype ... does not match weight dtype" is."""
+
+
+class TorchRuntimeTypeError(TypeError, RuntimeError):
+    """An argument of the wrong type where torch raises ``RuntimeError``: a ``TypeError`` that is
+    also a ``RuntimeError``."""
 
 
 class TorchRuntimeError(ValueError, RuntimeError):
@@ -254,15 +260,28 @@ def load_copy_error(name: str, key: str, model_shape, checkpoint_shape, exc) -> 
 
 def dropout_stream(name: str, rngs, dropout: float):
     """A fork of the ``dropout`` stream (NNX falls back to ``default``) of a module's ``rngs``,
-    for the dropout between layers; a clear error when ``rngs`` has neither."""
+    for the dropout between layers (kept with ``dropout=0`` too, so that setting ``.dropout``
+    later works as in torch); ``None`` without one if ``dropout`` is 0, else a clear error."""
     try:
         stream = rngs["dropout"]
     except (KeyError, AttributeError):
+        if dropout == 0:
+            return None
         raise ValueError(
             f"{name}: dropout={dropout} between layers needs a 'dropout' (or 'default') stream "
             "in rngs, e.g. nnx.Rngs(0) or nnx.Rngs(params=0, dropout=1)"
         ) from None
     return stream.fork()
+
+
+def check_dropout_source(name: str, dropout: float, source) -> None:
+    """A module in training mode with dropout between layers has randomness to draw from."""
+    if source is None:
+        raise ValueError(
+            f"{name}: dropout={dropout} in training mode needs randomness: the module was built "
+            "without a 'dropout' stream in rngs; pass rngs=nnx.Rngs(dropout=...) to the call, "
+            "or call .eval() for no dropout"
+        )
 
 
 def check_loop_options(name: str, unroll, remat) -> None:
@@ -585,7 +604,7 @@ def check_pad_sequences(name: str, sequences, padding_side: str, *, convert) -> 
     try:
         items = list(sequences)
     except TypeError:
-        raise TypeError(
+        raise TorchRuntimeTypeError(
             f"{name}: Expected iterable for input sequences, but got arg of type: {type(sequences)}"
         ) from None
     if not items:
@@ -631,6 +650,8 @@ def check_to_arguments(name: str, args, kwargs):
             device = arg
         else:
             dtype = arg
+    if isinstance(dtype, str) and dtype.split(":")[0] in ("cpu", "cuda", "gpu", "tpu"):
+        dtype, device = None, _device_from_name(dtype)  # torch's to("cpu"), to("cuda:1")
     if dtype is not None:
         shown = dtype
         if type(dtype).__module__ == "torch":  # torch.float16 -> "float16"
@@ -642,6 +663,12 @@ def check_to_arguments(name: str, args, kwargs):
                 f"{name}: expected a dtype or a JAX device/sharding, got {shown!r}"
             ) from None
     return dtype, device
+
+
+def _device_from_name(name: str):
+    """A torch device string as a JAX device: ``'cuda:1'`` -> the second GPU."""
+    platform, _, index = name.partition(":")
+    return jax.devices("gpu" if platform == "cuda" else platform)[int(index or 0)]
 
 
 def check_is_packed(name: str, what: str, x, cls) -> None:

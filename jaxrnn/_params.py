@@ -71,6 +71,11 @@ def cell_param_shapes(
     return shapes
 
 
+def init_bound(hidden_size: int) -> float:
+    """Torch's init bound ``1/sqrt(hidden_size)`` (0 for the empty parameters of size-0 cells)."""
+    return 1.0 / math.sqrt(hidden_size) if hidden_size > 0 else 0.0
+
+
 def init_params(
     key: jax.Array,
     shapes: Mapping[str, tuple[int, ...]],
@@ -78,7 +83,7 @@ def init_params(
     dtype=jnp.float32,
 ) -> dict[str, jax.Array]:
     """Torch's default init: every parameter ~ U(-1/sqrt(hidden_size), 1/sqrt(hidden_size))."""
-    bound = 1.0 / math.sqrt(hidden_size)
+    bound = init_bound(hidden_size)
     keys = jax.random.split(key, len(shapes))
     return {
         name: jax.random.uniform(k, shape, dtype, -bound, bound)

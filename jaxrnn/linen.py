@@ -19,7 +19,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import flax.linen as nn
@@ -42,7 +41,7 @@ class _LinenBase(nn.Module):
     """Shared machinery: parameters under torch's names, the call into the functional core."""
 
     def _torch_params(self, shapes) -> dict[str, jax.Array]:
-        init = _uniform(1.0 / math.sqrt(self.hidden_size))
+        init = _uniform(_params.init_bound(self.hidden_size))
         return {k: self.param(k, init, shape, self.param_dtype) for k, shape in shapes.items()}
 
 

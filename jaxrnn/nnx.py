@@ -216,8 +216,7 @@ class _RNNBase(_TorchParams):
             mode, input_size, hidden_size, num_layers, bias, bidirectional, proj_size
         )
         self._create_params(shapes, hidden_size, rngs, param_dtype)
-        needs_rng = self.dropout > 0 and num_layers > 1
-        self.rngs = _checks.dropout_stream(name, rngs, self.dropout) if needs_rng else None
+        self.rngs = _checks.dropout_stream(name, rngs, self.dropout) if num_layers > 1 else None
 
     def flatten_parameters(self) -> None:
         """A no-op, for code written for torch's cuDNN weight packing."""
@@ -245,6 +244,7 @@ class _RNNBase(_TorchParams):
         key, stream = None, None
         if training and self.dropout > 0 and self.num_layers > 1:
             source = self.rngs if rngs is None else rngs
+            _checks.check_dropout_source(type(self).__name__, self.dropout, source)
             if isinstance(source, nnx.Rngs):
                 stream = source["dropout"]
             elif isinstance(source, nnx.RngStream):

@@ -75,7 +75,7 @@ R = nnx.Rngs(0)
         (
             lambda: jaxrnn.LSTMCell(10, -1, rngs=R),
             ValueError,
-            "LSTMCell: hidden_size must be greater than zero",
+            "LSTMCell: hidden_size must be non-negative, got -1",
         ),
         (lambda: jrl.LSTM(10, 20, proj_size=30), ValueError, "LSTM: proj_size has to be smaller"),
         (lambda: jrl.RNN(10, 20, nonlinearity="x"), ValueError, "Unknown nonlinearity"),

@@ -64,6 +64,55 @@ def test_dropout_one_in_train_mode_matches_torch_exactly():
         assert not np.allclose(m(x)[0], want[0])
 
 
+def test_dropout_changed_after_construction_as_torch():
+    """torch's test_RNN_change_dropout: ``module.dropout`` set after building with 0 takes
+    effect (p=1 is deterministic, so the outputs are compared with torch's); without a dropout
+    stream in the module's rngs, the call says where randomness comes from."""
+    x = np.random.default_rng(0).standard_normal((5, 2, 3)).astype(np.float32)
+    t = torch.nn.LSTM(3, 4, 3, dropout=0.0).train()
+    m = jaxrnn.from_torch(t, rngs=nnx.Rngs(0))
+    t.dropout = m.dropout = 1.0
+    with torch.no_grad():
+        want = jax.tree.map(lambda v: v.numpy(), tuple(t(torch.from_numpy(x))))
+    assert_close(m(x), want, what="dropout changed to 1")
+    m.dropout = 0.5
+    assert not np.allclose(m(x)[0], m(x)[0])
+    m.dropout = 0.0
+    np.testing.assert_array_equal(m(x)[0], m(x)[0])
+    bare = jaxrnn.LSTM(3, 4, 3, rngs=nnx.Rngs(params=0))
+    bare.dropout = 0.5
+    with pytest.raises(ValueError, match=r"LSTM: dropout=0.5 in training mode needs randomness"):
+        bare(x)
+    bare(x, rngs=nnx.Rngs(dropout=1))
+    bare.eval()(x)
+
+
+@pytest.mark.parametrize("cls", ["RNNCell", "GRUCell", "LSTMCell"])
+def test_cells_of_size_zero_as_torch(cls):
+    """torch's test_RNN_cell_forward_zero_hidden_size: cells take a hidden size of 0."""
+    t = getattr(torch.nn, cls)(10, 0)
+    m = getattr(jaxrnn, cls)(10, 0, rngs=nnx.Rngs(0))
+    assert repr(m) == repr(t)
+    assert {k: v.shape for k, v in m.state_dict().items()} == {
+        k: tuple(v.shape) for k, v in t.state_dict().items()
+    }
+    x, h = np.ones((3, 10), np.float32), np.ones((3, 0), np.float32)
+    hx = (h, h) if cls == "LSTMCell" else h
+    want = t(torch.from_numpy(x), jax.tree.map(torch.from_numpy, hx))
+    got = m(x, hx)
+    for a, b in zip(
+        jax.tree.leaves(got), jax.tree.leaves(tuple(want) if cls == "LSTMCell" else want)
+    ):
+        assert a.shape == tuple(b.shape)
+    with pytest.raises(ValueError, match=f"{cls}: hidden_size must be non-negative, got -1"):
+        getattr(jaxrnn, cls)(10, -1, rngs=nnx.Rngs(0))
+    from jaxrnn import linen as jrl
+
+    lin = getattr(jrl, cls)(10, 0)
+    out = lin.apply(lin.init(jax.random.key(0), x), x, hx)
+    assert jax.tree.map(jnp.shape, out) == jax.tree.map(jnp.shape, got)
+
+
 def test_dropout_statistics_match_torchs_inverted_dropout():
     """Between layers, a fraction p of the units is zeroed and the rest scaled by 1/(1-p)."""
     from jaxrnn.functional import dropout_layer

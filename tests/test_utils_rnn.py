@@ -298,9 +298,10 @@ def test_pad_and_pack_sequence_errors_as_torch():
         fn = tr.pad_sequence if compare == "pad" else tr.pack_sequence
         theirs = torch_error(lambda fn=fn, t=t_seqs: fn(t))
         ours_fn = jr.pad_sequence if compare == "pad" else jr.pack_sequence
-        if isinstance(seqs, int):  # not iterable: torch's RuntimeError is a TypeError here
-            with pytest.raises(TypeError, match=re.escape(str(theirs))):
+        if isinstance(seqs, int):  # not iterable: a TypeError here, and torch's RuntimeError
+            with pytest.raises(type(theirs), match=re.escape(str(theirs))) as info:
                 ours_fn(seqs)
+            assert isinstance(info.value, TypeError)
             continue
         with pytest.raises(type(theirs)) as info:
             ours_fn(seqs)
@@ -369,10 +370,14 @@ def test_packed_sequence_replace_asdict_and_casts_as_torch():
         np.testing.assert_array_equal(np.asarray(mine.data, np.float32), ref.data.float().numpy())
         assert mine.sorted_indices.dtype == positive.sorted_indices.dtype
         assert_same_packed(mine.float(), ref.float())
+    # nothing to change: the object itself, as torch's (which also takes device strings)
+    cpu = jax.devices("cpu")[0]
     assert ours.to(jnp.float32) is ours and ours.float() is ours
-    moved = ours.cpu()
-    assert moved.data.devices() == {jax.devices("cpu")[0]}
-    assert_same_packed(moved, theirs)
+    assert ours.cpu() is ours and ours.to("cpu") is ours and ours.to(cpu, jnp.float32) is ours
+    assert theirs.cpu() is theirs and theirs.to("cpu", dtype=torch.float32) is theirs
+    moved = ours.to(jax.sharding.SingleDeviceSharding(cpu), dtype=jnp.float16)
+    assert moved.data.devices() == {cpu} and moved.data.dtype == jnp.float16
+    assert_same_packed(moved.float(), theirs.half().float())
     with pytest.raises(TypeError, match="PackedSequence.to: expected a dtype"):
         ours.to("not a dtype")
 

@@ -46,6 +46,17 @@ def _to_array(x):
     return jnp.asarray(x)
 
 
+def _placed(a, device):
+    """``a`` on ``device`` (a JAX device or sharding); ``a`` itself if it is there already."""
+    sharding = getattr(a, "sharding", None)
+    if isinstance(device, jax.Device) and isinstance(sharding, jax.sharding.SingleDeviceSharding):
+        if sharding.device_set == {device}:
+            return a
+    elif sharding is not None and sharding == device:
+        return a
+    return jax.device_put(a, device)
+
+
 def _concrete(x) -> np.ndarray | None:
     """``x`` as a numpy array when its values are known at trace time, else ``None``."""
     if x is None or isinstance(x, jax.core.Tracer):
@@ -199,16 +210,16 @@ class PackedSequence:
 
     def to(self, *args, **kwargs) -> PackedSequence:
         """``to(dtype)``: the data cast to ``dtype`` (a JAX/numpy dtype, its name, or a torch
-        dtype); ``to(device)``: every array placed on a JAX device or sharding. ``self`` when
-        nothing changes, as torch's."""
+        dtype); ``to(device)``: every array placed on a JAX device or sharding (or a torch device
+        string: ``'cpu'``, ``'cuda:0'``). ``self`` when nothing changes, as torch's."""
         dtype, device = _checks.check_to_arguments("PackedSequence.to", args, kwargs)
         padded = self.padded
         if dtype is not None and padded.dtype != dtype:
             padded = padded.astype(dtype)
         leaves = (padded, self.lengths, self.sorted_indices, self.unsorted_indices)
         if device is not None:
-            leaves = tuple(None if a is None else jax.device_put(a, device) for a in leaves)
-        if padded is self.padded and device is None:
+            leaves = tuple(None if a is None else _placed(a, device) for a in leaves)
+        if all(a is b for a, b in zip(leaves, tuple(self.tree_flatten()[0]), strict=True)):
             return self
         return type(self).from_padded(*leaves)
 
