@@ -62,14 +62,27 @@ def _plain(mode, weights, x, state0, mask, unroll):
     return finals, outs
 
 
-def _fused_layer(mode, weights, x, state0, mask, unroll, feature_major=None):
+def _fused_layer(mode, weights, x, state0, mask, unroll, feature_major=None, step_major=None):
     rev = [d == 1 for d in range(len(weights))]
     return _fused.layer(
-        mode, weights, x, state0, mask, reverse=rev, unroll=unroll, feature_major=feature_major
+        mode,
+        weights,
+        x,
+        state0,
+        mask,
+        reverse=rev,
+        unroll=unroll,
+        feature_major=feature_major,
+        step_major_gradients=step_major,
     )
 
 
-LAYOUTS = pytest.mark.parametrize("fm", [True, False], ids=["feature_major", "batch_major"])
+# the loop layout and, feature-major, that of the backward's gate-gradient buffers
+LAYOUTS = pytest.mark.parametrize(
+    "fm,step_major",
+    [(True, False), (True, True), (False, None)],
+    ids=["feature_major", "feature_major_step_major_gradients", "batch_major"],
+)
 
 
 _EQUIV_CASES = [
@@ -84,7 +97,9 @@ _EQUIV_CASES = [
 
 @LAYOUTS
 @pytest.mark.parametrize("mode,dirs,masked,proj,bias,unroll", _EQUIV_CASES)
-def test_fused_equals_autodiff_of_plain_scan(mode, dirs, masked, proj, bias, unroll, fm):
+def test_fused_equals_autodiff_of_plain_scan(
+    mode, dirs, masked, proj, bias, unroll, fm, step_major
+):
     rng = np.random.default_rng(0)
     with jax.enable_x64(True):
         weights, x, state0 = _random_layer(rng, mode, dirs, proj, bias)
@@ -102,7 +117,7 @@ def test_fused_equals_autodiff_of_plain_scan(mode, dirs, masked, proj, bias, unr
 
             return f
 
-        fused = functools.partial(_fused_layer, feature_major=fm)
+        fused = functools.partial(_fused_layer, feature_major=fm, step_major=step_major)
         got = jax.jit(lambda w, x, s: fused(mode, w, x, s, mask, unroll))(weights, x, state0)
         assert_close(got, ref, 1e-12, 1e-12, "outputs and finals")
         g_ref = jax.jit(jax.grad(loss(_plain), argnums=(0, 1, 2)))(weights, x, state0)
@@ -113,7 +128,7 @@ def test_fused_equals_autodiff_of_plain_scan(mode, dirs, masked, proj, bias, unr
 
 
 @LAYOUTS
-def test_second_order_gradients_equal_plain_scan(fm):
+def test_second_order_gradients_equal_plain_scan(fm, step_major):
     """The custom backward is itself differentiable: a Hessian-vector product through it equals
     the plain scan's."""
     rng = np.random.default_rng(1)
@@ -128,7 +143,7 @@ def test_second_order_gradients_equal_plain_scan(fm):
 
             return jax.grad(lambda w: jnp.vdot(*_flat(jax.grad(loss)(w), v)))(weights)
 
-        fused = functools.partial(_fused_layer, feature_major=fm)
+        fused = functools.partial(_fused_layer, feature_major=fm, step_major=step_major)
         assert_close(_flat(hvp(fused))[0], _flat(hvp(_plain))[0], 1e-10, 1e-10, "hvp")
 
 
@@ -184,16 +199,22 @@ def test_variable_lengths_match_torch_packed(mode, kwargs, batch):
     the one-gate RNN runs batch-major at both) with ``hx``, unsorted lengths incl. 1 and the full
     length, against torch's packed run."""
     assert _fused.feature_major_default(mode, batch) == (batch > B and mode in ("LSTM", "GRU"))
+    _check_packed_against_torch(mode, kwargs, batch, H, 2e-5)
+
+
+def _check_packed_against_torch(mode, kwargs, batch, hidden, param_tol):
+    """``F.rnn`` with ``seq_lengths=`` and ``hx`` (unsorted lengths incl. 1 and the full length)
+    against torch's packed run: outputs, ``h_n`` and the gradients."""
     rng = np.random.default_rng(2)
-    tmod = torch_layer(mode, I, H, **kwargs)
+    tmod = torch_layer(mode, I, hidden, **kwargs)
     dirs = 2 if kwargs.get("bidirectional") else 1
     lead = dirs * kwargs.get("num_layers", 1)
-    out_size = kwargs.get("proj_size") or H
+    out_size = kwargs.get("proj_size") or hidden
     lengths = np.resize(np.array([4, T, 1]), batch)
     x = rng.standard_normal((T, batch, I)).astype(np.float32)
     h0 = [rng.standard_normal((lead, batch, out_size)).astype(np.float32)]
     if mode == "LSTM":
-        h0.append(rng.standard_normal((lead, batch, H)).astype(np.float32))
+        h0.append(rng.standard_normal((lead, batch, hidden)).astype(np.float32))
     w_out = rng.standard_normal((T, batch, dirs * out_size)).astype(np.float32)
     w_h = [rng.standard_normal(h.shape).astype(np.float32) for h in h0]
     t_out, t_hn, t_gp, t_gx, t_gh = _torch_packed(tmod, x, lengths, h0, w_out, w_h)
@@ -212,7 +233,7 @@ def test_variable_lengths_match_torch_packed(mode, kwargs, batch):
     )(params, x, h0)
     assert_close(out, t_out, what="output")
     assert_close(hn, t_hn, what="h_n")
-    assert_close(g_p, t_gp, 2e-5, 2e-5, "d params")
+    assert_close(g_p, t_gp, param_tol, param_tol, "d params")
     assert_close(g_x, t_gx, 2e-5, 2e-5, "d input")
     assert_close(tuple(g_h), t_gh, 2e-5, 2e-5, "d hx")
 
@@ -247,6 +268,18 @@ def test_benchmark_sized_layer_matches_torch(mode, batch, feature_major):
     assert_close(out, t_out.detach().numpy(), 1e-5, 1e-5, "output")
     assert_close(g_p, t_gp, 1e-4, 1e-4, "d params")
     assert_close(g_x, xt.grad.numpy(), 1e-5, 1e-5, "d input")
+
+
+@pytest.mark.parametrize("mode,hidden,batch", [("LSTM", 512, 8), ("GRU", 683, 32)])
+def test_step_major_gradient_buffers_match_torch(mode, hidden, batch):
+    """Layers with ``_fused._STEP_MAJOR_GRADIENTS_FROM`` gate rows or more, where the feature-major
+    backward fills its gate-gradient buffers step-major, against torch (bidirectional, with
+    variable lengths and ``hx``)."""
+    gates = {"LSTM": 4, "GRU": 3}[mode]
+    assert _fused.feature_major_default(mode, batch)
+    assert _fused.step_major_gradients_default(gates * hidden, True)
+    assert not _fused.step_major_gradients_default(gates * hidden - gates, True)
+    _check_packed_against_torch(mode, dict(bidirectional=True), batch, hidden, 1e-4)
 
 
 # ---------------------------------------------------------------------------------------------
