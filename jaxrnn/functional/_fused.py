@@ -22,9 +22,11 @@ normalisation per step. Two XLA:CPU code-generation traps shape the rest: gate n
 a dynamic slice that is then sliced again, or feeding a concatenation, compile to scalar code;
 so each gate's hoisted input projection is its own array, read with one ``dynamic_slice`` per
 step, and feature-major the backward writes the gate gradients of a step gate by gate into a
-``(G*H, N)`` scratch, which is then copied into the buffer for all steps (``(G*H, L, N)``, read as
-the ``(G*H, L*N)`` operand of the weight-gradient matmuls; for large layers the buffer is filled
-as ``(L, G*H, N)`` and transposed once, see ``_STEP_MAJOR_GRADIENTS_FROM``).
+``(G*H, N)`` scratch, which is then copied into the buffers for all steps (``(G*H, L, N)``, read
+as the ``(G*H, L*N)`` operands of the weight-gradient matmuls; for large layers the buffers are
+filled as ``(L, G*H, N)`` and transposed once, see ``_STEP_MAJOR_GRADIENTS_FROM``). Those buffers
+are the ones in which the forward saved the gate activations (``_GRADIENT_BUFFERS``): the
+backward overwrites them step by step, so a training step holds them once, not twice.
 
 The equations are torch's (see :func:`jaxrnn.functional.step_from_gates`); the tests check the
 outputs and gradients of this path against torch and against autodiff of the plain scan.
@@ -57,6 +59,20 @@ _FEATURE_MAJOR_FROM = {"LSTM": 8, "GRU": 32}
 # the transpose cost 0.5-3% on the H=256 workloads; at LSTM H=512, 2048 rows, the strided writes
 # were a tenth of the training step in profiles and step-major was 2.5-3.5% faster).
 _STEP_MAJOR_GRADIENTS_FROM = 2048
+
+# The gate-gradient buffers of the backward, per mode, as ``(blocks, first gate, roles)``: the
+# per-step blocks a buffer holds, the gate (row block of ``W_ih``/``W_hh``) its first block
+# belongs to, and which weights its gradients reach. LSTM and GRU training steps keep four
+# activation blocks per step (i, f, g, o; r, z, n, hn) in these same buffers, and the backward
+# overwrites each step's activations with its gradients (di, df, dg, do; dr, dz | dn * r | dn):
+# one buffer per role, so that every weight-gradient matmul reads a whole buffer (a slice of
+# one would be copied first).
+_GRADIENT_BUFFERS = {
+    "LSTM": (((0, 1, 2, 3), 0, ("hh", "ih")),),
+    "GRU": (((0, 1), 0, ("hh", "ih")), ((2,), 2, ("hh",)), ((3,), 2, ("ih",))),
+    "RNN_TANH": (((0,), 0, ("hh", "ih")),),
+    "RNN_RELU": (((0,), 0, ("hh", "ih")),),
+}
 
 
 def feature_major_default(mode: str, batch: int) -> bool:
@@ -143,6 +159,43 @@ def _put(buf, value, t, axis=0):
 
 def _put_at(buf, value, start):
     return lax.dynamic_update_slice(buf, value, start, allow_negative_indices=False)
+
+
+def _gate_buffer(seq_len, rows, like, fm, step_major):
+    """A buffer of per-step gate blocks for all steps: ``(rows, L, N)`` feature-major, ``(L, rows,
+    N)`` feature-major and step-major, ``(L, N, rows)`` batch-major (``like``: one step's
+    ``(H, N)`` or ``(N, H)`` array, in the loop layout)."""
+    batch = like.shape[-1] if fm else like.shape[0]
+    if fm:
+        shape = (seq_len, rows, batch) if step_major else (rows, seq_len, batch)
+    else:
+        shape = (seq_len, batch, rows)
+    return jnp.zeros(shape, like.dtype)
+
+
+def _block_start(row, t, fm, step_major):
+    if fm:
+        return (t, row, 0) if step_major else (row, t, 0)
+    return (t, 0, row)
+
+
+def _put_block(buf, value, row, t, fm, step_major):
+    """Write one step's ``(rows, N)`` (batch-major ``(N, rows)``) block at gate row ``row`` of
+    step ``t`` of a :func:`_gate_buffer`."""
+    value = value[:, None] if fm and not step_major else value[None]
+    return _put_at(buf, value, _block_start(row, t, fm, step_major))
+
+
+def _get_block(buf, row, rows, t, fm, step_major):
+    """The ``(rows, N)`` (batch-major ``(N, rows)``) block at gate row ``row`` of step ``t``."""
+    if fm:
+        batch = buf.shape[2]
+        sizes = (1, rows, batch) if step_major else (rows, 1, batch)
+    else:
+        sizes = (1, buf.shape[1], rows)
+    start = _block_start(row, t, fm, step_major)
+    block = lax.dynamic_slice(buf, start, sizes, allow_negative_indices=False)
+    return block.reshape((rows, sizes[2]) if fm else (sizes[1], rows))
 
 
 def _mm(a, b, precision):
@@ -269,7 +322,7 @@ def _split_state(mode, state, d, fm):
 
 
 def _forward(spec, weights, x, state0, mask, save):
-    mode, rev, precision, unroll, fm, _ = spec
+    mode, rev, precision, unroll, fm, step_major = spec
     seq_len = x.shape[0]
     lstm = mode == "LSTM"
     # the input side, read per step: feature-major LSTM ``x_t`` (one matmul with ``h`` in the
@@ -282,19 +335,30 @@ def _forward(spec, weights, x, state0, mask, save):
     step_axis = 1 if fm and not joint else 0
     prepared = [_prepare(mode, w, fm) for w in weights]
     mask_loop = None if mask is None else _loop(mask, fm)  # (L, 1, N) or (L, N, 1)
-    num_saved = 4 if save and mode in ("LSTM", "GRU") else 0
+    # With ``save``, LSTM and GRU keep four activations per step (i, f, g, o; r, z, n, hn) in the
+    # backward's gate-gradient buffers (``_GRADIENT_BUFFERS``), which it then overwrites step by
+    # step: a training step holds one set of them per direction, not two.
+    save_gates = save and mode in ("LSTM", "GRU")
 
     def empty(like):
         return jnp.zeros((seq_len, *like.shape), like.dtype)
 
     init = []
-    for d in range(len(weights)):
+    for d, w in enumerate(weights):
         s0 = _split_state(mode, state0, d, fm)
         h0 = s0[0] if lstm else s0
         act_like = s0[1] if lstm else s0
-        bufs = {"h": empty(h0), "act": [empty(act_like) for _ in range(num_saved)]}
+        bufs = {"h": empty(h0)}
+        if save_gates:
+            hidden = act_like.shape[0 if fm else 1]
+            bufs["gates"] = [
+                _gate_buffer(seq_len, len(blocks) * hidden, act_like, fm, step_major)
+                for blocks, _, _ in _GRADIENT_BUFFERS[mode]
+            ]
         if save and lstm:
             bufs["c"] = empty(s0[1])
+            if w["weight_hr"] is not None:  # o * tanh(c), the projection's input
+                bufs["hc"] = empty(s0[1])
         init.append((s0, bufs))
 
     def body(carry, s):
@@ -308,9 +372,17 @@ def _forward(spec, weights, x, state0, mask, save):
                 new = jax.tree.map(lambda n, o, m=m: jnp.where(m, n, o), new, state)
             bufs = dict(bufs)
             bufs["h"] = _put(bufs["h"], new[0] if lstm else new, t)
-            bufs["act"] = [_put(b, a, t) for b, a in zip(bufs["act"], acts)]
+            if save_gates:
+                hidden = acts[0].shape[0 if fm else 1]
+                gates = list(bufs["gates"])
+                for b, (blocks, _, _) in enumerate(_GRADIENT_BUFFERS[mode]):
+                    for j, k in enumerate(blocks):
+                        gates[b] = _put_block(gates[b], acts[k], j * hidden, t, fm, step_major)
+                bufs["gates"] = gates
             if "c" in bufs:
                 bufs["c"] = _put(bufs["c"], new[1], t)
+            if "hc" in bufs:
+                bufs["hc"] = _put(bufs["hc"], acts[3] * jnp.tanh(new[1]), t)
             new_carry.append((new, bufs))
         return new_carry, None
 
@@ -318,7 +390,10 @@ def _forward(spec, weights, x, state0, mask, save):
     hs_loop = tuple(bufs["h"] for _, bufs in carry)  # (L, H_out, N) or (L, N, H_out)
     hs = tuple(_loop(h, fm) for h in hs_loop)
     c_last = jnp.stack([_loop(state[1], fm) for state, _ in carry]) if lstm else None
-    saved = tuple((bufs["act"], bufs.get("c"), h) for (_, bufs), h in zip(carry, hs_loop))
+    saved = tuple(
+        {"gates": bufs.get("gates"), "c": bufs.get("c"), "h": h, "hc": bufs.get("hc")}
+        for (_, bufs), h in zip(carry, hs_loop)
+    )
     return (hs, c_last), saved
 
 
@@ -366,7 +441,6 @@ def _backward(spec, weights, x, state0, mask, out, saved, cts):
     h0 = state0[0] if lstm else state0  # batch-major (D, N, H_out)
     mask_loop = None if mask is None else _loop(mask, fm)
     all_gates = "gln" if fm else "lng"  # einsum letters: gate rows, steps, batch
-    step_axis = 1 if fm and not step_major else 0  # of the buffers while the loop fills them
 
     def before(seq, init, t, reverse):
         """The state before step ``t`` (``init`` at the direction's first step)."""
@@ -374,50 +448,76 @@ def _backward(spec, weights, x, state0, mask, out, saved, cts):
         prev = jnp.clip(t + 1 if reverse else t - 1, 0, seq_len - 1)
         return jnp.where(t == first, init, _at(seq, prev))
 
-    def buffer(hidden, like):
-        """A gate-gradient buffer for all steps: ``(hidden, L, N)`` (``(L, hidden, N)`` while
-        step-major) or ``(L, N, hidden)``."""
-        if fm:
-            shape = (seq_len, hidden, batch) if step_major else (hidden, seq_len, batch)
-        else:
-            shape = (seq_len, batch, hidden)
-        return jnp.zeros(shape, like.dtype)
-
     # Per direction the loop forms the gradients of the recurrent pre-activations of the current
-    # step (``(G*H, N)``, the operand of the recurrent matmul) and copies them into one buffer for
-    # all steps (read afterwards as the ``(G*H, L*N)`` operand of the weight-gradient matmuls);
-    # for GRU the ``n`` gate's input-side gradient differs and has a buffer of its own.
+    # step (``(G*H, N)``, the operand of the recurrent matmul) and copies them into the buffers
+    # for all steps of ``_GRADIENT_BUFFERS`` (:func:`_gate_buffer`, read afterwards as the
+    # ``(rows, L*N)`` operands of the weight-gradient matmuls). For LSTM and GRU these are the
+    # forward's buffers of saved activations: step t's activations are read from them, then
+    # overwritten by step t's gradients. The loop reads each step's activations after writing
+    # the previous step's gradients and carries them, so that XLA updates the buffers in place
+    # (read in the same step as the write, it copied the whole buffer every step).
     # Feature-major, the gates are written one by one into a scratch (in place): fusing a
     # concatenation into the gate arithmetic makes XLA:CPU emit it as scalar code, which only
-    # pays off at small batches. The buffer copy reads the finished step, so that XLA does not
-    # compute every gate twice (once per consumer).
+    # pays off at small batches. The buffers copy from the finished scratch, so that XLA does
+    # not compute every gate twice (once per consumer).
     per_gate_writes = fm and num_gates > 1
+    layout = _GRADIENT_BUFFERS[mode]
+
+    def read_acts(bufs, t, hidden):
+        """LSTM/GRU: the four activation blocks of step ``t``."""
+        if not (lstm or gru):
+            return []
+        acts = [None] * 4
+        for buf, (blocks, _, _) in zip(bufs, layout):
+            for j, k in enumerate(blocks):
+                acts[k] = _get_block(buf, j * hidden, hidden, t, fm, step_major)
+        return acts
+
+    def write_grads(bufs, step, dgx_n, t, hidden):
+        """Step ``t``'s gradients into the buffers: the blocks of ``step`` (the recurrent
+        side's, ``(G*H, N)`` or ``(N, G*H)``) and, for GRU, the n gate's input side."""
+        out = []
+        for buf, (blocks, _, _) in zip(bufs, layout):
+            if blocks[0] >= num_gates:  # GRU's dn
+                value = dgx_n
+            elif len(blocks) == num_gates:
+                value = step
+            else:
+                lo, hi = blocks[0] * hidden, (blocks[-1] + 1) * hidden
+                value = lax.slice_in_dim(step, lo, hi, axis=0 if fm else 1)
+            out.append(_put_block(buf, value, 0, t, fm, step_major))
+        return out
+
     init, loop_in = [], []
     for d, w in enumerate(weights):
         s0 = _split_state(mode, state0, d, fm)
         h0_d = s0[0] if lstm else s0
         cell_like = s0[1] if lstm else s0
         hidden = w["weight_hh"].shape[0] // num_gates
-        bufs = {"dgh": buffer(num_gates * hidden, cell_like)}
+        if lstm or gru:
+            grads = saved[d]["gates"]
+        else:
+            grads = [_gate_buffer(seq_len, hidden, cell_like, fm, step_major)]
+        bufs = {"grads": grads}
         if per_gate_writes:
             bufs["step"] = jnp.zeros((num_gates * hidden, batch), cell_like.dtype)
-        if gru:
-            bufs["dgx_n"] = buffer(hidden, cell_like)
         if w["weight_hr"] is not None:
             bufs["dh"] = jnp.zeros((seq_len, *h0_d.shape), h0_d.dtype)
         dc0 = _loop(dc_last[d], fm) if lstm else None
-        init.append((jnp.zeros_like(h0_d), dc0, bufs))
+        # the activations of the first step the backward reaches (the last the direction ran)
+        acts0 = read_acts(grads, 0 if rev[d] else seq_len - 1, hidden)
+        init.append((jnp.zeros_like(h0_d), dc0, bufs, acts0))
         # the transposed products of the backward, as _lin takes them
         w_back = w["weight_hh"].T if fm else w["weight_hh"]
         w_hr_back = None if w["weight_hr"] is None else (w["weight_hr"].T if fm else w["weight_hr"])
-        loop_in.append((s0, _loop(dhs[d], fm), w_back, w_hr_back))
+        loop_in.append((s0, _loop(dhs[d], fm), w_back, w_hr_back, hidden))
 
     def body(carry, s):
         new_carry = []
-        for d, (dh, dc, bufs) in enumerate(carry):
+        for d, (dh, dc, bufs, acts) in enumerate(carry):
             t = s if rev[d] else seq_len - 1 - s
-            acts, cs, hs_loop = saved[d]
-            s0, dhs_loop, w_back, w_hr_back = loop_in[d]
+            cs, hs_loop = saved[d]["c"], saved[d]["h"]
+            s0, dhs_loop, w_back, w_hr_back, hidden = loop_in[d]
             dh = dh + _at(dhs_loop, t)
             dh_c, dc_c = dh, dc
             if mask is not None:
@@ -429,7 +529,7 @@ def _backward(spec, weights, x, state0, mask, out, saved, cts):
                 mode,
                 dh_c,
                 dc_c,
-                [_at(a, t) for a in acts],
+                acts,
                 _at(cs, t) if lstm else None,
                 before(cs, s0[1], t, rev[d]) if lstm else None,
                 _at(hs_loop, t) if not (lstm or gru) else None,
@@ -440,14 +540,13 @@ def _backward(spec, weights, x, state0, mask, out, saved, cts):
             )
             bufs = dict(bufs)
             if per_gate_writes:
-                hidden = dgh[0].shape[0]
                 step = bufs["step"]
                 for k, g in enumerate(dgh):
                     step = _put_at(step, g, (k * hidden, 0))
                 bufs["step"] = step
             else:
                 step = jnp.concatenate(dgh, axis=0 if fm else -1)
-            bufs["dgh"] = _put(bufs["dgh"], step, t, axis=step_axis)
+            bufs["grads"] = write_grads(bufs["grads"], step, dgx[-1] if gru else None, t, hidden)
             dh_prev = _lin(w_back, step, fm, precision)
             if dh_direct is not None:
                 dh_prev = dh_prev + dh_direct
@@ -455,11 +554,11 @@ def _backward(spec, weights, x, state0, mask, out, saved, cts):
                 dh_prev = dh_prev + jnp.where(m, zero, dh)
                 if lstm:
                     dc_prev = dc_prev + jnp.where(m, zero, dc)
-            if gru:
-                bufs["dgx_n"] = _put(bufs["dgx_n"], dgx[2], t, axis=step_axis)
             if "dh" in bufs:
                 bufs["dh"] = _put(bufs["dh"], dh_c, t)
-            new_carry.append((dh_prev, dc_prev, bufs))
+            t_next = jnp.clip(t + 1 if rev[d] else t - 1, 0, seq_len - 1)
+            acts_next = read_acts(bufs["grads"], t_next, hidden)
+            new_carry.append((dh_prev, dc_prev, bufs, acts_next))
         return new_carry, None
 
     carry, _ = lax.scan(body, init, jnp.arange(seq_len), unroll=unroll)
@@ -471,47 +570,34 @@ def _backward(spec, weights, x, state0, mask, out, saved, cts):
     steps_and_batch = (1, 2) if fm else (0, 1)
     dweights, dx = [], None
     dh0, dc0 = [], []
-    for d, (w, (dh0_d, dc0_d, bufs)) in enumerate(zip(weights, carry)):
-        if step_major:  # to (hidden, L, N), a real copy (else XLA folds it into the matmuls)
-            bufs = dict(bufs)
-            for k in ("dgh", "dgx_n"):
-                if k in bufs:
-                    bufs[k] = lax.optimization_barrier(jnp.transpose(bufs[k], (1, 0, 2)))
-        dgh = bufs["dgh"]
+    for d, (w, (dh0_d, dc0_d, bufs, _)) in enumerate(zip(weights, carry)):
         hidden = w["weight_hh"].shape[0] // num_gates
         h_before = _shifted(hs[d], h0[d], rev[d])  # (L, N, H_out)
-        # the input side's gate gradients, as (buffer, the rows of W_ih they multiply) pairs: for
-        # GRU the r and z rows of ``dgh`` and the n gate's own buffer
-        if gru:
-            r_z = lax.slice_in_dim(dgh, 0, 2 * hidden, axis=0 if fm else 2)
-            w_ih_r_z, w_ih_n = jnp.split(w["weight_ih"], [2 * hidden])
-            input_side = [(r_z, w_ih_r_z), (bufs["dgx_n"], w_ih_n)]
-        else:
-            input_side = [(dgh, w["weight_ih"])]
-        dw = {
-            "weight_ih": jnp.concatenate(
-                [over_steps(f"{all_gates},lni->gi", g, x) for g, _ in input_side]
-            ),
-            "weight_hh": over_steps(f"{all_gates},lnp->gp", dgh, h_before),
-            "bias_ih": None,
-            "bias_hh": None,
-            "weight_hr": None,
-        }
-        if w["bias_ih"] is not None:
-            dw["bias_hh"] = jnp.sum(dgh, axis=steps_and_batch)
-            dw["bias_ih"] = jnp.concatenate(
-                [jnp.sum(g, axis=steps_and_batch) for g, _ in input_side]
-            )
+        parts = {"weight_hh": [], "weight_ih": [], "bias_hh": [], "bias_ih": []}
+        for buf, (blocks, gate, roles) in zip(bufs["grads"], layout):
+            if step_major:  # to (rows, L, N), a real copy (else XLA folds it into the matmuls)
+                buf = lax.optimization_barrier(jnp.transpose(buf, (1, 0, 2)))
+            if "hh" in roles:
+                parts["weight_hh"].append(over_steps(f"{all_gates},lnp->gp", buf, h_before))
+            if "ih" in roles:
+                parts["weight_ih"].append(over_steps(f"{all_gates},lni->gi", buf, x))
+                w_ih = lax.slice_in_dim(
+                    w["weight_ih"], gate * hidden, (gate + len(blocks)) * hidden
+                )
+                if fm:  # W_ih^T @ dgates as (H_in, L, N) (see _dx_weight), transposed below
+                    term = over_steps("ig,gln->iln", _dx_weight(w_ih), buf)
+                else:
+                    term = over_steps("lng,gi->lni", buf, w_ih)
+                dx = term if dx is None else dx + term
+            if w["bias_ih"] is not None:
+                db = jnp.sum(buf, axis=steps_and_batch)
+                for role in roles:
+                    parts[f"bias_{role}"].append(db)
+        dw = {k: (jnp.concatenate(v) if v else None) for k, v in parts.items()}
+        dw["weight_hr"] = None
         if w["weight_hr"] is not None:
-            acts, cs, _ = saved[d]
-            h_cell = acts[3] * jnp.tanh(cs)  # (L, H, N) or (L, N, H)
+            h_cell = saved[d]["hc"]  # (L, H, N) or (L, N, H)
             dw["weight_hr"] = over_steps("lpn,lhn->ph" if fm else "lnp,lnh->ph", bufs["dh"], h_cell)
-        for g, w_ih in input_side:
-            if fm:  # W_ih^T @ dgates as (H_in, L, N) (see _dx_weight), transposed below
-                term = over_steps("ig,gln->iln", _dx_weight(w_ih), g)
-            else:
-                term = over_steps("lng,gi->lni", g, w_ih)
-            dx = term if dx is None else dx + term
         dweights.append(dw)
         dh0.append(_loop(dh0_d, fm))
         dc0.append(None if dc0_d is None else _loop(dc0_d, fm))
