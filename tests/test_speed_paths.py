@@ -10,6 +10,7 @@ reproduce to rounding for every option: modes, projections, no bias, directions,
 from __future__ import annotations
 
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -62,7 +63,9 @@ def _plain(mode, weights, x, state0, mask, unroll):
     return finals, outs
 
 
-def _fused_layer(mode, weights, x, state0, mask, unroll, feature_major=None, step_major=None):
+def _fused_layer(
+    mode, weights, x, state0, mask, unroll, feature_major=None, step_major=None, groups=None
+):
     rev = [d == 1 for d in range(len(weights))]
     return _fused.layer(
         mode,
@@ -74,6 +77,7 @@ def _fused_layer(mode, weights, x, state0, mask, unroll, feature_major=None, ste
         unroll=unroll,
         feature_major=feature_major,
         step_major_gradients=step_major,
+        unit_groups=groups,
     )
 
 
@@ -96,10 +100,13 @@ _EQUIV_CASES = [
 
 
 @LAYOUTS
+@pytest.mark.parametrize("groups", [1, 3], ids=["one_group", "three_unit_groups"])
 @pytest.mark.parametrize("mode,dirs,masked,proj,bias,unroll", _EQUIV_CASES)
 def test_fused_equals_autodiff_of_plain_scan(
-    mode, dirs, masked, proj, bias, unroll, fm, step_major
+    mode, dirs, masked, proj, bias, unroll, fm, step_major, groups
 ):
+    if proj and groups > 1:
+        pytest.skip("unit groups take no projection (test_unit_groups_refuse_projection_...)")
     rng = np.random.default_rng(0)
     with jax.enable_x64(True):
         weights, x, state0 = _random_layer(rng, mode, dirs, proj, bias)
@@ -117,7 +124,9 @@ def test_fused_equals_autodiff_of_plain_scan(
 
             return f
 
-        fused = functools.partial(_fused_layer, feature_major=fm, step_major=step_major)
+        fused = functools.partial(
+            _fused_layer, feature_major=fm, step_major=step_major, groups=groups
+        )
         got = jax.jit(lambda w, x, s: fused(mode, w, x, s, mask, unroll))(weights, x, state0)
         assert_close(got, ref, 1e-12, 1e-12, "outputs and finals")
         g_ref = jax.jit(jax.grad(loss(_plain), argnums=(0, 1, 2)))(weights, x, state0)
@@ -128,7 +137,8 @@ def test_fused_equals_autodiff_of_plain_scan(
 
 
 @LAYOUTS
-def test_second_order_gradients_equal_plain_scan(fm, step_major):
+@pytest.mark.parametrize("groups", [1, 2], ids=["one_group", "two_unit_groups"])
+def test_second_order_gradients_equal_plain_scan(fm, step_major, groups):
     """The custom backward is itself differentiable: a Hessian-vector product through it equals
     the plain scan's."""
     rng = np.random.default_rng(1)
@@ -143,7 +153,9 @@ def test_second_order_gradients_equal_plain_scan(fm, step_major):
 
             return jax.grad(lambda w: jnp.vdot(*_flat(jax.grad(loss)(w), v)))(weights)
 
-        fused = functools.partial(_fused_layer, feature_major=fm, step_major=step_major)
+        fused = functools.partial(
+            _fused_layer, feature_major=fm, step_major=step_major, groups=groups
+        )
         assert_close(_flat(hvp(fused))[0], _flat(hvp(_plain))[0], 1e-10, 1e-10, "hvp")
 
 
@@ -268,6 +280,31 @@ def test_benchmark_sized_layer_matches_torch(mode, batch, feature_major):
     assert_close(out, t_out.detach().numpy(), 1e-5, 1e-5, "output")
     assert_close(g_p, t_gp, 1e-4, 1e-4, "d params")
     assert_close(g_x, xt.grad.numpy(), 1e-5, 1e-5, "d input")
+
+
+@pytest.mark.parametrize("mode,hidden,batch", [("LSTM", 160, 32), ("GRU", 192, 32)])
+def test_unit_groups_match_torch(mode, hidden, batch):
+    """One direction whose per-step product is in ``_fused._UNIT_GROUPS``' window runs as two
+    groups of hidden units by default (two layers, variable lengths and ``hx``), against torch."""
+    gates = {"LSTM": 4, "GRU": 3}[mode]
+    rows = gates * hidden
+    w = {"weight_ih": jnp.zeros((rows, I)), "weight_hh": jnp.zeros((rows, hidden))}
+    w2 = {**w, "weight_ih": jnp.zeros((rows, hidden))}
+    for weights in ([w], [w2]):
+        assert _fused.unit_groups_default(mode, weights, batch) == min(2, os.cpu_count() or 1)
+    assert _fused.unit_groups_default(mode, [w, w], batch) == 1  # two directions: one each
+    assert _fused.unit_groups_default(mode, [w], 2) == 1  # too small a product
+    _check_packed_against_torch(mode, dict(num_layers=2), batch, hidden, 1e-4)
+
+
+def test_unit_groups_refuse_projection_and_uneven_split():
+    rng = np.random.default_rng(4)
+    weights, x, state0 = _random_layer(rng, "LSTM", 1, P, True)
+    with pytest.raises(ValueError, match="proj_size"):
+        _fused_layer("LSTM", weights, x, state0, None, 1, groups=2)
+    weights, x, state0 = _random_layer(rng, "GRU", 1, 0, True)
+    with pytest.raises(ValueError, match="must divide hidden_size=6"):
+        _fused_layer("GRU", weights, x, state0, None, 1, groups=4)
 
 
 @pytest.mark.parametrize("mode,hidden,batch", [("LSTM", 512, 8), ("GRU", 683, 32)])

@@ -13,6 +13,15 @@ well below the per-step one's rate, and the LSTM forward was faster this way in 
 timings, except at a batch of 4, where the hoisted projection was; the backward's large matmuls
 are the same either way).
 
+A direction whose per-step product is mid-sized (``_UNIT_GROUPS``) splits its hidden units into
+groups (as many as XLA has threads, two here): each group computes all gates of its units from
+the whole previous ``h`` with its own rows of the weights (reordered group-major once per call,
+:func:`_group_rows`), so a step is two independent products and two independent gate updates,
+which XLA runs on two threads; one product of that size ran on one thread, or was split inside
+the matmul library with the second thread waking up late every step. The backward mirrors it:
+each group's gradient of the previous ``h`` is its own product of the step's gate gradients with
+its columns of ``W_hh``.
+
 For LSTM from a batch of 8 and GRU from 32 (``_FEATURE_MAJOR_FROM``) the loops keep the state
 feature-major, ``(H, N)``, so that step is ``W @ h`` with torch's weights as stored. Below, and
 for the one-gate RNN, they run batch-major, ``(N, H)``, with ``h @ W.T``. Both layouts compute the
@@ -40,6 +49,7 @@ starts at each sequence's own last valid step).
 from __future__ import annotations
 
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -67,6 +77,15 @@ _STEP_MAJOR_GRADIENTS_FROM = 2048
 # overwrites each step's activations with its gradients (di, df, dg, do; dr, dz | dn * r | dn):
 # one buffer per role, so that every weight-gradient matmul reads a whole buffer (a slice of
 # one would be copied first).
+# Hidden-unit groups (``layer(unit_groups=...)``): one direction's step split into independent
+# products, each computing all gates of a group of units from the whole state, so that XLA runs
+# them on separate threads. XLA:CPU runs one mid-sized per-step product on one thread (or hands
+# half of it to a second thread that must wake up first, every step); two independent products
+# keep both threads busy. On 2 cores, interleaved, forward: LSTM 128,32,128,256 1.7-1.8x, GRU
+# 128,32,128,256 1.5-1.9x; no gain below about 3M or above about 40M multiply-adds per step
+# (``benchmarks/run.py`` workloads: the B=4 layers lost 5-30%, the H=512 ones were level).
+_UNIT_GROUPS = {"max": 2, "macs": (3_000_000, 40_000_000)}
+
 _GRADIENT_BUFFERS = {
     "LSTM": (((0, 1, 2, 3), 0, ("hh", "ih")),),
     "GRU": (((0, 1), 0, ("hh", "ih")), ((2,), 2, ("hh",)), ((3,), 2, ("ih",))),
@@ -87,6 +106,27 @@ def step_major_gradients_default(gate_rows: int, feature_major: bool) -> bool:
     return feature_major and gate_rows >= _STEP_MAJOR_GRADIENTS_FROM
 
 
+def unit_groups_default(mode: str, weights, batch: int) -> int:
+    """The number of hidden-unit groups :func:`layer` picks (see ``_UNIT_GROUPS``): as many as
+    XLA has threads, at most ``_UNIT_GROUPS["max"]``, for one direction without projection whose
+    per-step product has between ``_UNIT_GROUPS["macs"]`` multiply-adds; else 1."""
+    w = weights[0]
+    gate_rows, hidden_out = w["weight_hh"].shape
+    cols = hidden_out + (w["weight_ih"].shape[1] if mode == "LSTM" else 0)
+    lo, hi = _UNIT_GROUPS["macs"]
+    groups = min(_UNIT_GROUPS["max"], os.cpu_count() or 1)
+    hidden = gate_rows // _params.GATES[mode]
+    if (
+        len(weights) != 1
+        or w.get("weight_hr") is not None
+        or groups < 2
+        or hidden % groups
+        or not lo <= gate_rows * cols * batch <= hi
+    ):
+        return 1
+    return groups
+
+
 def layer(
     mode: str,
     weights,
@@ -99,6 +139,7 @@ def layer(
     unroll: int = 1,
     feature_major: bool | None = None,
     step_major_gradients: bool | None = None,
+    unit_groups: int | None = None,
 ):
     """Run every direction of one layer; returns ``(finals, outputs)``.
 
@@ -117,6 +158,10 @@ def layer(
         step_major_gradients: feature-major only, the layout of the backward's gate-gradient
             buffers while the loop fills them (the same results; ``None``:
             :func:`step_major_gradients_default`).
+        unit_groups: split each direction's hidden units into this many groups, each computing
+            all gates of its units from the whole state (the same results, independent work for
+            XLA's threads; ``None``: :func:`unit_groups_default`). Must divide ``hidden_size``;
+            not with ``proj_size``.
 
     Returns:
         ``finals``: per direction the state after its last step (``h`` or ``(h, c)``);
@@ -128,6 +173,16 @@ def layer(
     if step_major_gradients is None:
         gate_rows = weights[0]["weight_hh"].shape[0]
         step_major_gradients = step_major_gradients_default(gate_rows, feature_major)
+    if unit_groups is None:
+        unit_groups = unit_groups_default(mode, weights, x.shape[1])
+    groups = int(unit_groups)
+    if groups > 1:
+        if weights[0]["weight_hr"] is not None:
+            raise ValueError("unit_groups > 1 does not support proj_size")
+        hidden = weights[0]["weight_hh"].shape[0] // _params.GATES[mode]
+        if hidden % groups:
+            raise ValueError(f"unit_groups={groups} must divide hidden_size={hidden}")
+        weights = tuple(_group_rows(w, _params.GATES[mode], groups) for w in weights)
     spec = (
         mode,
         tuple(bool(r) for r in reverse),
@@ -135,6 +190,7 @@ def layer(
         int(unroll),
         bool(feature_major),
         bool(feature_major and step_major_gradients),
+        groups,
     )
     hs, c_last = _layer_jit(spec, weights, x, state0, mask)
     finals = []
@@ -198,6 +254,53 @@ def _get_block(buf, row, rows, t, fm, step_major):
     return block.reshape((rows, sizes[2]) if fm else (sizes[1], rows))
 
 
+def _group_rows(w, num_gates, groups):
+    """The gate rows of a direction's weights and biases reordered group-major: group ``s``'s
+    rows (gate-major within it, the units ``s*H/S ... (s+1)*H/S - 1`` of every gate) become the
+    contiguous block ``s*G*H/S ... (s+1)*G*H/S - 1``. A reshape and a transpose, so gradients
+    flow back to torch's order."""
+    out = dict(w)
+    for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+        v = w[k]
+        if v is not None:
+            rows = v.shape[0]
+            v = v.reshape(num_gates, groups, rows // (num_gates * groups), *v.shape[1:])
+            out[k] = jnp.swapaxes(v, 0, 1).reshape(rows, *v.shape[3:])
+    return out
+
+
+def _group(w, s, groups):
+    """Group ``s``'s rows of weights ordered by :func:`_group_rows` (all of them for one group)."""
+    if groups == 1:
+        return w
+    out = dict(w)
+    for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+        if w[k] is not None:
+            rows = w[k].shape[0] // groups
+            out[k] = lax.slice_in_dim(w[k], s * rows, (s + 1) * rows)
+    return out
+
+
+def _features(a, fm):
+    """The feature axis of a per-step array: 0 feature-major ``(F, N)``, 1 batch-major."""
+    return 0 if fm else a.ndim - 1
+
+
+def _put_rows(buf, value, t, row, fm):
+    """Write step ``t``'s ``value`` (``(F, N)``; batch-major ``(N, F)``) at feature ``row`` of a
+    per-step buffer ``(L, H, N)`` (batch-major ``(L, N, H)``)."""
+    return _put_at(buf, value[None], (t, row, 0) if fm else (t, 0, row))
+
+
+def _get_rows(buf, t, row, rows, fm):
+    """Features ``row ... row + rows - 1`` of step ``t`` of a per-step buffer."""
+    if fm:
+        start, sizes = (t, row, 0), (1, rows, buf.shape[2])
+    else:
+        start, sizes = (t, 0, row), (1, buf.shape[1], rows)
+    return lax.dynamic_slice(buf, start, sizes, allow_negative_indices=False)[0]
+
+
 def _mm(a, b, precision):
     return jnp.matmul(a, b, precision=precision)
 
@@ -255,20 +358,24 @@ def _recurrent(w_rec, h, num_gates, fm, precision):
     return jnp.split(_lin(w_rec, h, fm, precision), num_gates, axis=0 if fm else -1)
 
 
-def _cell(mode, gx, state, w_rec, b_rec, w_hr, fm, precision):
-    """One step of one direction: ``(new_state, h_new, activations to save)``.
+def _cell(mode, gx, state, h_in, w_rec, b_rec, w_hr, fm, precision):
+    """One step of one direction (or of one group of its units): ``(new_state, h_new,
+    activations to save)``.
 
     ``gx``: the step's input-side gates, or ``[x_t]`` where :func:`_joint_step` (then ``w_rec``
-    is ``[W_ih, W_hh]``); ``w_rec``, ``b_rec`` and ``w_hr`` from :func:`_prepare`.
+    is ``[W_ih, W_hh]``); ``state``: the group's own ``h`` (LSTM ``(h, c)``); ``h_in``: the whole
+    ``h`` of the direction, which the recurrent weight multiplies; ``w_rec``, ``b_rec`` and
+    ``w_hr`` from :func:`_prepare`.
     """
     if mode == "LSTM":
         h, c = state
         if _joint_step(mode, fm):  # gx is [x_t]
-            pre = _recurrent(w_rec, jnp.concatenate([gx[0], h], axis=0), 4, fm, precision)
+            xh = jnp.concatenate([gx[0], h_in], axis=0)
+            pre = _recurrent(w_rec, xh, 4, fm, precision)
             if b_rec is not None:
                 pre = [p + b for p, b in zip(pre, b_rec)]
         else:
-            pre = [g + r for g, r in zip(gx, _recurrent(w_rec, h, 4, fm, precision))]
+            pre = [g + r for g, r in zip(gx, _recurrent(w_rec, h_in, 4, fm, precision))]
         i, f, o = (jax.nn.sigmoid(pre[k]) for k in (0, 1, 3))
         g = jnp.tanh(pre[2])
         c_new = f * c + i * g
@@ -277,7 +384,7 @@ def _cell(mode, gx, state, w_rec, b_rec, w_hr, fm, precision):
             h_new = _lin(w_hr, h_new, fm, precision)
         return (h_new, c_new), h_new, (i, f, g, o)
     h = state
-    gh = _recurrent(w_rec, h, len(gx), fm, precision)
+    gh = _recurrent(w_rec, h_in, len(gx), fm, precision)
     if mode == "GRU":
         hn = gh[2] if b_rec is None else gh[2] + b_rec
         r = jax.nn.sigmoid(gx[0] + gh[0])
@@ -314,82 +421,106 @@ def _prepare(mode, w, fm):
     return _oriented(w_rec, fm), b_rec, _oriented(w["weight_hr"], fm)
 
 
-def _split_state(mode, state, d, fm):
-    """Direction ``d`` of a batch-major state stack, in the loop layout."""
-    if mode == "LSTM":
-        return (_loop(state[0][d], fm), _loop(state[1][d], fm))
-    return _loop(state[d], fm)
+def _split_state(mode, state, d, fm, groups=1):
+    """Direction ``d`` of a batch-major state stack, in the loop layout, as one state per unit
+    group (a list)."""
+    parts = [state[0][d], state[1][d]] if mode == "LSTM" else [state[d]]
+    parts = [jnp.split(_loop(p, fm), groups, axis=_features(p, fm)) for p in parts]
+    return list(zip(*parts)) if mode == "LSTM" else parts[0]
+
+
+def _join(parts, fm):
+    """Per-group ``(F/S, N)`` (batch-major ``(N, F/S)``) arrays as one."""
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=_features(parts[0], fm))
 
 
 def _forward(spec, weights, x, state0, mask, save):
-    mode, rev, precision, unroll, fm, step_major = spec
+    mode, rev, precision, unroll, fm, step_major, groups = spec
     seq_len = x.shape[0]
     lstm = mode == "LSTM"
+    gw = [[_group(w, s, groups) for s in range(groups)] for w in weights]
     # the input side, read per step: feature-major LSTM ``x_t`` (one matmul with ``h`` in the
     # step), otherwise each gate's input projection for all steps, computed here
     joint = _joint_step(mode, fm)
     if joint:
-        gxs = [[_loop(x, fm)]] * len(weights)  # (L, H_in, N)
+        x_loop = _loop(x, fm)  # (L, H_in, N)
+        gxs = [[[x_loop]] * groups for _ in weights]
     else:
-        gxs = [_input_gates(mode, w, x, precision, fm) for w in weights]
+        gxs = [[_input_gates(mode, g, x, precision, fm) for g in ws] for ws in gw]
     step_axis = 1 if fm and not joint else 0
-    prepared = [_prepare(mode, w, fm) for w in weights]
+    prepared = [[_prepare(mode, g, fm) for g in ws] for ws in gw]
     mask_loop = None if mask is None else _loop(mask, fm)  # (L, 1, N) or (L, N, 1)
     # With ``save``, LSTM and GRU keep four activations per step (i, f, g, o; r, z, n, hn) in the
-    # backward's gate-gradient buffers (``_GRADIENT_BUFFERS``), which it then overwrites step by
-    # step: a training step holds one set of them per direction, not two.
+    # backward's gate-gradient buffers (``_GRADIENT_BUFFERS``, one set per unit group), which it
+    # then overwrites step by step: a training step holds one set of them per direction, not two.
     save_gates = save and mode in ("LSTM", "GRU")
 
-    def empty(like):
-        return jnp.zeros((seq_len, *like.shape), like.dtype)
+    def empty(like, features):
+        shape = (seq_len, features, like.shape[-1]) if fm else (seq_len, like.shape[0], features)
+        return jnp.zeros(shape, like.dtype)
 
     init = []
     for d, w in enumerate(weights):
-        s0 = _split_state(mode, state0, d, fm)
-        h0 = s0[0] if lstm else s0
-        act_like = s0[1] if lstm else s0
-        bufs = {"h": empty(h0)}
+        states = _split_state(mode, state0, d, fm, groups)
+        h0 = [st[0] if lstm else st for st in states]
+        act_like = states[0][1] if lstm else states[0]
+        sub = act_like.shape[_features(act_like, fm)]  # units per group
+        bufs = {"h": empty(h0[0], groups * h0[0].shape[_features(h0[0], fm)])}
         if save_gates:
-            hidden = act_like.shape[0 if fm else 1]
             bufs["gates"] = [
-                _gate_buffer(seq_len, len(blocks) * hidden, act_like, fm, step_major)
-                for blocks, _, _ in _GRADIENT_BUFFERS[mode]
+                [
+                    _gate_buffer(seq_len, len(blocks) * sub, act_like, fm, step_major)
+                    for blocks, _, _ in _GRADIENT_BUFFERS[mode]
+                ]
+                for _ in range(groups)
             ]
         if save and lstm:
-            bufs["c"] = empty(s0[1])
+            bufs["c"] = empty(act_like, groups * sub)
             if w["weight_hr"] is not None:  # o * tanh(c), the projection's input
-                bufs["hc"] = empty(s0[1])
-        init.append((s0, bufs))
+                bufs["hc"] = empty(act_like, sub)
+        init.append((states, bufs))
 
     def body(carry, s):
         new_carry = []
-        for d, (state, bufs) in enumerate(carry):
+        for d, (states, bufs) in enumerate(carry):
             t = seq_len - 1 - s if rev[d] else s
-            gx = [_at(g, t, axis=step_axis) for g in gxs[d]]
-            new, h_new, acts = _cell(mode, gx, state, *prepared[d], fm, precision)
-            if mask is not None:
-                m = _at(mask_loop, t)
-                new = jax.tree.map(lambda n, o, m=m: jnp.where(m, n, o), new, state)
+            h_in = _join([st[0] if lstm else st for st in states], fm)
             bufs = dict(bufs)
-            bufs["h"] = _put(bufs["h"], new[0] if lstm else new, t)
+            gates = [list(g) for g in bufs.get("gates", [])]
+            new_states = []
+            for g, state in enumerate(states):
+                gx = [_at(a, t, axis=step_axis) for a in gxs[d][g]]
+                new, h_new, acts = _cell(mode, gx, state, h_in, *prepared[d][g], fm, precision)
+                if mask is not None:
+                    m = _at(mask_loop, t)
+                    new = jax.tree.map(lambda n, o, m=m: jnp.where(m, n, o), new, state)
+                h_g = new[0] if lstm else new
+                width = h_g.shape[_features(h_g, fm)]
+                bufs["h"] = _put_rows(bufs["h"], h_g, t, g * width, fm)
+                if save_gates:
+                    sub = acts[0].shape[_features(acts[0], fm)]
+                    for b, (blocks, _, _) in enumerate(_GRADIENT_BUFFERS[mode]):
+                        for j, k in enumerate(blocks):
+                            gates[g][b] = _put_block(
+                                gates[g][b], acts[k], j * sub, t, fm, step_major
+                            )
+                if "c" in bufs:
+                    sub = new[1].shape[_features(new[1], fm)]
+                    bufs["c"] = _put_rows(bufs["c"], new[1], t, g * sub, fm)
+                if "hc" in bufs:
+                    bufs["hc"] = _put(bufs["hc"], acts[3] * jnp.tanh(new[1]), t)
+                new_states.append(new)
             if save_gates:
-                hidden = acts[0].shape[0 if fm else 1]
-                gates = list(bufs["gates"])
-                for b, (blocks, _, _) in enumerate(_GRADIENT_BUFFERS[mode]):
-                    for j, k in enumerate(blocks):
-                        gates[b] = _put_block(gates[b], acts[k], j * hidden, t, fm, step_major)
                 bufs["gates"] = gates
-            if "c" in bufs:
-                bufs["c"] = _put(bufs["c"], new[1], t)
-            if "hc" in bufs:
-                bufs["hc"] = _put(bufs["hc"], acts[3] * jnp.tanh(new[1]), t)
-            new_carry.append((new, bufs))
+            new_carry.append((new_states, bufs))
         return new_carry, None
 
     carry, _ = lax.scan(body, init, jnp.arange(seq_len), unroll=unroll)
     hs_loop = tuple(bufs["h"] for _, bufs in carry)  # (L, H_out, N) or (L, N, H_out)
     hs = tuple(_loop(h, fm) for h in hs_loop)
-    c_last = jnp.stack([_loop(state[1], fm) for state, _ in carry]) if lstm else None
+    c_last = None
+    if lstm:
+        c_last = jnp.stack([_loop(_join([st[1] for st in states], fm), fm) for states, _ in carry])
     saved = tuple(
         {"gates": bufs.get("gates"), "c": bufs.get("c"), "h": h, "hc": bufs.get("hc")}
         for (_, bufs), h in zip(carry, hs_loop)
@@ -432,7 +563,7 @@ def _cell_backward(mode, dh, dc, acts, c_t, c_prev, h_t, h_prev, w_hr_t, fm, pre
 
 
 def _backward(spec, weights, x, state0, mask, out, saved, cts):
-    mode, rev, precision, unroll, fm, step_major = spec
+    mode, rev, precision, unroll, fm, step_major, groups = spec
     seq_len, batch = x.shape[0], x.shape[1]
     lstm, gru = mode == "LSTM", mode == "GRU"
     num_gates = _params.GATES[mode]
@@ -442,20 +573,24 @@ def _backward(spec, weights, x, state0, mask, out, saved, cts):
     mask_loop = None if mask is None else _loop(mask, fm)
     all_gates = "gln" if fm else "lng"  # einsum letters: gate rows, steps, batch
 
-    def before(seq, init, t, reverse):
-        """The state before step ``t`` (``init`` at the direction's first step)."""
+    def before(seq, init, t, row, rows, reverse):
+        """Features ``row ... row + rows - 1`` of the state before step ``t`` (``init`` at the
+        direction's first step)."""
         first = seq_len - 1 if reverse else 0
         prev = jnp.clip(t + 1 if reverse else t - 1, 0, seq_len - 1)
-        return jnp.where(t == first, init, _at(seq, prev))
+        return jnp.where(t == first, init, _get_rows(seq, prev, row, rows, fm))
 
     # Per direction the loop forms the gradients of the recurrent pre-activations of the current
-    # step (``(G*H, N)``, the operand of the recurrent matmul) and copies them into the buffers
-    # for all steps of ``_GRADIENT_BUFFERS`` (:func:`_gate_buffer`, read afterwards as the
-    # ``(rows, L*N)`` operands of the weight-gradient matmuls). For LSTM and GRU these are the
-    # forward's buffers of saved activations: step t's activations are read from them, then
+    # step (``(G*H, N)``, the operand of the recurrent matmul; rows ordered by unit group, see
+    # :func:`_group_rows`) and copies them into the buffers for all steps of
+    # ``_GRADIENT_BUFFERS``, one set per unit group (:func:`_gate_buffer`, read afterwards as
+    # the ``(rows, L*N)`` operands of the weight-gradient matmuls). For LSTM and GRU these are
+    # the forward's buffers of saved activations: step t's activations are read from them, then
     # overwritten by step t's gradients. The loop reads each step's activations after writing
     # the previous step's gradients and carries them, so that XLA updates the buffers in place
-    # (read in the same step as the write, it copied the whole buffer every step).
+    # (read in the same step as the write, it copied the whole buffer every step). With unit
+    # groups, each group's gradient of the previous ``h`` is its own product of the whole step
+    # with its columns of ``W_hh``, independent of the others'.
     # Feature-major, the gates are written one by one into a scratch (in place): fusing a
     # concatenation into the gate arithmetic makes XLA:CPU emit it as scalar code, which only
     # pays off at small batches. The buffers copy from the finished scratch, so that XLA does
@@ -463,19 +598,20 @@ def _backward(spec, weights, x, state0, mask, out, saved, cts):
     per_gate_writes = fm and num_gates > 1
     layout = _GRADIENT_BUFFERS[mode]
 
-    def read_acts(bufs, t, hidden):
-        """LSTM/GRU: the four activation blocks of step ``t``."""
+    def read_acts(bufs, t, sub):
+        """LSTM/GRU: one group's four activation blocks of step ``t``."""
         if not (lstm or gru):
             return []
         acts = [None] * 4
         for buf, (blocks, _, _) in zip(bufs, layout):
             for j, k in enumerate(blocks):
-                acts[k] = _get_block(buf, j * hidden, hidden, t, fm, step_major)
+                acts[k] = _get_block(buf, j * sub, sub, t, fm, step_major)
         return acts
 
-    def write_grads(bufs, step, dgx_n, t, hidden):
-        """Step ``t``'s gradients into the buffers: the blocks of ``step`` (the recurrent
-        side's, ``(G*H, N)`` or ``(N, G*H)``) and, for GRU, the n gate's input side."""
+    def write_grads(bufs, step, dgx_n, t, sub):
+        """One group's step ``t`` gradients into its buffers: the blocks of ``step`` (the
+        recurrent side's, ``(G*H/S, N)`` or ``(N, G*H/S)``) and, for GRU, the n gate's input
+        side."""
         out = []
         for buf, (blocks, _, _) in zip(bufs, layout):
             if blocks[0] >= num_gates:  # GRU's dn
@@ -483,82 +619,108 @@ def _backward(spec, weights, x, state0, mask, out, saved, cts):
             elif len(blocks) == num_gates:
                 value = step
             else:
-                lo, hi = blocks[0] * hidden, (blocks[-1] + 1) * hidden
+                lo, hi = blocks[0] * sub, (blocks[-1] + 1) * sub
                 value = lax.slice_in_dim(step, lo, hi, axis=0 if fm else 1)
             out.append(_put_block(buf, value, 0, t, fm, step_major))
         return out
 
     init, loop_in = [], []
     for d, w in enumerate(weights):
-        s0 = _split_state(mode, state0, d, fm)
-        h0_d = s0[0] if lstm else s0
-        cell_like = s0[1] if lstm else s0
+        states = _split_state(mode, state0, d, fm, groups)
+        cell_like = states[0][1] if lstm else states[0]
+        h_like = states[0][0] if lstm else states[0]
         hidden = w["weight_hh"].shape[0] // num_gates
+        sub, width = hidden // groups, h_like.shape[_features(h_like, fm)]
         if lstm or gru:
             grads = saved[d]["gates"]
         else:
-            grads = [_gate_buffer(seq_len, hidden, cell_like, fm, step_major)]
+            grads = [[_gate_buffer(seq_len, sub, cell_like, fm, step_major)] for _ in range(groups)]
         bufs = {"grads": grads}
-        if per_gate_writes:
-            bufs["step"] = jnp.zeros((num_gates * hidden, batch), cell_like.dtype)
+        if per_gate_writes:  # one scratch per group
+            bufs["step"] = [jnp.zeros((num_gates * sub, batch), cell_like.dtype)] * groups
         if w["weight_hr"] is not None:
-            bufs["dh"] = jnp.zeros((seq_len, *h0_d.shape), h0_d.dtype)
-        dc0 = _loop(dc_last[d], fm) if lstm else None
+            bufs["dh"] = jnp.zeros((seq_len, *h_like.shape), h_like.dtype)
+        dc0 = jnp.split(_loop(dc_last[d], fm), groups, axis=0 if fm else 1) if lstm else None
+        dc0 = dc0 or [None] * groups
         # the activations of the first step the backward reaches (the last the direction ran)
-        acts0 = read_acts(grads, 0 if rev[d] else seq_len - 1, hidden)
-        init.append((jnp.zeros_like(h0_d), dc0, bufs, acts0))
-        # the transposed products of the backward, as _lin takes them
-        w_back = w["weight_hh"].T if fm else w["weight_hh"]
+        first = 0 if rev[d] else seq_len - 1
+        acts0 = [read_acts(g, first, sub) for g in grads]
+        init.append(([jnp.zeros_like(h_like)] * groups, dc0, bufs, acts0))
+        # the transposed products of the backward, as _lin takes them: per group of the
+        # previous h, its columns of W_hh
+        w_hh = w["weight_hh"]
+        w_back = [lax.slice_in_dim(w_hh, r * width, (r + 1) * width, axis=1) for r in range(groups)]
+        w_back = [wb.T if fm else wb for wb in w_back]
         w_hr_back = None if w["weight_hr"] is None else (w["weight_hr"].T if fm else w["weight_hr"])
-        loop_in.append((s0, _loop(dhs[d], fm), w_back, w_hr_back, hidden))
+        loop_in.append((states, _loop(dhs[d], fm), w_back, w_hr_back, sub, width))
 
     def body(carry, s):
         new_carry = []
-        for d, (dh, dc, bufs, acts) in enumerate(carry):
+        for d, (dhs_g, dcs_g, bufs, acts_g) in enumerate(carry):
             t = s if rev[d] else seq_len - 1 - s
             cs, hs_loop = saved[d]["c"], saved[d]["h"]
-            s0, dhs_loop, w_back, w_hr_back, hidden = loop_in[d]
-            dh = dh + _at(dhs_loop, t)
-            dh_c, dc_c = dh, dc
+            states, dhs_loop, w_back, w_hr_back, sub, width = loop_in[d]
             if mask is not None:
                 m = _at(mask_loop, t)
-                zero = jnp.zeros((), dh.dtype)
-                dh_c = jnp.where(m, dh, zero)
-                dc_c = None if dc is None else jnp.where(m, dc, zero)
-            dgx, dgh, dh_direct, dc_prev = _cell_backward(
-                mode,
-                dh_c,
-                dc_c,
-                acts,
-                _at(cs, t) if lstm else None,
-                before(cs, s0[1], t, rev[d]) if lstm else None,
-                _at(hs_loop, t) if not (lstm or gru) else None,
-                before(hs_loop, s0, t, rev[d]) if gru else None,
-                w_hr_back,
-                fm,
-                precision,
-            )
+                zero = jnp.zeros((), dhs_g[0].dtype)
             bufs = dict(bufs)
-            if per_gate_writes:
-                step = bufs["step"]
-                for k, g in enumerate(dgh):
-                    step = _put_at(step, g, (k * hidden, 0))
-                bufs["step"] = step
-            else:
-                step = jnp.concatenate(dgh, axis=0 if fm else -1)
-            bufs["grads"] = write_grads(bufs["grads"], step, dgx[-1] if gru else None, t, hidden)
-            dh_prev = _lin(w_back, step, fm, precision)
-            if dh_direct is not None:
-                dh_prev = dh_prev + dh_direct
-            if mask is not None:  # masked steps hand the gradient on to the kept state
-                dh_prev = dh_prev + jnp.where(m, zero, dh)
-                if lstm:
-                    dc_prev = dc_prev + jnp.where(m, zero, dc)
-            if "dh" in bufs:
-                bufs["dh"] = _put(bufs["dh"], dh_c, t)
+            scratch, grads, acts_next = [], [], []
+            handed_on, dh_direct_g, dc_prev_g = [], [], []
             t_next = jnp.clip(t + 1 if rev[d] else t - 1, 0, seq_len - 1)
-            acts_next = read_acts(bufs["grads"], t_next, hidden)
-            new_carry.append((dh_prev, dc_prev, bufs, acts_next))
+            for g in range(groups):
+                dh = dhs_g[g] + _get_rows(dhs_loop, t, g * width, width, fm)
+                dc = dcs_g[g]
+                dh_c, dc_c = dh, dc
+                if mask is not None:
+                    dh_c = jnp.where(m, dh, zero)
+                    dc_c = None if dc is None else jnp.where(m, dc, zero)
+                dgx, dgh, dh_direct, dc_prev = _cell_backward(
+                    mode,
+                    dh_c,
+                    dc_c,
+                    acts_g[g],
+                    _get_rows(cs, t, g * sub, sub, fm) if lstm else None,
+                    before(cs, states[g][1], t, g * sub, sub, rev[d]) if lstm else None,
+                    _get_rows(hs_loop, t, g * width, width, fm) if not (lstm or gru) else None,
+                    before(hs_loop, states[g], t, g * width, width, rev[d]) if gru else None,
+                    w_hr_back,
+                    fm,
+                    precision,
+                )
+                if mask is not None:  # masked steps hand the gradient on to the kept state
+                    handed_on.append(jnp.where(m, zero, dh))
+                    if lstm:
+                        dc_prev = dc_prev + jnp.where(m, zero, dc)
+                if "dh" in bufs:
+                    bufs["dh"] = _put(bufs["dh"], dh_c, t)
+                # the group's part of the step: written gate by gate into its own scratch, then
+                # copied into its buffers, whose next activations are read after that write
+                if per_gate_writes:
+                    step_g = bufs["step"][g]
+                    for k, a in enumerate(dgh):
+                        step_g = _put_at(step_g, a, (k * sub, 0))
+                else:
+                    step_g = jnp.concatenate(dgh, axis=0 if fm else -1)
+                scratch.append(step_g)
+                grads.append(
+                    write_grads(bufs["grads"][g], step_g, dgx[-1] if gru else None, t, sub)
+                )
+                acts_next.append(read_acts(grads[g], t_next, sub))
+                dh_direct_g.append(dh_direct)
+                dc_prev_g.append(dc_prev)
+            if per_gate_writes:
+                bufs["step"] = scratch
+            bufs["grads"] = grads
+            step = _join(scratch, fm)  # the whole step, the operand of every group's product
+            dh_prev_g = []
+            for r in range(groups):
+                dh_prev = _lin(w_back[r], step, fm, precision)
+                if dh_direct_g[r] is not None:
+                    dh_prev = dh_prev + dh_direct_g[r]
+                if mask is not None:
+                    dh_prev = dh_prev + handed_on[r]
+                dh_prev_g.append(dh_prev)
+            new_carry.append((dh_prev_g, dc_prev_g, bufs, acts_next))
         return new_carry, None
 
     carry, _ = lax.scan(body, init, jnp.arange(seq_len), unroll=unroll)
@@ -570,37 +732,37 @@ def _backward(spec, weights, x, state0, mask, out, saved, cts):
     steps_and_batch = (1, 2) if fm else (0, 1)
     dweights, dx = [], None
     dh0, dc0 = [], []
-    for d, (w, (dh0_d, dc0_d, bufs, _)) in enumerate(zip(weights, carry)):
-        hidden = w["weight_hh"].shape[0] // num_gates
+    for d, (w, (dh0_g, dc0_g, bufs, _)) in enumerate(zip(weights, carry)):
+        sub = w["weight_hh"].shape[0] // num_gates // groups
         h_before = _shifted(hs[d], h0[d], rev[d])  # (L, N, H_out)
         parts = {"weight_hh": [], "weight_ih": [], "bias_hh": [], "bias_ih": []}
-        for buf, (blocks, gate, roles) in zip(bufs["grads"], layout):
-            if step_major:  # to (rows, L, N), a real copy (else XLA folds it into the matmuls)
-                buf = lax.optimization_barrier(jnp.transpose(buf, (1, 0, 2)))
-            if "hh" in roles:
-                parts["weight_hh"].append(over_steps(f"{all_gates},lnp->gp", buf, h_before))
-            if "ih" in roles:
-                parts["weight_ih"].append(over_steps(f"{all_gates},lni->gi", buf, x))
-                w_ih = lax.slice_in_dim(
-                    w["weight_ih"], gate * hidden, (gate + len(blocks)) * hidden
-                )
-                if fm:  # W_ih^T @ dgates as (H_in, L, N) (see _dx_weight), transposed below
-                    term = over_steps("ig,gln->iln", _dx_weight(w_ih), buf)
-                else:
-                    term = over_steps("lng,gi->lni", buf, w_ih)
-                dx = term if dx is None else dx + term
-            if w["bias_ih"] is not None:
-                db = jnp.sum(buf, axis=steps_and_batch)
-                for role in roles:
-                    parts[f"bias_{role}"].append(db)
+        for g, group_bufs in enumerate(bufs["grads"]):
+            for buf, (blocks, gate, roles) in zip(group_bufs, layout):
+                if step_major:  # to (rows, L, N), a real copy (else XLA folds it into the matmuls)
+                    buf = lax.optimization_barrier(jnp.transpose(buf, (1, 0, 2)))
+                if "hh" in roles:
+                    parts["weight_hh"].append(over_steps(f"{all_gates},lnp->gp", buf, h_before))
+                if "ih" in roles:
+                    parts["weight_ih"].append(over_steps(f"{all_gates},lni->gi", buf, x))
+                    row = (g * num_gates + gate) * sub
+                    w_ih = lax.slice_in_dim(w["weight_ih"], row, row + len(blocks) * sub)
+                    if fm:  # W_ih^T @ dgates as (H_in, L, N) (see _dx_weight), transposed below
+                        term = over_steps("ig,gln->iln", _dx_weight(w_ih), buf)
+                    else:
+                        term = over_steps("lng,gi->lni", buf, w_ih)
+                    dx = term if dx is None else dx + term
+                if w["bias_ih"] is not None:
+                    db = jnp.sum(buf, axis=steps_and_batch)
+                    for role in roles:
+                        parts[f"bias_{role}"].append(db)
         dw = {k: (jnp.concatenate(v) if v else None) for k, v in parts.items()}
         dw["weight_hr"] = None
         if w["weight_hr"] is not None:
             h_cell = saved[d]["hc"]  # (L, H, N) or (L, N, H)
             dw["weight_hr"] = over_steps("lpn,lhn->ph" if fm else "lnp,lnh->ph", bufs["dh"], h_cell)
         dweights.append(dw)
-        dh0.append(_loop(dh0_d, fm))
-        dc0.append(None if dc0_d is None else _loop(dc0_d, fm))
+        dh0.append(_loop(_join(dh0_g, fm), fm))
+        dc0.append(None if dc0_g[0] is None else _loop(_join(dc0_g, fm), fm))
     if fm:
         dx = jnp.transpose(dx, (1, 2, 0))
     dstate0 = (jnp.stack(dh0), jnp.stack(dc0)) if lstm else jnp.stack(dh0)
