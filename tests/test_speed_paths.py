@@ -10,7 +10,6 @@ reproduce to rounding for every option: modes, projections, no bias, directions,
 from __future__ import annotations
 
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
@@ -291,7 +290,7 @@ def test_unit_groups_match_torch(mode, hidden, batch):
     w = {"weight_ih": jnp.zeros((rows, I)), "weight_hh": jnp.zeros((rows, hidden))}
     w2 = {**w, "weight_ih": jnp.zeros((rows, hidden))}
     for weights in ([w], [w2]):
-        assert _fused.unit_groups_default(mode, weights, batch) == min(2, os.cpu_count() or 1)
+        assert _fused.unit_groups_default(mode, weights, batch) == min(2, _fused._cpu_count())
     assert _fused.unit_groups_default(mode, [w, w], batch) == 1  # two directions: one each
     assert _fused.unit_groups_default(mode, [w], 2) == 1  # too small a product
     _check_packed_against_torch(mode, dict(num_layers=2), batch, hidden, 1e-4)

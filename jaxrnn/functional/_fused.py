@@ -19,8 +19,8 @@ the whole previous ``h`` with its own rows of the weights (reordered group-major
 :func:`_group_rows`), so a step is two independent products and two independent gate updates,
 which XLA runs on two threads; one product of that size ran on one thread, or was split inside
 the matmul library with the second thread waking up late every step. The backward mirrors it:
-each group's gradient of the previous ``h`` is its own product of the step's gate gradients with
-its columns of ``W_hh``.
+each group multiplies its own gate gradients by its rows of ``W_hh`` (a partial gradient of the
+whole previous ``h``), and the groups' partial products are summed.
 
 For LSTM from a batch of 8 and GRU from 32 (``_FEATURE_MAJOR_FROM``) the loops keep the state
 feature-major, ``(H, N)``, so that step is ``W @ h`` with torch's weights as stored. Below, and
@@ -106,6 +106,14 @@ def step_major_gradients_default(gate_rows: int, feature_major: bool) -> bool:
     return feature_major and gate_rows >= _STEP_MAJOR_GRADIENTS_FROM
 
 
+def _cpu_count() -> int:
+    """The CPUs this process may run on (XLA's thread pool has as many threads)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def unit_groups_default(mode: str, weights, batch: int) -> int:
     """The number of hidden-unit groups :func:`layer` picks (see ``_UNIT_GROUPS``): as many as
     XLA has threads, at most ``_UNIT_GROUPS["max"]``, for one direction without projection whose
@@ -114,7 +122,7 @@ def unit_groups_default(mode: str, weights, batch: int) -> int:
     gate_rows, hidden_out = w["weight_hh"].shape
     cols = hidden_out + (w["weight_ih"].shape[1] if mode == "LSTM" else 0)
     lo, hi = _UNIT_GROUPS["macs"]
-    groups = min(_UNIT_GROUPS["max"], os.cpu_count() or 1)
+    groups = min(_UNIT_GROUPS["max"], _cpu_count())
     hidden = gate_rows // _params.GATES[mode]
     if (
         len(weights) != 1
@@ -589,8 +597,10 @@ def _backward(spec, weights, x, state0, mask, out, saved, cts):
     # overwritten by step t's gradients. The loop reads each step's activations after writing
     # the previous step's gradients and carries them, so that XLA updates the buffers in place
     # (read in the same step as the write, it copied the whole buffer every step). With unit
-    # groups, each group's gradient of the previous ``h`` is its own product of the whole step
-    # with its columns of ``W_hh``, independent of the others'.
+    # groups, each group's gate gradients times its rows of ``W_hh`` is a partial gradient of the
+    # whole previous ``h``, independent of the other groups'; the partials are then summed
+    # (interleaved A/B: 3-8% faster training steps than one product per group of the previous
+    # ``h``, which needs every group's gate gradients first).
     # Feature-major, the gates are written one by one into a scratch (in place): fusing a
     # concatenation into the gate arithmetic makes XLA:CPU emit it as scalar code, which only
     # pays off at small batches. The buffers copy from the finished scratch, so that XLA does
@@ -646,10 +656,11 @@ def _backward(spec, weights, x, state0, mask, out, saved, cts):
         first = 0 if rev[d] else seq_len - 1
         acts0 = [read_acts(g, first, sub) for g in grads]
         init.append(([jnp.zeros_like(h_like)] * groups, dc0, bufs, acts0))
-        # the transposed products of the backward, as _lin takes them: per group of the
-        # previous h, its columns of W_hh
+        # the transposed products of the backward, as _lin takes them: per group, its rows of
+        # W_hh
         w_hh = w["weight_hh"]
-        w_back = [lax.slice_in_dim(w_hh, r * width, (r + 1) * width, axis=1) for r in range(groups)]
+        rows = num_gates * sub
+        w_back = [lax.slice_in_dim(w_hh, g * rows, (g + 1) * rows) for g in range(groups)]
         w_back = [wb.T if fm else wb for wb in w_back]
         w_hr_back = None if w["weight_hr"] is None else (w["weight_hr"].T if fm else w["weight_hr"])
         loop_in.append((states, _loop(dhs[d], fm), w_back, w_hr_back, sub, width))
@@ -711,10 +722,13 @@ def _backward(spec, weights, x, state0, mask, out, saved, cts):
             if per_gate_writes:
                 bufs["step"] = scratch
             bufs["grads"] = grads
-            step = _join(scratch, fm)  # the whole step, the operand of every group's product
+            partials = [_lin(w_back[g], scratch[g], fm, precision) for g in range(groups)]
             dh_prev_g = []
             for r in range(groups):
-                dh_prev = _lin(w_back[r], step, fm, precision)
+                dh_prev = sum(
+                    lax.slice_in_dim(p, r * width, (r + 1) * width, axis=0 if fm else 1)
+                    for p in partials
+                )
                 if dh_direct_g[r] is not None:
                     dh_prev = dh_prev + dh_direct_g[r]
                 if mask is not None:
