@@ -309,6 +309,20 @@ def _get_rows(buf, t, row, rows, fm):
     return lax.dynamic_slice(buf, start, sizes, allow_negative_indices=False)[0]
 
 
+def _put_out(buf, value, t, row, fm):
+    """Write step ``t``'s ``value`` (loop layout) at feature ``row`` of a batch-major per-step
+    buffer ``(L, N, H)``: feature-major loops transpose the small step block rather than the
+    whole buffer afterwards (which would hold a second copy of it)."""
+    return _put_rows(buf, value.T if fm else value, t, row, False)
+
+
+def _get_out(buf, t, row, rows, fm):
+    """Features ``row ... row + rows - 1`` of step ``t`` of a batch-major per-step buffer, in
+    the loop layout."""
+    block = _get_rows(buf, t, row, rows, False)
+    return block.T if fm else block
+
+
 def _mm(a, b, precision):
     return jnp.matmul(a, b, precision=precision)
 
@@ -473,7 +487,8 @@ def _forward(spec, weights, x, state0, mask, save):
         h0 = [st[0] if lstm else st for st in states]
         act_like = states[0][1] if lstm else states[0]
         sub = act_like.shape[_features(act_like, fm)]  # units per group
-        bufs = {"h": empty(h0[0], groups * h0[0].shape[_features(h0[0], fm)])}
+        width = h0[0].shape[_features(h0[0], fm)]  # h features per group
+        bufs = {"h": jnp.zeros((seq_len, x.shape[1], groups * width), h0[0].dtype)}
         if save_gates:
             bufs["gates"] = [
                 [
@@ -504,7 +519,7 @@ def _forward(spec, weights, x, state0, mask, save):
                     new = jax.tree.map(lambda n, o, m=m: jnp.where(m, n, o), new, state)
                 h_g = new[0] if lstm else new
                 width = h_g.shape[_features(h_g, fm)]
-                bufs["h"] = _put_rows(bufs["h"], h_g, t, g * width, fm)
+                bufs["h"] = _put_out(bufs["h"], h_g, t, g * width, fm)
                 if save_gates:
                     sub = acts[0].shape[_features(acts[0], fm)]
                     for b, (blocks, _, _) in enumerate(_GRADIENT_BUFFERS[mode]):
@@ -524,14 +539,13 @@ def _forward(spec, weights, x, state0, mask, save):
         return new_carry, None
 
     carry, _ = lax.scan(body, init, jnp.arange(seq_len), unroll=unroll)
-    hs_loop = tuple(bufs["h"] for _, bufs in carry)  # (L, H_out, N) or (L, N, H_out)
-    hs = tuple(_loop(h, fm) for h in hs_loop)
+    hs = tuple(bufs["h"] for _, bufs in carry)  # (L, N, H_out)
     c_last = None
     if lstm:
         c_last = jnp.stack([_loop(_join([st[1] for st in states], fm), fm) for states, _ in carry])
     saved = tuple(
         {"gates": bufs.get("gates"), "c": bufs.get("c"), "h": h, "hc": bufs.get("hc")}
-        for (_, bufs), h in zip(carry, hs_loop)
+        for (_, bufs), h in zip(carry, hs)
     )
     return (hs, c_last), saved
 
@@ -581,12 +595,13 @@ def _backward(spec, weights, x, state0, mask, out, saved, cts):
     mask_loop = None if mask is None else _loop(mask, fm)
     all_gates = "gln" if fm else "lng"  # einsum letters: gate rows, steps, batch
 
-    def before(seq, init, t, row, rows, reverse):
+    def before(seq, init, t, row, rows, reverse, out=False):
         """Features ``row ... row + rows - 1`` of the state before step ``t`` (``init`` at the
-        direction's first step)."""
+        direction's first step), from a loop-layout buffer (``out``: a batch-major one)."""
         first = seq_len - 1 if reverse else 0
         prev = jnp.clip(t + 1 if reverse else t - 1, 0, seq_len - 1)
-        return jnp.where(t == first, init, _get_rows(seq, prev, row, rows, fm))
+        get = _get_out if out else _get_rows
+        return jnp.where(t == first, init, get(seq, prev, row, rows, fm))
 
     # Per direction the loop forms the gradients of the recurrent pre-activations of the current
     # step (``(G*H, N)``, the operand of the recurrent matmul; rows ordered by unit group, see
@@ -663,14 +678,14 @@ def _backward(spec, weights, x, state0, mask, out, saved, cts):
         w_back = [lax.slice_in_dim(w_hh, g * rows, (g + 1) * rows) for g in range(groups)]
         w_back = [wb.T if fm else wb for wb in w_back]
         w_hr_back = None if w["weight_hr"] is None else (w["weight_hr"].T if fm else w["weight_hr"])
-        loop_in.append((states, _loop(dhs[d], fm), w_back, w_hr_back, sub, width))
+        loop_in.append((states, dhs[d], w_back, w_hr_back, sub, width))
 
     def body(carry, s):
         new_carry = []
         for d, (dhs_g, dcs_g, bufs, acts_g) in enumerate(carry):
             t = s if rev[d] else seq_len - 1 - s
-            cs, hs_loop = saved[d]["c"], saved[d]["h"]
-            states, dhs_loop, w_back, w_hr_back, sub, width = loop_in[d]
+            cs, hs_saved = saved[d]["c"], saved[d]["h"]  # (L, N, H_out) batch-major
+            states, dhs_d, w_back, w_hr_back, sub, width = loop_in[d]
             if mask is not None:
                 m = _at(mask_loop, t)
                 zero = jnp.zeros((), dhs_g[0].dtype)
@@ -679,7 +694,7 @@ def _backward(spec, weights, x, state0, mask, out, saved, cts):
             handed_on, dh_direct_g, dc_prev_g = [], [], []
             t_next = jnp.clip(t + 1 if rev[d] else t - 1, 0, seq_len - 1)
             for g in range(groups):
-                dh = dhs_g[g] + _get_rows(dhs_loop, t, g * width, width, fm)
+                dh = dhs_g[g] + _get_out(dhs_d, t, g * width, width, fm)
                 dc = dcs_g[g]
                 dh_c, dc_c = dh, dc
                 if mask is not None:
@@ -692,8 +707,10 @@ def _backward(spec, weights, x, state0, mask, out, saved, cts):
                     acts_g[g],
                     _get_rows(cs, t, g * sub, sub, fm) if lstm else None,
                     before(cs, states[g][1], t, g * sub, sub, rev[d]) if lstm else None,
-                    _get_rows(hs_loop, t, g * width, width, fm) if not (lstm or gru) else None,
-                    before(hs_loop, states[g], t, g * width, width, rev[d]) if gru else None,
+                    _get_out(hs_saved, t, g * width, width, fm) if not (lstm or gru) else None,
+                    before(hs_saved, states[g], t, g * width, width, rev[d], out=True)
+                    if gru
+                    else None,
                     w_hr_back,
                     fm,
                     precision,
