@@ -136,6 +136,41 @@ def test_fused_equals_autodiff_of_plain_scan(
 
 
 @LAYOUTS
+@pytest.mark.parametrize("columns", [1, 6], ids=["windows_of_1_step", "windows_of_2_steps"])
+@pytest.mark.parametrize("mode,dirs,masked", [(m, 2, True) for m in MODES] + [("GRU", 1, False)])
+def test_projection_windows_equal_autodiff_of_plain_scan(
+    monkeypatch, mode, dirs, masked, columns, fm, step_major
+):
+    """The hoisted input projections computed a window of steps at a time (``_fused.
+    _projection_chunk``; here windows of 1 and of 2 steps, the latter with a shorter last
+    window, for T=7 and B=3): outputs and gradients as autodiff of the plain scan."""
+    monkeypatch.setattr(_fused, "_PROJECTION_COLUMNS", columns)
+    assert _fused._projection_chunk(T, B) == (1 if columns == 1 else 2)
+    rng = np.random.default_rng(5)
+    with jax.enable_x64(True):
+        weights, x, state0 = _random_layer(rng, mode, dirs, 0, True)
+        mask = None
+        if masked:
+            mask = (jnp.arange(T)[:, None] < jnp.array([T, 2, 0])[None, :])[..., None]
+        ref = _plain(mode, weights, x, state0, mask, 1)
+        fused = functools.partial(_fused_layer, feature_major=fm, step_major=step_major)
+        cot = [jnp.asarray(rng.standard_normal(a.shape)) for a in jax.tree.leaves(ref)]
+
+        def loss(fn):
+            def f(weights, x, state0):
+                out = fn(mode, weights, x, state0, mask, 1)
+                return sum(jnp.vdot(a, c) for a, c in zip(jax.tree.leaves(out), cot))
+
+            return f
+
+        assert_close(fused(mode, weights, x, state0, mask, 1), ref, 1e-12, 1e-12, "outputs")
+        g_ref = jax.grad(loss(_plain), argnums=(0, 1, 2))(weights, x, state0)
+        g_got = jax.grad(loss(fused), argnums=(0, 1, 2))(weights, x, state0)
+        for a, b in zip(jax.tree.leaves(g_got), jax.tree.leaves(g_ref)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-10)
+
+
+@LAYOUTS
 @pytest.mark.parametrize("groups", [1, 2], ids=["one_group", "two_unit_groups"])
 def test_second_order_gradients_equal_plain_scan(fm, step_major, groups):
     """The custom backward is itself differentiable: a Hessian-vector product through it equals
@@ -325,7 +360,8 @@ def test_step_major_gradient_buffers_match_torch(mode, hidden, batch):
 def test_compiled_program_does_not_grow_with_length():
     """Forward and backward are ``while`` loops: the optimised HLO has about the same number of
     instructions for 16 and 4096 steps (unrolling would multiply it by 256), so compile time is
-    flat in the sequence length."""
+    flat in the sequence length. At most the step loop appears twice more: for windows of input
+    projections (``_fused._projection_chunk``), and for a last, shorter one."""
     tmod = torch_layer("LSTM", I, H, num_layers=2, bidirectional=True)
     params = jaxrnn.state_dict_to_params(tmod.state_dict())
 
@@ -339,7 +375,7 @@ def test_compiled_program_does_not_grow_with_length():
         return sum(1 for line in text.splitlines() if " = " in line)
 
     short, long_ = size(16), size(4096)
-    assert long_ < 1.05 * short, (short, long_)
+    assert long_ < 2 * short, (short, long_)
 
 
 # ---------------------------------------------------------------------------------------------

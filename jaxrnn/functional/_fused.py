@@ -7,7 +7,9 @@ the recurrence for the gate gradients only and ``dW_ih``, ``dW_hh``, the biases 
 then large matmuls over all steps at once. Both directions of a layer advance in the same loop
 (two independent chains that XLA may run side by side) and each step's recurrent product is one
 matmul for all gates. For GRU, the RNN and the batch-major LSTM (small batches, below) the input
-projections of all steps are computed before the loop; a feature-major LSTM step multiplies
+projections are computed ahead of the steps, in windows of steps (``_projection_chunk``: an outer
+loop computes a window's projections as one GEMM, an inner loop runs its steps), so that they
+never take more than a window's memory; a feature-major LSTM step multiplies
 ``[W_ih, W_hh]`` by ``[x_t; h]`` in one matmul instead (on XLA:CPU the large projection GEMM ran
 well below the per-step one's rate, and the LSTM forward was faster this way in interleaved
 timings, except at a batch of 4, where the hoisted projection was; the backward's large matmuls
@@ -85,6 +87,9 @@ _STEP_MAJOR_GRADIENTS_FROM = 2048
 # 128,32,128,256 1.5-1.9x; no gain below about 3M or above about 40M multiply-adds per step
 # (``benchmarks/run.py`` workloads: the B=4 layers lost 5-30%, the H=512 ones were level).
 _UNIT_GROUPS = {"max": 2, "macs": (3_000_000, 40_000_000)}
+
+# Columns (steps * batch) of one window of hoisted input projections (see _projection_chunk).
+_PROJECTION_COLUMNS = 1024
 
 _GRADIENT_BUFFERS = {
     "LSTM": (((0, 1, 2, 3), 0, ("hh", "ih")),),
@@ -323,6 +328,14 @@ def _get_out(buf, t, row, rows, fm):
     return block.T if fm else block
 
 
+def _projection_chunk(seq_len: int, batch: int) -> int:
+    """Steps per window of hoisted input projections (``_PROJECTION_COLUMNS`` columns, ``C*N``):
+    the projections of a whole sequence would be ``G*H*L*N`` floats (48 MiB per layer for GRU
+    128,64,512), in memory next to the saved activations; a window of them is still one GEMM of
+    thousands of columns."""
+    return max(1, min(seq_len, -(-_PROJECTION_COLUMNS // batch)))
+
+
 def _mm(a, b, precision):
     return jnp.matmul(a, b, precision=precision)
 
@@ -462,13 +475,27 @@ def _forward(spec, weights, x, state0, mask, save):
     lstm = mode == "LSTM"
     gw = [[_group(w, s, groups) for s in range(groups)] for w in weights]
     # the input side, read per step: feature-major LSTM ``x_t`` (one matmul with ``h`` in the
-    # step), otherwise each gate's input projection for all steps, computed here
+    # step), otherwise each gate's input projection, computed for a window of ``chunk`` steps
+    # at a time (see _projection_chunk) by an outer loop around the loop over its steps
     joint = _joint_step(mode, fm)
-    if joint:
-        x_loop = _loop(x, fm)  # (L, H_in, N)
-        gxs = [[[x_loop]] * groups for _ in weights]
-    else:
-        gxs = [[_input_gates(mode, g, x, precision, fm) for g in ws] for ws in gw]
+    chunk = seq_len if joint else _projection_chunk(seq_len, x.shape[1])
+
+    def window_start(d, first, length):
+        """The first time of direction ``d``'s steps ``first ... first + length - 1``."""
+        return seq_len - first - length if rev[d] else first
+
+    def project(first, length):
+        """Per direction the input side of its steps ``first ... first + length - 1``, and
+        the time the window starts at."""
+        if joint:
+            return [[[_loop(x, fm)]] * groups for _ in weights], [0] * len(weights)
+        starts = [window_start(d, first, length) for d in range(len(weights))]
+        out = []
+        for ws, start in zip(gw, starts):
+            xs = x if length == seq_len else lax.dynamic_slice_in_dim(x, start, length)
+            out.append([_input_gates(mode, g, xs, precision, fm) for g in ws])
+        return out, starts
+
     step_axis = 1 if fm and not joint else 0
     prepared = [[_prepare(mode, g, fm) for g in ws] for ws in gw]
     mask_loop = None if mask is None else _loop(mask, fm)  # (L, 1, N) or (L, N, 1)
@@ -503,7 +530,7 @@ def _forward(spec, weights, x, state0, mask, save):
                 bufs["hc"] = empty(act_like, sub)
         init.append((states, bufs))
 
-    def body(carry, s):
+    def body(carry, s, gxs, starts):
         new_carry = []
         for d, (states, bufs) in enumerate(carry):
             t = seq_len - 1 - s if rev[d] else s
@@ -512,7 +539,7 @@ def _forward(spec, weights, x, state0, mask, save):
             gates = [list(g) for g in bufs.get("gates", [])]
             new_states = []
             for g, state in enumerate(states):
-                gx = [_at(a, t, axis=step_axis) for a in gxs[d][g]]
+                gx = [_at(a, t - starts[d], axis=step_axis) for a in gxs[d][g]]
                 new, h_new, acts = _cell(mode, gx, state, h_in, *prepared[d][g], fm, precision)
                 if mask is not None:
                     m = _at(mask_loop, t)
@@ -538,7 +565,21 @@ def _forward(spec, weights, x, state0, mask, save):
             new_carry.append((new_states, bufs))
         return new_carry, None
 
-    carry, _ = lax.scan(body, init, jnp.arange(seq_len), unroll=unroll)
+    def steps(carry, first, length):
+        gxs, starts = project(first, length)
+        return lax.scan(
+            lambda c, s: body(c, s, gxs, starts), carry, first + jnp.arange(length), unroll=unroll
+        )[0]
+
+    num_chunks, tail = divmod(seq_len, chunk)
+    if num_chunks == 1:
+        carry = steps(init, 0, chunk)
+    else:
+        carry = lax.scan(
+            lambda c, i: (steps(c, i * chunk, chunk), None), init, jnp.arange(num_chunks)
+        )[0]
+    if tail:
+        carry = steps(carry, num_chunks * chunk, tail)
     hs = tuple(bufs["h"] for _, bufs in carry)  # (L, N, H_out)
     c_last = None
     if lstm:
