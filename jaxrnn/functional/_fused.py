@@ -333,7 +333,7 @@ def _projection_chunk(seq_len: int, batch: int) -> int:
     the projections of a whole sequence would be ``G*H*L*N`` floats (48 MiB per layer for GRU
     128,64,512), in memory next to the saved activations; a window of them is still one GEMM of
     thousands of columns."""
-    return max(1, min(seq_len, -(-_PROJECTION_COLUMNS // batch)))
+    return max(1, min(seq_len, -(-_PROJECTION_COLUMNS // max(batch, 1))))
 
 
 def _mm(a, b, precision):
