@@ -290,7 +290,8 @@ def _check_packed_against_torch(mode, kwargs, batch, hidden, param_tol):
 )
 def test_benchmark_sized_layer_matches_torch(mode, batch, feature_major):
     """Sizes where the hoisted matmuls are real GEMMs, two bidirectional layers, unroll=4; batches
-    on either side of the loop-layout switch (``_fused._FEATURE_MAJOR_FROM``)."""
+    on either side of the loop-layout switch (``_fused._FEATURE_MAJOR_FROM``); the training step
+    and the inference forward."""
     assert _fused.feature_major_default(mode, batch) == feature_major
     steps, inp, hid = 24, 32, 48
     rng = np.random.default_rng(3)
@@ -314,6 +315,9 @@ def test_benchmark_sized_layer_matches_torch(mode, batch, feature_major):
     assert_close(out, t_out.detach().numpy(), 1e-5, 1e-5, "output")
     assert_close(g_p, t_gp, 1e-4, 1e-4, "d params")
     assert_close(g_x, xt.grad.numpy(), 1e-5, 1e-5, "d input")
+    # the inference forward (no gradient) may take another path (``_fused._joint_step``)
+    infer = jax.jit(lambda params, x: F.rnn(params, x, mode=mode, unroll=4)[0])(params, x)
+    assert_close(infer, t_out.detach().numpy(), 1e-5, 1e-5, "inference output")
 
 
 @pytest.mark.parametrize("mode,hidden,batch", [("LSTM", 160, 32), ("GRU", 192, 32)])

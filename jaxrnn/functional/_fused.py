@@ -10,9 +10,8 @@ matmul for all gates. For GRU, the RNN and the batch-major LSTM (small batches, 
 projections are computed ahead of the steps, in windows of steps (``_projection_chunk``: an outer
 loop computes a window's projections as one GEMM, an inner loop runs its steps), so that they
 never take more than a window's memory; a feature-major LSTM step multiplies
-``[W_ih, W_hh]`` by ``[x_t; h]`` in one matmul instead (on XLA:CPU the large projection GEMM ran
-well below the per-step one's rate, and the LSTM forward was faster this way in interleaved
-timings, except at a batch of 4, where the hoisted projection was; the backward's large matmuls
+``[W_ih, W_hh]`` by ``[x_t; h]`` in one matmul instead, except in the inference forward of a
+bidirectional layer (:func:`_joint_step`, from interleaved timings; the backward's large matmuls
 are the same either way).
 
 A direction whose per-step product is mid-sized (``_UNIT_GROUPS``) splits its hidden units into
@@ -393,7 +392,7 @@ def _recurrent(w_rec, h, num_gates, fm, precision):
     return jnp.split(_lin(w_rec, h, fm, precision), num_gates, axis=0 if fm else -1)
 
 
-def _cell(mode, gx, state, h_in, w_rec, b_rec, w_hr, fm, precision):
+def _cell(mode, gx, state, h_in, w_rec, b_rec, w_hr, fm, precision, joint):
     """One step of one direction (or of one group of its units): ``(new_state, h_new,
     activations to save)``.
 
@@ -404,7 +403,7 @@ def _cell(mode, gx, state, h_in, w_rec, b_rec, w_hr, fm, precision):
     """
     if mode == "LSTM":
         h, c = state
-        if _joint_step(mode, fm):  # gx is [x_t]
+        if joint:  # gx is [x_t]
             xh = jnp.concatenate([gx[0], h_in], axis=0)
             pre = _recurrent(w_rec, xh, 4, fm, precision)
             if b_rec is not None:
@@ -432,18 +431,21 @@ def _cell(mode, gx, state, h_in, w_rec, b_rec, w_hr, fm, precision):
     return h_new, h_new, ()
 
 
-def _joint_step(mode, fm):
-    """Whether a step multiplies ``[W_ih, W_hh]`` by ``[x_t; h]`` (the feature-major LSTM)
-    instead of adding a hoisted input projection to ``W_hh``'s product."""
-    return mode == "LSTM" and fm
+def _joint_step(mode, fm, save=True, num_dirs=1):
+    """Whether a step multiplies ``[W_ih, W_hh]`` by ``[x_t; h]`` (the feature-major LSTM, but
+    for the inference forward of a bidirectional layer) instead of adding a hoisted input
+    projection to ``W_hh``'s product. Interleaved A/B on 2 cores, hoisted projections (in
+    windows) against the joint step: the bidirectional LSTM's inference forward 1.20x; one
+    direction's 0.97-1.06x; training steps 0.95-1.0x."""
+    return mode == "LSTM" and fm and (save or num_dirs == 1)
 
 
-def _prepare(mode, w, fm):
+def _prepare(mode, w, fm, joint):
     """Loop-invariant weights of one direction, as :func:`_lin` takes them: the recurrent
     weight (feature-major LSTM: ``[W_ih, W_hh]``, which multiplies ``[x_t; h]``; otherwise
     ``W_hh``) and ``W_hr``; and the bias added in the loop (feature-major LSTM: ``b_ih + b_hh``
-    per gate; GRU: ``b_hn``; columns feature-major)."""
-    if _joint_step(mode, fm):
+    per gate; GRU: ``b_hn``; columns feature-major). ``joint``: :func:`_joint_step`."""
+    if joint:
         w_rec = jnp.concatenate([w["weight_ih"], w["weight_hh"]], axis=1)
         b_rec = None if w["bias_ih"] is None else _gates(w["bias_ih"] + w["bias_hh"], 4)
     else:
@@ -477,7 +479,7 @@ def _forward(spec, weights, x, state0, mask, save):
     # the input side, read per step: feature-major LSTM ``x_t`` (one matmul with ``h`` in the
     # step), otherwise each gate's input projection, computed for a window of ``chunk`` steps
     # at a time (see _projection_chunk) by an outer loop around the loop over its steps
-    joint = _joint_step(mode, fm)
+    joint = _joint_step(mode, fm, save, len(weights))
     chunk = seq_len if joint else _projection_chunk(seq_len, x.shape[1])
 
     def window_start(d, first, length):
@@ -497,7 +499,7 @@ def _forward(spec, weights, x, state0, mask, save):
         return out, starts
 
     step_axis = 1 if fm and not joint else 0
-    prepared = [[_prepare(mode, g, fm) for g in ws] for ws in gw]
+    prepared = [[_prepare(mode, g, fm, joint) for g in ws] for ws in gw]
     mask_loop = None if mask is None else _loop(mask, fm)  # (L, 1, N) or (L, N, 1)
     # With ``save``, LSTM and GRU keep four activations per step (i, f, g, o; r, z, n, hn) in the
     # backward's gate-gradient buffers (``_GRADIENT_BUFFERS``, one set per unit group), which it
@@ -540,7 +542,9 @@ def _forward(spec, weights, x, state0, mask, save):
             new_states = []
             for g, state in enumerate(states):
                 gx = [_at(a, t - starts[d], axis=step_axis) for a in gxs[d][g]]
-                new, h_new, acts = _cell(mode, gx, state, h_in, *prepared[d][g], fm, precision)
+                new, h_new, acts = _cell(
+                    mode, gx, state, h_in, *prepared[d][g], fm, precision, joint
+                )
                 if mask is not None:
                     m = _at(mask_loop, t)
                     new = jax.tree.map(lambda n, o, m=m: jnp.where(m, n, o), new, state)
