@@ -667,6 +667,10 @@ def _backward(spec, weights, x, state0, mask, out, saved, cts):
     # not compute every gate twice (once per consumer).
     per_gate_writes = fm and num_gates > 1
     layout = _GRADIENT_BUFFERS[mode]
+    # With more than one step per loop iteration (``unroll``), XLA copied the buffers every
+    # iteration instead of updating them in place (2-3x slower training steps), so then the
+    # gradients get buffers of their own.
+    in_place = unroll == 1
 
     def read_acts(bufs, t, sub):
         """LSTM/GRU: one group's four activation blocks of step ``t``."""
@@ -701,10 +705,16 @@ def _backward(spec, weights, x, state0, mask, out, saved, cts):
         h_like = states[0][0] if lstm else states[0]
         hidden = w["weight_hh"].shape[0] // num_gates
         sub, width = hidden // groups, h_like.shape[_features(h_like, fm)]
-        if lstm or gru:
+        if (lstm or gru) and in_place:
             grads = saved[d]["gates"]
         else:
-            grads = [[_gate_buffer(seq_len, sub, cell_like, fm, step_major)] for _ in range(groups)]
+            grads = [
+                [
+                    _gate_buffer(seq_len, len(b) * sub, cell_like, fm, step_major)
+                    for b, _, _ in layout
+                ]
+                for _ in range(groups)
+            ]
         bufs = {"grads": grads}
         if per_gate_writes:  # one scratch per group
             bufs["step"] = [jnp.zeros((num_gates * sub, batch), cell_like.dtype)] * groups
@@ -714,7 +724,7 @@ def _backward(spec, weights, x, state0, mask, out, saved, cts):
         dc0 = dc0 or [None] * groups
         # the activations of the first step the backward reaches (the last the direction ran)
         first = 0 if rev[d] else seq_len - 1
-        acts0 = [read_acts(g, first, sub) for g in grads]
+        acts0 = [read_acts(g, first, sub) for g in (saved[d]["gates"] or grads)]
         init.append(([jnp.zeros_like(h_like)] * groups, dc0, bufs, acts0))
         # the transposed products of the backward, as _lin takes them: per group, its rows of
         # W_hh
@@ -778,7 +788,9 @@ def _backward(spec, weights, x, state0, mask, out, saved, cts):
                 grads.append(
                     write_grads(bufs["grads"][g], step_g, dgx[-1] if gru else None, t, sub)
                 )
-                acts_next.append(read_acts(grads[g], t_next, sub))
+                separate = (lstm or gru) and not in_place  # read from the forward's buffers
+                source = saved[d]["gates"][g] if separate else grads[g]
+                acts_next.append(read_acts(source, t_next, sub))
                 dh_direct_g.append(dh_direct)
                 dc_prev_g.append(dc_prev)
             if per_gate_writes:
