@@ -87,6 +87,12 @@ _STEP_MAJOR_GRADIENTS_FROM = 2048
 # (``benchmarks/run.py`` workloads: the B=4 layers lost 5-30%, the H=512 ones were level).
 _UNIT_GROUPS = {"max": 2, "macs": (3_000_000, 40_000_000)}
 
+# Steps per loop iteration of a bidirectional layer's inference forward (at least): XLA:CPU's
+# thunk executor runs a loop body of at most 8 operations sequentially on one thread, and one
+# step of two directions is about that size (GRU: two products, two gate updates, two output
+# writes, the counter); with two steps per iteration the directions' products run side by side.
+_MIN_UNROLL_BIDIRECTIONAL_INFERENCE = 2
+
 # Columns (steps * batch) of one window of hoisted input projections (see _projection_chunk).
 _PROJECTION_COLUMNS = 1024
 
@@ -569,11 +575,17 @@ def _forward(spec, weights, x, state0, mask, save):
             new_carry.append((new_states, bufs))
         return new_carry, None
 
+    # XLA:CPU runs a loop body of at most 8 operations one after the other on one thread; an
+    # inference step of two directions is about that size, so two steps per iteration let the
+    # directions' products run side by side (_MIN_UNROLL_BIDIRECTIONAL_INFERENCE)
+    step_unroll = unroll
+    if not save and len(weights) > 1:
+        step_unroll = max(unroll, _MIN_UNROLL_BIDIRECTIONAL_INFERENCE)
+
     def steps(carry, first, length):
         gxs, starts = project(first, length)
-        return lax.scan(
-            lambda c, s: body(c, s, gxs, starts), carry, first + jnp.arange(length), unroll=unroll
-        )[0]
+        run = lambda c, s: body(c, s, gxs, starts)  # noqa: E731
+        return lax.scan(run, carry, first + jnp.arange(length), unroll=step_unroll)[0]
 
     num_chunks, tail = divmod(seq_len, chunk)
     if num_chunks == 1:
