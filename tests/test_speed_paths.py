@@ -135,6 +135,40 @@ def test_fused_equals_autodiff_of_plain_scan(
         assert jax.tree.structure(g_got) == jax.tree.structure(g_ref)
 
 
+@pytest.mark.parametrize("transpose_max", [0, 10**9], ids=["loop_layout", "per_step_transposes"])
+@pytest.mark.parametrize("mode,dirs,masked", [(m, 2, True) for m in MODES] + [("LSTM", 1, False)])
+def test_output_layouts_equal_autodiff_of_plain_scan(
+    monkeypatch, mode, dirs, masked, transpose_max
+):
+    """Feature-major loops keep the output and its gradient batch-major (a transpose per step) or
+    in the loop layout (one transpose of the whole buffer), by size (``_fused.
+    _outputs_batch_major``): both, in float64, as autodiff of the plain scan."""
+    monkeypatch.setattr(_fused, "_STEP_TRANSPOSE_MAX", transpose_max)
+    assert _fused._outputs_batch_major(True, H, B) == bool(transpose_max)
+    rng = np.random.default_rng(6)
+    with jax.enable_x64(True):
+        weights, x, state0 = _random_layer(rng, mode, dirs, 0, True)
+        mask = None
+        if masked:
+            mask = (jnp.arange(T)[:, None] < jnp.array([T, 2, 0])[None, :])[..., None]
+        ref = _plain(mode, weights, x, state0, mask, 1)
+        fused = functools.partial(_fused_layer, feature_major=True, step_major=False)
+        cot = [jnp.asarray(rng.standard_normal(a.shape)) for a in jax.tree.leaves(ref)]
+
+        def loss(fn):
+            def f(weights, x, state0):
+                out = fn(mode, weights, x, state0, mask, 1)
+                return sum(jnp.vdot(a, c) for a, c in zip(jax.tree.leaves(out), cot))
+
+            return f
+
+        assert_close(fused(mode, weights, x, state0, mask, 1), ref, 1e-12, 1e-12, "outputs")
+        g_ref = jax.grad(loss(_plain), argnums=(0, 1, 2))(weights, x, state0)
+        g_got = jax.grad(loss(fused), argnums=(0, 1, 2))(weights, x, state0)
+        for a, b in zip(jax.tree.leaves(g_got), jax.tree.leaves(g_ref)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-10)
+
+
 @LAYOUTS
 @pytest.mark.parametrize("columns", [1, 6], ids=["windows_of_1_step", "windows_of_2_steps"])
 @pytest.mark.parametrize("mode,dirs,masked", [(m, 2, True) for m in MODES] + [("GRU", 1, False)])
