@@ -15,7 +15,8 @@ bound. Compile seconds are jaxrnn's (forward + training step).
 The notes under the table show the compile time at two sequence lengths (flat: the time loop
 is a ``while`` loop) and the compiled temporary memory of a training step at ``T = 1024`` with and
 without ``remat``. The output is printed and written to ``benchmarks/results/<date>-<machine>.md``
-(``-run2``, ``-run3``, ... for later runs of the same day).
+(``-run2``, ``-run3``, ... for later runs of the same day); a subset run (``--only``) is
+recorded only where ``--out`` names a file.
 
 Usage: ``python benchmarks/run.py [--quick] [--reps N] [--only SUBSTRING] [--no-flax]``.
 """
@@ -215,7 +216,9 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a subset, fewer repetitions")
     parser.add_argument("--reps", type=int, default=None, help="timed runs per contender")
-    parser.add_argument("--only", default=None, help="workloads whose name contains this")
+    parser.add_argument(
+        "--only", default=None, help="workloads whose name contains this (not recorded)"
+    )
     parser.add_argument("--no-flax", action="store_true", help="skip the flax contender")
     parser.add_argument("--out", default=None, help="results file (default: results/<date>-...)")
     args = parser.parse_args(argv)
@@ -278,6 +281,8 @@ def main(argv=None) -> None:
     print("\n" + table + "\n" + "\n".join(notes), flush=True)
 
     out = Path(args.out) if args.out else None
+    if out is None and args.only:  # a subset of the table: printed, recorded only with --out
+        return
     if out is None:
         slug = re.sub(r"[^a-z0-9]+", "-", machine().lower()).strip("-")
         out = Path(__file__).resolve().parent / "results" / f"{today}-{slug}.md"
