@@ -340,12 +340,12 @@ def _temp_bytes(length, remat, hidden=16):
 
 
 def test_remat_temporary_memory_grows_sublinearly():
-    """16x the length: without remat temporary memory grows ~16x (linear, 12x here: the input
+    """16x the length: without remat temporary memory grows ~16x (linear, 10x here: the input
     projections take a constant window, see ``_fused._projection_chunk``), with remat well under
     8x (chunks of sqrt(L): ~5x)."""
     short, long_ = 256, 4096
     plain = _temp_bytes(long_, False) / _temp_bytes(short, False)
     chunked = _temp_bytes(long_, True) / _temp_bytes(short, True)
-    assert plain > 11, plain  # the baseline really is linear, so the test can tell
+    assert plain > 8, plain  # the baseline grows past remat's bound, so the test can tell
     assert chunked < 8, chunked
     assert _temp_bytes(long_, True) < _temp_bytes(long_, False) / 4

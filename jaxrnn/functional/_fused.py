@@ -394,22 +394,18 @@ def _shifted(hs, h0, reverse):
 # forward
 
 
-def _input_projection(mode, w, x, precision, fm, groups):
-    """``W_ih @ x_t + b_ih`` (plus ``b_hh`` where it simply adds: not GRU's ``b_hn``) for every
-    step of ``x`` and every gate row, in the rows' order (group-major, :func:`_group_rows`), as
-    one GEMM: ``(G*H, L, N)`` feature-major (``x`` given feature-major too, ``(H_in, L, N)``, see
-    :func:`_input_windows`), ``(L, N, G*H)`` batch-major. The loop reads each gate of each group
-    with its own ``dynamic_slice`` (:func:`_get_block`); one GEMM per gate and group ran at a
-    third to a half of this one's rate on the benchmark's shapes."""
-    gx = jnp.einsum("gi,iln->gln" if fm else "gi,lni->lng", w["weight_ih"], x, precision=precision)
-    if w["bias_ih"] is not None:
-        b_hh = w["bias_hh"]
-        if mode == "GRU":  # b_hn stays inside r * (...)
-            b_hh = b_hh.reshape(groups, 3, -1)
-            b_hh = jnp.concatenate([b_hh[:, :2], jnp.zeros_like(b_hh[:, 2:])], axis=1)
-        b = w["bias_ih"] + b_hh.reshape(-1)
-        gx = gx + (b[:, None, None] if fm else b)
-    return gx
+def _input_projection(w, x, precision, fm):
+    """``W_ih @ x_t`` for every step of ``x`` and every gate row, in the rows' order (group-major,
+    :func:`_group_rows`), as one GEMM: ``(G*H, L, N)`` feature-major (``x`` given feature-major
+    too, ``(H_in, L, N)``, see :func:`_input_windows`), ``(L, N, G*H)`` batch-major. The loop
+    reads each gate of each group with its own ``dynamic_slice`` (:func:`_get_block`) and adds
+    the biases in its gate arithmetic (:func:`_prepare`): a bias pass over the projections held
+    a second window of them (GRU 128,32,128,256's training step, 29 -> 32 MiB of temporaries).
+    One GEMM per gate and group ran at a third to a half of this one's rate on the benchmark's
+    shapes."""
+    return jnp.einsum(
+        "gi,iln->gln" if fm else "gi,lni->lng", w["weight_ih"], x, precision=precision
+    )
 
 
 def _input_windows(x, first, count, chunk):
@@ -443,10 +439,10 @@ def _cell(mode, gx, state, h_in, w_rec, b_rec, w_hr, fm, precision, joint):
         if joint:  # gx is [x_t]
             xh = jnp.concatenate([gx[0], h_in], axis=0)
             pre = _recurrent(w_rec, xh, 4, fm, precision)
-            if b_rec is not None:
-                pre = [p + b for p, b in zip(pre, b_rec)]
         else:
             pre = [g + r for g, r in zip(gx, _recurrent(w_rec, h_in, 4, fm, precision))]
+        if b_rec is not None:
+            pre = [p + b for p, b in zip(pre, b_rec)]
         i, f, o = (jax.nn.sigmoid(pre[k]) for k in (0, 1, 3))
         g = jnp.tanh(pre[2])
         c_new = f * c + i * g
@@ -457,13 +453,19 @@ def _cell(mode, gx, state, h_in, w_rec, b_rec, w_hr, fm, precision, joint):
     h = state
     gh = _recurrent(w_rec, h_in, len(gx), fm, precision)
     if mode == "GRU":
-        hn = gh[2] if b_rec is None else gh[2] + b_rec
-        r = jax.nn.sigmoid(gx[0] + gh[0])
-        z = jax.nn.sigmoid(gx[1] + gh[1])
-        n = jnp.tanh(gx[2] + r * hn)
+        if b_rec is None:
+            r = jax.nn.sigmoid(gx[0] + gh[0])
+            z = jax.nn.sigmoid(gx[1] + gh[1])
+            hn = gh[2]
+            n = jnp.tanh(gx[2] + r * hn)
+        else:  # b_ir + b_hr, b_iz + b_hz, b_in, b_hn
+            r = jax.nn.sigmoid(gx[0] + gh[0] + b_rec[0])
+            z = jax.nn.sigmoid(gx[1] + gh[1] + b_rec[1])
+            hn = gh[2] + b_rec[3]
+            n = jnp.tanh(gx[2] + b_rec[2] + r * hn)
         h_new = (1.0 - z) * n + z * h
         return h_new, h_new, (r, z, n, hn)
-    pre = gx[0] + gh[0]
+    pre = gx[0] + gh[0] if b_rec is None else gx[0] + gh[0] + b_rec[0]
     h_new = jnp.tanh(pre) if mode == "RNN_TANH" else jax.nn.relu(pre)
     return h_new, h_new, ()
 
@@ -480,18 +482,19 @@ def _joint_step(mode, fm, save=True, num_dirs=1):
 def _prepare(mode, w, fm, joint):
     """Loop-invariant weights of one direction, as :func:`_lin` takes them: the recurrent
     weight (feature-major LSTM: ``[W_ih, W_hh]``, which multiplies ``[x_t; h]``; otherwise
-    ``W_hh``) and ``W_hr``; and the bias added in the loop (feature-major LSTM: ``b_ih + b_hh``
-    per gate; GRU: ``b_hn``; columns feature-major). ``joint``: :func:`_joint_step`."""
-    if joint:
-        w_rec = jnp.concatenate([w["weight_ih"], w["weight_hh"]], axis=1)
-        b_rec = None if w["bias_ih"] is None else _gates(w["bias_ih"] + w["bias_hh"], 4)
-    else:
-        w_rec = w["weight_hh"]
-        b_rec = None
-        if mode == "GRU" and w["bias_hh"] is not None:
-            b_rec = _gates(w["bias_hh"], 3)[2]
-    if b_rec is not None and fm:
-        b_rec = [b[:, None] for b in b_rec] if mode == "LSTM" else b_rec[:, None]
+    ``W_hh``) and ``W_hr``; and the biases the step adds, per gate (columns feature-major):
+    ``b_ih + b_hh``, for GRU ``b_ir + b_hr, b_iz + b_hz, b_in, b_hn``. ``joint``:
+    :func:`_joint_step`."""
+    w_rec = jnp.concatenate([w["weight_ih"], w["weight_hh"]], axis=1) if joint else w["weight_hh"]
+    b_rec = None
+    if w["bias_ih"] is not None:
+        num_gates = _params.GATES[mode]
+        b_ih, b_hh = _gates(w["bias_ih"], num_gates), _gates(w["bias_hh"], num_gates)
+        b_rec = [i + h for i, h in zip(b_ih, b_hh)]
+        if mode == "GRU":
+            b_rec = b_rec[:2] + [b_ih[2], b_hh[2]]
+        if fm:
+            b_rec = [b[:, None] for b in b_rec]
     return _oriented(w_rec, fm), b_rec, _oriented(w["weight_hr"], fm)
 
 
@@ -524,10 +527,11 @@ def _forward(spec, weights, x, state0, mask, save):
         return seq_len - first - length if rev[d] else first
 
     num_chunks, tail = divmod(seq_len, chunk)
-    # feature-major, the full windows' inputs transposed once (a reverse direction's windows
-    # start ``tail`` steps later than a forward one's)
+    # feature-major inference, the full windows' inputs transposed once (a reverse direction's
+    # windows start ``tail`` steps later than a forward one's); a training step keeps the
+    # per-window transposes, a window's memory instead of the whole input's (level in time)
     windows = {}
-    if fm and not joint:
+    if fm and not joint and not save:
         for d in range(len(weights)):
             base = tail if rev[d] else 0
             if base not in windows:
@@ -541,13 +545,13 @@ def _forward(spec, weights, x, state0, mask, save):
         starts = [window_start(d, first, length) for d in range(len(weights))]
         out = []
         for d, (w, start) in enumerate(zip(weights, starts)):
-            if fm and index is not None:
+            if windows and index is not None:
                 k = num_chunks - 1 - index if rev[d] else index
                 xs = _at(windows[tail if rev[d] else 0], k)
             else:
                 xs = x if length == seq_len else lax.dynamic_slice_in_dim(x, start, length)
                 xs = jnp.transpose(xs, (2, 0, 1)) if fm else xs
-            out.append(_input_projection(mode, w, xs, precision, fm, groups))
+            out.append(_input_projection(w, xs, precision, fm))
         return out, starts
 
     num_gates = _params.GATES[mode]
