@@ -99,15 +99,10 @@ _EQUIV_CASES = [
 ]
 
 
-@LAYOUTS
-@pytest.mark.parametrize("groups", [1, 3], ids=["one_group", "three_unit_groups"])
-@pytest.mark.parametrize("mode,dirs,masked,proj,bias,unroll", _EQUIV_CASES)
-def test_fused_equals_autodiff_of_plain_scan(
-    mode, dirs, masked, proj, bias, unroll, fm, step_major, groups
-):
-    if proj and groups > 1:
-        pytest.skip("unit groups take no projection (test_unit_groups_refuse_projection_...)")
-    rng = np.random.default_rng(0)
+def _assert_fused_equals_plain(rng, mode, dirs, masked, proj, bias, unroll, **fused_kwargs):
+    """Outputs, finals and the gradients (parameters, input, ``hx``) of a random cotangent of
+    ``_fused.layer`` (``fused_kwargs``: ``feature_major``, ``step_major``, ``groups``) against
+    autodiff of the plain scan, in float64."""
     with jax.enable_x64(True):
         weights, x, state0 = _random_layer(rng, mode, dirs, proj, bias)
         mask = None
@@ -124,9 +119,7 @@ def test_fused_equals_autodiff_of_plain_scan(
 
             return f
 
-        fused = functools.partial(
-            _fused_layer, feature_major=fm, step_major=step_major, groups=groups
-        )
+        fused = functools.partial(_fused_layer, **fused_kwargs)
         got = jax.jit(lambda w, x, s: fused(mode, w, x, s, mask, unroll))(weights, x, state0)
         assert_close(got, ref, 1e-12, 1e-12, "outputs and finals")
         g_ref = jax.jit(jax.grad(loss(_plain), argnums=(0, 1, 2)))(weights, x, state0)
@@ -134,6 +127,29 @@ def test_fused_equals_autodiff_of_plain_scan(
         for a, b in zip(jax.tree.leaves(g_got), jax.tree.leaves(g_ref)):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-10)
         assert jax.tree.structure(g_got) == jax.tree.structure(g_ref)
+
+
+@LAYOUTS
+@pytest.mark.parametrize("groups", [1, 3], ids=["one_group", "three_unit_groups"])
+@pytest.mark.parametrize("mode,dirs,masked,proj,bias,unroll", _EQUIV_CASES)
+def test_fused_equals_autodiff_of_plain_scan(
+    mode, dirs, masked, proj, bias, unroll, fm, step_major, groups
+):
+    if proj and groups > 1:
+        pytest.skip("unit groups take no projection (test_unit_groups_refuse_projection_...)")
+    rng = np.random.default_rng(0)
+    _assert_fused_equals_plain(
+        rng,
+        mode,
+        dirs,
+        masked,
+        proj,
+        bias,
+        unroll,
+        feature_major=fm,
+        step_major=step_major,
+        groups=groups,
+    )
 
 
 @pytest.mark.parametrize("transpose_max", [0, 10**9], ids=["loop_layout", "per_step_transposes"])
@@ -147,27 +163,9 @@ def test_output_layouts_equal_autodiff_of_plain_scan(
     monkeypatch.setattr(_fused, "_STEP_TRANSPOSE_MAX", transpose_max)
     assert _fused._outputs_batch_major(True, H, B) == bool(transpose_max)
     rng = np.random.default_rng(6)
-    with jax.enable_x64(True):
-        weights, x, state0 = _random_layer(rng, mode, dirs, 0, True)
-        mask = None
-        if masked:
-            mask = (jnp.arange(T)[:, None] < jnp.array([T, 2, 0])[None, :])[..., None]
-        ref = _plain(mode, weights, x, state0, mask, 1)
-        fused = functools.partial(_fused_layer, feature_major=True, step_major=False)
-        cot = [jnp.asarray(rng.standard_normal(a.shape)) for a in jax.tree.leaves(ref)]
-
-        def loss(fn):
-            def f(weights, x, state0):
-                out = fn(mode, weights, x, state0, mask, 1)
-                return sum(jnp.vdot(a, c) for a, c in zip(jax.tree.leaves(out), cot))
-
-            return f
-
-        assert_close(fused(mode, weights, x, state0, mask, 1), ref, 1e-12, 1e-12, "outputs")
-        g_ref = jax.grad(loss(_plain), argnums=(0, 1, 2))(weights, x, state0)
-        g_got = jax.grad(loss(fused), argnums=(0, 1, 2))(weights, x, state0)
-        for a, b in zip(jax.tree.leaves(g_got), jax.tree.leaves(g_ref)):
-            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-10)
+    _assert_fused_equals_plain(
+        rng, mode, dirs, masked, 0, True, 1, feature_major=True, step_major=False
+    )
 
 
 @LAYOUTS
@@ -182,27 +180,9 @@ def test_projection_windows_equal_autodiff_of_plain_scan(
     monkeypatch.setattr(_fused, "_PROJECTION_COLUMNS", columns)
     assert _fused._projection_chunk(T, B) == (1 if columns == 1 else 2)
     rng = np.random.default_rng(5)
-    with jax.enable_x64(True):
-        weights, x, state0 = _random_layer(rng, mode, dirs, 0, True)
-        mask = None
-        if masked:
-            mask = (jnp.arange(T)[:, None] < jnp.array([T, 2, 0])[None, :])[..., None]
-        ref = _plain(mode, weights, x, state0, mask, 1)
-        fused = functools.partial(_fused_layer, feature_major=fm, step_major=step_major)
-        cot = [jnp.asarray(rng.standard_normal(a.shape)) for a in jax.tree.leaves(ref)]
-
-        def loss(fn):
-            def f(weights, x, state0):
-                out = fn(mode, weights, x, state0, mask, 1)
-                return sum(jnp.vdot(a, c) for a, c in zip(jax.tree.leaves(out), cot))
-
-            return f
-
-        assert_close(fused(mode, weights, x, state0, mask, 1), ref, 1e-12, 1e-12, "outputs")
-        g_ref = jax.grad(loss(_plain), argnums=(0, 1, 2))(weights, x, state0)
-        g_got = jax.grad(loss(fused), argnums=(0, 1, 2))(weights, x, state0)
-        for a, b in zip(jax.tree.leaves(g_got), jax.tree.leaves(g_ref)):
-            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-10)
+    _assert_fused_equals_plain(
+        rng, mode, dirs, masked, 0, True, 1, feature_major=fm, step_major=step_major
+    )
 
 
 @LAYOUTS
