@@ -30,8 +30,8 @@ same; the choice is from timings (``benchmarks/layouts.py`` times them against e
 Every dynamic index is declared in range (``allow_negative_indices=False``): no index
 normalisation per step. Two XLA:CPU code-generation traps shape the rest: gate nonlinearities on
 a dynamic slice that is then sliced again, or feeding a concatenation, compile to scalar code;
-so each gate's hoisted input projection is its own array, read with one ``dynamic_slice`` per
-step, and feature-major the backward writes the gate gradients of a step gate by gate into a
+so each gate's block of a window's hoisted input projection is read with a ``dynamic_slice`` of
+its own per step (never a slice of a step's slice), and feature-major the backward writes the gate gradients of a step gate by gate into a
 ``(G*H, N)`` scratch, which is then copied into the buffers for all steps (``(G*H, L, N)``, read
 as the ``(G*H, L*N)`` operands of the weight-gradient matmuls; for large layers the buffers are
 filled as ``(L, G*H, N)`` and transposed once, see ``_STEP_MAJOR_GRADIENTS_FROM``). Those buffers
@@ -400,7 +400,8 @@ def _input_projection(w, x, precision, fm):
     too, ``(H_in, L, N)``, see :func:`_input_windows`), ``(L, N, G*H)`` batch-major. The loop
     reads each gate of each group with its own ``dynamic_slice`` (:func:`_get_block`) and adds
     the biases in its gate arithmetic (:func:`_prepare`): a bias pass over the projections held
-    a second window of them (GRU 128,32,128,256's training step, 29 -> 32 MiB of temporaries).
+    a second window of them (GRU 128,32,128,256's training step, 29 -> 31.7 MiB of
+    temporaries).
     One GEMM per gate and group ran at a third to a half of this one's rate on the benchmark's
     shapes."""
     return jnp.einsum(
