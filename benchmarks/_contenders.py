@@ -8,8 +8,9 @@
 * jaxrnn: ``jaxrnn.from_torch(module)``.
 
 Both JAX contenders run as ``jax.jit`` of a pure function of the split NNX state (``nnx.split`` /
-``nnx.merge``), the fast NNX pattern; a training step is ``value_and_grad`` with respect to the
-parameters of ``sum(output * w)``, the same loss torch backpropagates.
+``nnx.merge``), the fast NNX pattern, compiled with the same XLA compiler options (``run.py``'s
+``--compiler-options``); a training step is ``value_and_grad`` with respect to the parameters of
+``sum(output * w)``, the same loss torch backpropagates.
 """
 
 from __future__ import annotations
@@ -148,8 +149,9 @@ def torch_contender(tmod, x, w_out) -> Contender:
     return Contender("torch", fwd, train, lambda: fwd().numpy(), train_out)
 
 
-def jax_contender(name, model, x, w_out, layout=None) -> Contender:
-    """``model(x)`` returns the output (first element of a tuple for jaxrnn)."""
+def jax_contender(name, model, x, w_out, compiler_options=None) -> Contender:
+    """``model(x)`` returns the output (first element of a tuple for jaxrnn); both programs are
+    compiled with ``compiler_options`` (XLA options, see ``jaxrnn.cpu_compiler_options``)."""
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     xj, wj = jnp.asarray(x), jnp.asarray(w_out)
 
@@ -161,8 +163,10 @@ def jax_contender(name, model, x, w_out, layout=None) -> Contender:
         return jnp.sum(forward(params, rest, x) * wj)
 
     t0 = time.perf_counter()
-    fwd_c = jax.jit(forward).lower(params, rest, xj).compile()
-    train_c = jax.jit(jax.value_and_grad(loss)).lower(params, rest, xj).compile()
+    opts = dict(compiler_options or {})
+    fwd_c = jax.jit(forward, compiler_options=opts).lower(params, rest, xj).compile()
+    train_c = jax.jit(jax.value_and_grad(loss), compiler_options=opts)
+    train_c = train_c.lower(params, rest, xj).compile()
     compile_s = time.perf_counter() - t0
 
     def train_out():
@@ -180,8 +184,9 @@ def jax_contender(name, model, x, w_out, layout=None) -> Contender:
     )
 
 
-def build(w: Workload, seed: int = 0, with_flax: bool = True):
-    """The contenders of ``w`` (torch first), the input and the loss weights."""
+def build(w: Workload, seed: int = 0, with_flax: bool = True, compiler_options=None):
+    """The contenders of ``w`` (torch first) and the torch module; the JAX contenders compiled
+    with ``compiler_options``."""
     rng = np.random.default_rng(seed)
     tmod = torch_module(w, seed)
     x = rng.standard_normal((w.steps, w.batch, w.input_size)).astype(np.float32)
@@ -189,8 +194,8 @@ def build(w: Workload, seed: int = 0, with_flax: bool = True):
     w_out = rng.standard_normal((w.steps, w.batch, dirs * w.hidden)).astype(np.float32)
     out = [torch_contender(tmod, x, w_out)]
     if with_flax:
-        out.append(jax_contender("flax", flax_model(w, tmod), x, w_out))
-    out.append(jax_contender("jaxrnn", jaxrnn.from_torch(tmod), x, w_out))
+        out.append(jax_contender("flax", flax_model(w, tmod), x, w_out, compiler_options))
+    out.append(jax_contender("jaxrnn", jaxrnn.from_torch(tmod), x, w_out, compiler_options))
     return out, tmod
 
 

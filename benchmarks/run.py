@@ -10,7 +10,10 @@ for the workload (1 or all cores, chosen by a short trial and reported). GFLOP/s
 matmul FLOPs (x3 for forward + backward) and are compared to this machine's float32 GEMM rate
 measured at the start (best of JAX and torch on a 2048^2 matmul), for every contender: the same
 FLOPs in its time, as a share of that rate, shows how close each one is to the machine's matmul
-bound. Compile seconds are jaxrnn's (forward + training step).
+bound. Compile seconds are jaxrnn's (forward + training step). Both JAX contenders (and the notes'
+compiles) use the same XLA compiler options: by default ``jaxrnn.cpu_compiler_options()``, what
+the README recommends (512-bit vectors on an AVX-512 CPU, else none); ``--compiler-options none``
+compiles with XLA's defaults. The header records which.
 
 The notes under the table show the compile time at two sequence lengths (flat: the time loop
 is a ``while`` loop) and the compiled temporary memory of a training step at ``T = 1024`` with and
@@ -18,7 +21,8 @@ without ``remat``. The output is printed and written to ``benchmarks/results/<da
 (``-run2``, ``-run3``, ... for later runs of the same day); a subset run (``--only``) is
 recorded only where ``--out`` names a file.
 
-Usage: ``python benchmarks/run.py [--quick] [--reps N] [--only SUBSTRING] [--no-flax]``.
+Usage: ``python benchmarks/run.py [--quick] [--reps N] [--only SUBSTRING] [--no-flax]
+[--compiler-options recommended|none]``.
 """
 
 from __future__ import annotations
@@ -130,8 +134,8 @@ def ratio(times: dict, num: str, den: str) -> float:
     return float(np.median(np.asarray(times[num]) / np.asarray(times[den])))
 
 
-def run_workload(w: Workload, reps: int, with_flax: bool, peak: float) -> list[dict]:
-    contenders, tmod = build(w, with_flax=with_flax)
+def run_workload(w: Workload, reps: int, with_flax: bool, peak: float, options: dict) -> list[dict]:
+    contenders, tmod = build(w, with_flax=with_flax, compiler_options=options)
     check_against_torch(contenders)
     rows = []
     for mode in ("fwd", "fwd+bwd"):
@@ -184,7 +188,7 @@ def _shares(share: dict) -> str:
     return "/".join(f"{share[k]:.0f}" if k in share else "-" for k in ("torch", "flax", "jaxrnn"))
 
 
-def compile_seconds(length: int, w: Workload) -> float:
+def compile_seconds(length: int, w: Workload, options: dict) -> float:
     """Seconds to compile jaxrnn's training step of ``w`` at sequence length ``length``."""
     shapes = layer_param_shapes(w.mode, w.input_size, w.hidden, w.layers, True, w.bidirectional)
     params = {k: jax.ShapeDtypeStruct(s, jnp.float32) for k, s in shapes.items()}
@@ -194,11 +198,11 @@ def compile_seconds(length: int, w: Workload) -> float:
         return jnp.sum(F.rnn(params, x, mode=w.mode)[0])
 
     t0 = time.perf_counter()
-    jax.jit(jax.value_and_grad(loss)).lower(params, x).compile()
+    jax.jit(jax.value_and_grad(loss), compiler_options=options).lower(params, x).compile()
     return time.perf_counter() - t0
 
 
-def temp_mib(w: Workload, length: int, remat) -> float:
+def temp_mib(w: Workload, length: int, remat, options: dict) -> float:
     """Compiled temporary memory (MiB) of jaxrnn's training step at ``length`` steps."""
     shapes = layer_param_shapes(w.mode, w.input_size, w.hidden, w.layers, True, w.bidirectional)
     params = {k: jax.ShapeDtypeStruct(s, jnp.float32) for k, s in shapes.items()}
@@ -208,7 +212,7 @@ def temp_mib(w: Workload, length: int, remat) -> float:
         out, state = F.rnn(params, x, mode=w.mode, remat=remat)
         return jnp.sum(state[0] if w.mode == "LSTM" else state)
 
-    compiled = jax.jit(jax.grad(loss)).lower(params, x).compile()
+    compiled = jax.jit(jax.grad(loss), compiler_options=options).lower(params, x).compile()
     return compiled.memory_analysis().temp_size_in_bytes / 2**20
 
 
@@ -221,7 +225,14 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--no-flax", action="store_true", help="skip the flax contender")
     parser.add_argument("--out", default=None, help="results file (default: results/<date>-...)")
+    parser.add_argument(
+        "--compiler-options",
+        choices=("recommended", "none"),
+        default="recommended",
+        help="XLA options of both JAX contenders: jaxrnn.cpu_compiler_options() or XLA's defaults",
+    )
     args = parser.parse_args(argv)
+    options = jaxrnn.cpu_compiler_options() if args.compiler_options == "recommended" else {}
     reps = args.reps or (5 if args.quick else 7)
     workloads = [w for w, quick in WORKLOADS if quick or not args.quick]
     if args.only:
@@ -235,6 +246,8 @@ def main(argv=None) -> None:
         f"- machine: {machine()}",
         f"- versions: jax {jax.__version__}, flax {flax.__version__}, torch {torch.__version__}, "
         f"jaxrnn {jaxrnn.__version__}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}",
+        f"- compiler options of both JAX contenders: {options} (--compiler-options "
+        f"{args.compiler_options})",
         f"- float32 GEMM rate (2048^2): {peak:.0f} GFLOP/s ({peak_who})",
         f"- {reps} interleaved rounds: ms are medians, torch/jaxrnn and flax/jaxrnn the median "
         "of the per-round ratios (> 1: jaxrnn is faster); all contenders checked equal to torch "
@@ -246,7 +259,7 @@ def main(argv=None) -> None:
     rows = []
     for w in workloads:
         t0 = time.perf_counter()
-        new = run_workload(w, reps, not args.no_flax, peak)
+        new = run_workload(w, reps, not args.no_flax, peak, options)
         rows.extend(new)
         for r in new:
             print(
@@ -262,17 +275,17 @@ def main(argv=None) -> None:
     short, long_ = (128, 2048)
     notes.append(
         f"- compile time of jaxrnn's training step ({w.name.replace(' 128,', ' T,', 1)}): "
-        f"T={short}: {compile_seconds(short, w):.1f} s, T={long_}: "
-        f"{compile_seconds(long_, w):.1f} s"
+        f"T={short}: {compile_seconds(short, w, options):.1f} s, T={long_}: "
+        f"{compile_seconds(long_, w, options):.1f} s"
     )
     if not args.quick:
         big = Workload("LSTM", 128, 64, 256, 512, 2)
         notes.append(
             f"- compile time of the largest model ({big.name}): "
-            f"{compile_seconds(big.steps, big):.1f} s"
+            f"{compile_seconds(big.steps, big, options):.1f} s"
         )
     mem = Workload("LSTM", 1024, 32, 128, 256, 1)
-    plain, chunked = temp_mib(mem, 1024, False), temp_mib(mem, 1024, True)
+    plain, chunked = temp_mib(mem, 1024, False, options), temp_mib(mem, 1024, True, options)
     notes.append(
         f"- compiled temporary memory of a training step (loss on h_n), LSTM T=1024, B=32, "
         f"I=128, H=256: {plain:.0f} MiB without remat, {chunked:.0f} MiB with remat=True"

@@ -6,6 +6,7 @@ functional core in :mod:`jaxrnn.functional`.
 
 from jaxrnn import functional as functional
 from jaxrnn import linen as linen
+from jaxrnn._xla import cpu_compiler_options as cpu_compiler_options
 from jaxrnn.convert import from_torch as from_torch
 from jaxrnn.convert import params_to_state_dict as params_to_state_dict
 from jaxrnn.convert import state_dict_to_params as state_dict_to_params
