@@ -2,8 +2,8 @@
 
 Feature-major, the fused layer's backward holds the gate gradients of all steps as ``dg (G*H, L,
 N)`` and needs ``dx (L, N, H_in) = dg^T @ W_ih``. Written as one einsum, XLA:CPU runs that GEMM
-with a transposed operand; ``jaxrnn.functional._fused`` instead multiplies ``W_ih^T @ dg`` with
-``W_ih^T`` materialised (``_fused._dx_weight``) and transposes the ``(H_in, L, N)`` result. This
+with a transposed operand; ``jaxrnn.functional._fused_backward`` instead multiplies ``W_ih^T @ dg`` with
+``W_ih^T`` materialised (``_fused_backward._dx_weight``) and transposes the ``(H_in, L, N)`` result. This
 script times those forms on the same operands (they are checked equal first), float32,
 interleaved, median of ``--reps``, and prints GFLOP/s.
 
@@ -23,7 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import interleaved  # noqa: E402
 
-from jaxrnn.functional import _fused  # noqa: E402
+from jaxrnn.functional import _fused_backward  # noqa: E402
 
 # (name, G*H, L, N, H_in): layer 2 of the large GRU and LSTM workloads of benchmarks/run.py
 SHAPES = [("GRU", 3 * 512, 128, 64, 512), ("LSTM", 4 * 512, 128, 64, 512)]
@@ -34,7 +34,7 @@ FORMS = {
         "gi,gln->iln", w, dg
     ).transpose(1, 2, 0),
     "W_ih^T @ dg, W_ih^T materialised (jaxrnn)": lambda dg, w: jnp.einsum(
-        "ig,gln->iln", _fused._dx_weight(w), dg
+        "ig,gln->iln", _fused_backward._dx_weight(w), dg
     ).transpose(1, 2, 0),
 }
 

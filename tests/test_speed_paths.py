@@ -21,7 +21,7 @@ from _torch_oracle import assert_close, torch_layer
 import jaxrnn
 from jaxrnn import functional as F
 from jaxrnn._params import layer_param_shapes
-from jaxrnn.functional import _fused
+from jaxrnn.functional import _fused, _fused_forward, _fused_layout
 
 T, B, I, H, P = 7, 3, 5, 6, 4  # noqa: E741  (T odd: unroll=3 leaves a remainder)
 MODES = ("RNN_TANH", "RNN_RELU", "LSTM", "GRU")
@@ -160,8 +160,8 @@ def test_output_layouts_equal_autodiff_of_plain_scan(
     """Feature-major loops keep the output and its gradient batch-major (a transpose per step) or
     in the loop layout (one transpose of the whole buffer), by size (``_fused.
     _outputs_batch_major``): both, in float64, as autodiff of the plain scan."""
-    monkeypatch.setattr(_fused, "_STEP_TRANSPOSE_MAX", transpose_max)
-    assert _fused._outputs_batch_major(True, H, B) == bool(transpose_max)
+    monkeypatch.setattr(_fused_layout, "_STEP_TRANSPOSE_MAX", transpose_max)
+    assert _fused_layout._outputs_batch_major(True, H, B) == bool(transpose_max)
     rng = np.random.default_rng(6)
     _assert_fused_equals_plain(
         rng, mode, dirs, masked, 0, True, 1, feature_major=True, step_major=False
@@ -177,8 +177,8 @@ def test_projection_windows_equal_autodiff_of_plain_scan(
     """The hoisted input projections computed a window of steps at a time (``_fused.
     _projection_chunk``; here windows of 1 and of 2 steps, the latter with a shorter last
     window, for T=7 and B=3): outputs and gradients as autodiff of the plain scan."""
-    monkeypatch.setattr(_fused, "_PROJECTION_COLUMNS", columns)
-    assert _fused._projection_chunk(T, B) == (1 if columns == 1 else 2)
+    monkeypatch.setattr(_fused_forward, "_PROJECTION_COLUMNS", columns)
+    assert _fused_forward._projection_chunk(T, B) == (1 if columns == 1 else 2)
     rng = np.random.default_rng(5)
     _assert_fused_equals_plain(
         rng, mode, dirs, masked, 0, True, 1, feature_major=fm, step_major=step_major
@@ -330,7 +330,7 @@ def test_benchmark_sized_layer_matches_torch(mode, batch, feature_major):
     assert_close(out, t_out.detach().numpy(), 1e-5, 1e-5, "output")
     assert_close(g_p, t_gp, 1e-4, 1e-4, "d params")
     assert_close(g_x, xt.grad.numpy(), 1e-5, 1e-5, "d input")
-    # the inference forward (no gradient) may take another path (``_fused._joint_step``)
+    # the inference forward (no gradient) may take another path (``_fused_forward._joint_step``)
     infer = jax.jit(lambda params, x: F.rnn(params, x, mode=mode, unroll=4)[0])(params, x)
     assert_close(infer, t_out.detach().numpy(), 1e-5, 1e-5, "inference output")
 
@@ -380,7 +380,7 @@ def test_compiled_program_does_not_grow_with_length():
     """Forward and backward are ``while`` loops: the optimised HLO has about the same number of
     instructions for 16 and 4096 steps (unrolling would multiply it by 256), so compile time is
     flat in the sequence length. At most the step loop appears twice more: for windows of input
-    projections (``_fused._projection_chunk``), and for a last, shorter one."""
+    projections (``_fused_forward._projection_chunk``), and for a last, shorter one."""
     tmod = torch_layer("LSTM", I, H, num_layers=2, bidirectional=True)
     params = jaxrnn.state_dict_to_params(tmod.state_dict())
 

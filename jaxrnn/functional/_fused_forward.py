@@ -1,0 +1,310 @@
+"""The fused layer's forward loop (see :mod:`jaxrnn.functional._fused`): input projections in
+windows of steps, one matmul per step for all gates (per unit group), the gate activations saved
+for the backward in its gate-gradient buffers."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxrnn import _params
+from jaxrnn.functional._fused_layout import (
+    _GRADIENT_BUFFERS,
+    _at,
+    _features,
+    _gate_buffer,
+    _gates,
+    _get_block,
+    _group,
+    _join,
+    _lin,
+    _loop,
+    _oriented,
+    _outputs_batch_major,
+    _put,
+    _put_block,
+    _put_out,
+    _put_rows,
+    _split_state,
+)
+
+# Steps per loop iteration of a bidirectional layer's inference forward (at least): XLA:CPU's
+# thunk executor runs a loop body of at most 8 operations sequentially on one thread, and one
+# step of two directions is about that size (GRU: two products, two gate updates, two output
+# writes, the counter); with two steps per iteration the directions' products run side by side.
+_MIN_UNROLL_BIDIRECTIONAL_INFERENCE = 2
+
+# Columns (steps * batch) of one window of hoisted input projections (see _projection_chunk).
+_PROJECTION_COLUMNS = 1024
+
+
+def _projection_chunk(seq_len: int, batch: int) -> int:
+    """Steps per window of hoisted input projections (``_PROJECTION_COLUMNS`` columns, ``C*N``):
+    the projections of a whole sequence would be ``G*H*L*N`` floats (48 MiB per layer for GRU
+    128,64,512), in memory next to the saved activations; a window of them is still one GEMM of
+    thousands of columns."""
+    return max(1, min(seq_len, -(-_PROJECTION_COLUMNS // max(batch, 1))))
+
+
+def _input_projection(w, x, precision, fm):
+    """``W_ih @ x_t`` for every step of ``x`` and every gate row, in the rows' order (group-major,
+    :func:`_group_rows`), as one GEMM: ``(G*H, L, N)`` feature-major (``x`` given feature-major
+    too, ``(H_in, L, N)``, see :func:`_input_windows`), ``(L, N, G*H)`` batch-major. The loop
+    reads each gate of each group with its own ``dynamic_slice`` (:func:`_get_block`) and adds
+    the biases in its gate arithmetic (:func:`_prepare`): a bias pass over the projections held
+    a second window of them (GRU 128,32,128,256's training step, 29 -> 31.7 MiB of
+    temporaries).
+    One GEMM per gate and group ran at a third to a half of this one's rate on the benchmark's
+    shapes."""
+    return jnp.einsum(
+        "gi,iln->gln" if fm else "gi,lni->lng", w["weight_ih"], x, precision=precision
+    )
+
+
+def _input_windows(x, first, count, chunk):
+    """Steps ``first ... first + count*chunk - 1`` of ``x (L, N, H_in)`` feature-major and
+    window-major, ``(count, H_in, chunk, N)``: transposed once for all windows, each window's
+    projection then reads one contiguous block. XLA transposed each window's slice for the GEMM,
+    per direction, at a fraction of the copy rate: interleaved A/B, inference forward 1.06x
+    (bidirectional LSTM 128,32,128,256,2), 1.09x (bidirectional GRU), 1.02x (GRU H=512, B=64);
+    training steps level."""
+    xs = lax.slice_in_dim(x, first, first + count * chunk)
+    return jnp.transpose(xs.reshape(count, chunk, *x.shape[1:]), (0, 3, 1, 2))
+
+
+def _recurrent(w_rec, h, num_gates, fm, precision):
+    """The products of every gate: one ``w_rec @ h`` (batch-major ``h @ w_rec``), split by gate
+    (``w_rec`` from :func:`_prepare`; for LSTM ``h`` is ``[x_t; h]``)."""
+    return jnp.split(_lin(w_rec, h, fm, precision), num_gates, axis=0 if fm else -1)
+
+
+def _cell(mode, gx, state, h_in, w_rec, b_rec, w_hr, fm, precision, joint):
+    """One step of one direction (or of one group of its units): ``(new_state, h_new,
+    activations to save)``.
+
+    ``gx``: the step's input-side gates, or ``[x_t]`` where :func:`_joint_step` (then ``w_rec``
+    is ``[W_ih, W_hh]``); ``state``: the group's own ``h`` (LSTM ``(h, c)``); ``h_in``: the whole
+    ``h`` of the direction, which the recurrent weight multiplies; ``w_rec``, ``b_rec`` and
+    ``w_hr`` from :func:`_prepare`.
+    """
+    if mode == "LSTM":
+        h, c = state
+        if joint:  # gx is [x_t]
+            xh = jnp.concatenate([gx[0], h_in], axis=0)
+            pre = _recurrent(w_rec, xh, 4, fm, precision)
+        else:
+            pre = [g + r for g, r in zip(gx, _recurrent(w_rec, h_in, 4, fm, precision))]
+        if b_rec is not None:
+            pre = [p + b for p, b in zip(pre, b_rec)]
+        i, f, o = (jax.nn.sigmoid(pre[k]) for k in (0, 1, 3))
+        g = jnp.tanh(pre[2])
+        c_new = f * c + i * g
+        h_new = o * jnp.tanh(c_new)
+        if w_hr is not None:
+            h_new = _lin(w_hr, h_new, fm, precision)
+        return (h_new, c_new), h_new, (i, f, g, o)
+    h = state
+    gh = _recurrent(w_rec, h_in, len(gx), fm, precision)
+    if mode == "GRU":
+        if b_rec is None:
+            r = jax.nn.sigmoid(gx[0] + gh[0])
+            z = jax.nn.sigmoid(gx[1] + gh[1])
+            hn = gh[2]
+            n = jnp.tanh(gx[2] + r * hn)
+        else:  # b_ir + b_hr, b_iz + b_hz, b_in, b_hn
+            r = jax.nn.sigmoid(gx[0] + gh[0] + b_rec[0])
+            z = jax.nn.sigmoid(gx[1] + gh[1] + b_rec[1])
+            hn = gh[2] + b_rec[3]
+            n = jnp.tanh(gx[2] + b_rec[2] + r * hn)
+        h_new = (1.0 - z) * n + z * h
+        return h_new, h_new, (r, z, n, hn)
+    pre = gx[0] + gh[0] if b_rec is None else gx[0] + gh[0] + b_rec[0]
+    h_new = jnp.tanh(pre) if mode == "RNN_TANH" else jax.nn.relu(pre)
+    return h_new, h_new, ()
+
+
+def _joint_step(mode, fm, save=True, num_dirs=1):
+    """Whether a step multiplies ``[W_ih, W_hh]`` by ``[x_t; h]`` (the feature-major LSTM, but
+    for the inference forward of a bidirectional layer) instead of adding a hoisted input
+    projection to ``W_hh``'s product. Interleaved A/B on 2 cores, hoisted projections (in
+    windows) against the joint step: the bidirectional LSTM's inference forward 1.20x; one
+    direction's 0.97-1.06x; training steps 0.95-1.0x."""
+    return mode == "LSTM" and fm and (save or num_dirs == 1)
+
+
+def _prepare(mode, w, fm, joint):
+    """Loop-invariant weights of one direction, as :func:`_lin` takes them: the recurrent
+    weight (feature-major LSTM: ``[W_ih, W_hh]``, which multiplies ``[x_t; h]``; otherwise
+    ``W_hh``) and ``W_hr``; and the biases the step adds, per gate (columns feature-major):
+    ``b_ih + b_hh``, for GRU ``b_ir + b_hr, b_iz + b_hz, b_in, b_hn``. ``joint``:
+    :func:`_joint_step`."""
+    w_rec = jnp.concatenate([w["weight_ih"], w["weight_hh"]], axis=1) if joint else w["weight_hh"]
+    b_rec = None
+    if w["bias_ih"] is not None:
+        num_gates = _params.GATES[mode]
+        b_ih, b_hh = _gates(w["bias_ih"], num_gates), _gates(w["bias_hh"], num_gates)
+        b_rec = [i + h for i, h in zip(b_ih, b_hh)]
+        if mode == "GRU":
+            b_rec = b_rec[:2] + [b_ih[2], b_hh[2]]
+        if fm:
+            b_rec = [b[:, None] for b in b_rec]
+    return _oriented(w_rec, fm), b_rec, _oriented(w["weight_hr"], fm)
+
+
+def _forward(spec, weights, x, state0, mask, save):
+    mode, rev, precision, unroll, fm, step_major, groups = spec
+    seq_len = x.shape[0]
+    lstm = mode == "LSTM"
+    gw = [[_group(w, s, groups) for s in range(groups)] for w in weights]
+    # the input side, read per step: feature-major LSTM ``x_t`` (one matmul with ``h`` in the
+    # step), otherwise each gate's input projection, computed for a window of ``chunk`` steps
+    # at a time (see _projection_chunk) by an outer loop around the loop over its steps
+    joint = _joint_step(mode, fm, save, len(weights))
+    chunk = seq_len if joint else _projection_chunk(seq_len, x.shape[1])
+
+    def window_start(d, first, length):
+        """The first time of direction ``d``'s steps ``first ... first + length - 1``."""
+        return seq_len - first - length if rev[d] else first
+
+    num_chunks, tail = divmod(seq_len, chunk)
+    # feature-major inference, the full windows' inputs transposed once (a reverse direction's
+    # windows start ``tail`` steps later than a forward one's); a training step keeps the
+    # per-window transposes, a window's memory instead of the whole input's (level in time)
+    windows = {}
+    if fm and not joint and not save:
+        for d in range(len(weights)):
+            base = tail if rev[d] else 0
+            if base not in windows:
+                windows[base] = _input_windows(x, base, num_chunks, chunk)
+
+    def project(first, length, index=None):
+        """Per direction the input side of its steps ``first ... first + length - 1`` (window
+        ``index`` of the full ones, where given), and the time the window starts at."""
+        if joint:
+            return [_loop(x, fm)] * len(weights), [0] * len(weights)
+        starts = [window_start(d, first, length) for d in range(len(weights))]
+        out = []
+        for d, (w, start) in enumerate(zip(weights, starts)):
+            if windows and index is not None:
+                k = num_chunks - 1 - index if rev[d] else index
+                xs = _at(windows[tail if rev[d] else 0], k)
+            else:
+                xs = x if length == seq_len else lax.dynamic_slice_in_dim(x, start, length)
+                xs = jnp.transpose(xs, (2, 0, 1)) if fm else xs
+            out.append(_input_projection(w, xs, precision, fm))
+        return out, starts
+
+    num_gates = _params.GATES[mode]
+
+    def gates_in(gx, g, t_local, sub):
+        """Group ``g``'s input side of one step: ``[x_t]`` where joint, else each gate's block of
+        the window's projection."""
+        if joint:
+            return [_at(gx, t_local)]
+        rows = [(g * num_gates + k) * sub for k in range(num_gates)]
+        return [_get_block(gx, row, sub, t_local, fm, False) for row in rows]
+
+    prepared = [[_prepare(mode, g, fm, joint) for g in ws] for ws in gw]
+    mask_loop = None if mask is None else _loop(mask, fm)  # (L, 1, N) or (L, N, 1)
+    # With ``save``, LSTM and GRU keep four activations per step (i, f, g, o; r, z, n, hn) in the
+    # backward's gate-gradient buffers (``_GRADIENT_BUFFERS``, one set per unit group), which it
+    # then overwrites step by step: a training step holds one set of them per direction, not two.
+    save_gates = save and mode in ("LSTM", "GRU")
+
+    def empty(like, features):
+        shape = (seq_len, features, like.shape[-1]) if fm else (seq_len, like.shape[0], features)
+        return jnp.zeros(shape, like.dtype)
+
+    init = []
+    for d, w in enumerate(weights):
+        states = _split_state(mode, state0, d, fm, groups)
+        h0 = [st[0] if lstm else st for st in states]
+        act_like = states[0][1] if lstm else states[0]
+        sub = act_like.shape[_features(act_like, fm)]  # units per group
+        width = h0[0].shape[_features(h0[0], fm)]  # h features per group
+        out_bm = _outputs_batch_major(fm, groups * width, x.shape[1])
+        shape = (x.shape[1], groups * width) if out_bm else (groups * width, x.shape[1])
+        bufs = {"h": jnp.zeros((seq_len, *shape), h0[0].dtype)}
+        if save_gates:
+            bufs["gates"] = [
+                [
+                    _gate_buffer(seq_len, len(blocks) * sub, act_like, fm, step_major)
+                    for blocks, _, _ in _GRADIENT_BUFFERS[mode]
+                ]
+                for _ in range(groups)
+            ]
+        if save and lstm:
+            bufs["c"] = empty(act_like, groups * sub)
+            if w["weight_hr"] is not None:  # o * tanh(c), the projection's input
+                bufs["hc"] = empty(act_like, sub)
+        init.append((states, bufs))
+
+    def body(carry, s, gxs, starts):
+        new_carry = []
+        for d, (states, bufs) in enumerate(carry):
+            t = seq_len - 1 - s if rev[d] else s
+            h_in = _join([st[0] if lstm else st for st in states], fm)
+            bufs = dict(bufs)
+            gates = [list(g) for g in bufs.get("gates", [])]
+            new_states = []
+            for g, state in enumerate(states):
+                own = state[1] if lstm else state  # the group's units
+                gx = gates_in(gxs[d], g, t - starts[d], own.shape[_features(own, fm)])
+                new, h_new, acts = _cell(
+                    mode, gx, state, h_in, *prepared[d][g], fm, precision, joint
+                )
+                if mask is not None:
+                    m = _at(mask_loop, t)
+                    new = jax.tree.map(lambda n, o, m=m: jnp.where(m, n, o), new, state)
+                h_g = new[0] if lstm else new
+                width = h_g.shape[_features(h_g, fm)]
+                bufs["h"] = _put_out(bufs["h"], h_g, t, g * width, fm, out_bm)
+                if save_gates:
+                    sub = acts[0].shape[_features(acts[0], fm)]
+                    for b, (blocks, _, _) in enumerate(_GRADIENT_BUFFERS[mode]):
+                        for j, k in enumerate(blocks):
+                            gates[g][b] = _put_block(
+                                gates[g][b], acts[k], j * sub, t, fm, step_major
+                            )
+                if "c" in bufs:
+                    sub = new[1].shape[_features(new[1], fm)]
+                    bufs["c"] = _put_rows(bufs["c"], new[1], t, g * sub, fm)
+                if "hc" in bufs:
+                    bufs["hc"] = _put(bufs["hc"], acts[3] * jnp.tanh(new[1]), t)
+                new_states.append(new)
+            if save_gates:
+                bufs["gates"] = gates
+            new_carry.append((new_states, bufs))
+        return new_carry, None
+
+    # XLA:CPU runs a loop body of at most 8 operations one after the other on one thread; an
+    # inference step of two directions is about that size, so two steps per iteration let the
+    # directions' products run side by side (_MIN_UNROLL_BIDIRECTIONAL_INFERENCE)
+    step_unroll = unroll
+    if not save and len(weights) > 1:
+        step_unroll = max(unroll, _MIN_UNROLL_BIDIRECTIONAL_INFERENCE)
+
+    def steps(carry, first, length, index=None):
+        gxs, starts = project(first, length, index)
+        run = lambda c, s: body(c, s, gxs, starts)  # noqa: E731
+        return lax.scan(run, carry, first + jnp.arange(length), unroll=step_unroll)[0]
+
+    if num_chunks == 1:
+        carry = steps(init, 0, chunk, 0)
+    else:
+        carry = lax.scan(
+            lambda c, i: (steps(c, i * chunk, chunk, i), None), init, jnp.arange(num_chunks)
+        )[0]
+    if tail:
+        carry = steps(carry, num_chunks * chunk, tail)
+    hs_loop = tuple(bufs["h"] for _, bufs in carry)  # (L, N, H_out) or loop layout
+    hs = tuple(h if out_bm else _loop(h, fm) for h in hs_loop)
+    c_last = None
+    if lstm:
+        c_last = jnp.stack([_loop(_join([st[1] for st in states], fm), fm) for states, _ in carry])
+    saved = tuple(
+        {"gates": bufs.get("gates"), "c": bufs.get("c"), "h": h, "hc": bufs.get("hc")}
+        for (_, bufs), h in zip(carry, hs_loop)
+    )
+    return (hs, c_last), saved
