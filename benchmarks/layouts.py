@@ -2,7 +2,8 @@
 
 ``jaxrnn.functional._fused.layer`` runs the time loops of LSTM and GRU feature-major (``(H, N)``
 states, one ``W @ h`` per step for all gates) from the batch sizes in
-``_fused._FEATURE_MAJOR_FROM`` and batch-major (``(N, H)`` states, ``h @ W.T``) below them; the
+``_fused._FEATURE_MAJOR_FROM`` (with ``_fused._FEATURE_MAJOR_MIN_HIDDEN`` hidden units or more) and
+batch-major (``(N, H)`` states, ``h @ W.T``) below them; the
 one-gate RNN always batch-major. This script checks that choice on this machine: for each
 workload it runs both layouts on the same weights and input, checks that their outputs and
 gradients agree, and prints the median time of the forward pass and of a training step (value
@@ -25,10 +26,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import interleaved  # noqa: E402
 
+import jaxrnn  # noqa: E402
 from jaxrnn._params import GATES  # noqa: E402
 from jaxrnn.functional import _fused  # noqa: E402
 
-# (mode, T, B, I, H): single-layer, one-direction versions of benchmarks/run.py's workloads
+# (mode, T, B, I, H): single-layer, one-direction versions of benchmarks/run.py's workloads, and
+# H=128 at the batches where LSTM and GRU would otherwise switch to feature-major
 WORKLOADS = [
     ("LSTM", 128, 4, 128, 256),
     ("LSTM", 128, 8, 128, 256),
@@ -36,6 +39,11 @@ WORKLOADS = [
     ("LSTM", 128, 32, 128, 256),
     ("LSTM", 128, 64, 256, 512),
     ("LSTM", 512, 4, 64, 128),
+    ("LSTM", 128, 8, 64, 128),
+    ("LSTM", 128, 32, 64, 128),
+    ("LSTM", 128, 64, 64, 128),
+    ("GRU", 128, 32, 64, 128),
+    ("GRU", 128, 64, 64, 128),
     ("GRU", 128, 16, 128, 256),
     ("GRU", 128, 32, 128, 256),
     ("GRU", 128, 64, 256, 512),
@@ -74,8 +82,9 @@ def build(mode, steps, batch, inp, hid, feature_major):
     def loss(weights, x):
         return jnp.sum(forward(weights, x) * w_out)
 
-    fwd = jax.jit(forward)
-    step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+    options = jaxrnn.cpu_compiler_options()  # as benchmarks/run.py
+    fwd = jax.jit(forward, compiler_options=options)
+    step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)), compiler_options=options)
     return (weights, x), fwd, step
 
 
@@ -83,7 +92,10 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reps", type=int, default=7)
     args = parser.parse_args(argv)
-    print(f"feature-major from batch: _fused._FEATURE_MAJOR_FROM = {_fused._FEATURE_MAJOR_FROM}")
+    print(
+        f"feature-major from batch: _fused._FEATURE_MAJOR_FROM = {_fused._FEATURE_MAJOR_FROM}, "
+        f"from hidden size {_fused._FEATURE_MAJOR_MIN_HIDDEN}"
+    )
     print(
         "| workload (T,B,I,H) | mode | feature-major ms | batch-major ms | fm speed-up | default |"
     )
@@ -94,7 +106,8 @@ def main(argv=None) -> None:
         got, ref = step_fm(*args_fm), step_bm(*args_bm)
         for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
-        default = "feature-major" if _fused.feature_major_default(mode, batch) else "batch-major"
+        fm_default = _fused.feature_major_default(mode, batch, hid)
+        default = "feature-major" if fm_default else "batch-major"
         name = f"{mode} {steps},{batch},{inp},{hid}"
         for label, f_fm, f_bm in (("fwd", fwd_fm, fwd_bm), ("fwd+bwd", step_fm, step_bm)):
             times = interleaved(

@@ -255,11 +255,13 @@ def _torch_packed(tmod, x, lengths, h0, w_out, w_h):
     ],
 )
 @pytest.mark.parametrize("batch", [B, 32], ids=["small_batch", "batch_32"])
-def test_variable_lengths_match_torch_packed(mode, kwargs, batch):
-    """Both loop layouts (the batch size picks one for LSTM and GRU: ``_fused._FEATURE_MAJOR_FROM``;
-    the one-gate RNN runs batch-major at both) with ``hx``, unsorted lengths incl. 1 and the full
-    length, against torch's packed run."""
-    assert _fused.feature_major_default(mode, batch) == (batch > B and mode in ("LSTM", "GRU"))
+def test_variable_lengths_match_torch_packed(mode, kwargs, batch, monkeypatch):
+    """Both loop layouts (the batch size picks one for LSTM and GRU: ``_fused._FEATURE_MAJOR_FROM``,
+    here at any hidden size; the one-gate RNN runs batch-major at both) with ``hx``, unsorted
+    lengths incl. 1 and the full length, against torch's packed run."""
+    monkeypatch.setattr(_fused, "_FEATURE_MAJOR_MIN_HIDDEN", 1)
+    fm = _fused.feature_major_default(mode, batch, H)
+    assert fm == (batch > B and mode in ("LSTM", "GRU"))
     _check_packed_against_torch(mode, kwargs, batch, H, 2e-5)
 
 
@@ -303,12 +305,13 @@ def _check_packed_against_torch(mode, kwargs, batch, hidden, param_tol):
     "mode,batch,feature_major",
     [("LSTM", 4, False), ("LSTM", 8, True), ("GRU", 8, False), ("GRU", 32, True)],
 )
-def test_benchmark_sized_layer_matches_torch(mode, batch, feature_major):
+def test_benchmark_sized_layer_matches_torch(mode, batch, feature_major, monkeypatch):
     """Sizes where the hoisted matmuls are real GEMMs, two bidirectional layers, unroll=4; batches
-    on either side of the loop-layout switch (``_fused._FEATURE_MAJOR_FROM``); the training step
-    and the inference forward."""
-    assert _fused.feature_major_default(mode, batch) == feature_major
+    on either side of the loop-layout switch (``_fused._FEATURE_MAJOR_FROM``, here at any hidden
+    size); the training step and the inference forward."""
     steps, inp, hid = 24, 32, 48
+    monkeypatch.setattr(_fused, "_FEATURE_MAJOR_MIN_HIDDEN", hid)
+    assert _fused.feature_major_default(mode, batch, hid) == feature_major
     rng = np.random.default_rng(3)
     tmod = torch_layer(mode, inp, hid, num_layers=2, bidirectional=True)
     x = rng.standard_normal((steps, batch, inp)).astype(np.float32)
@@ -335,19 +338,49 @@ def test_benchmark_sized_layer_matches_torch(mode, batch, feature_major):
     assert_close(infer, t_out.detach().numpy(), 1e-5, 1e-5, "inference output")
 
 
+@pytest.mark.parametrize("fm", [True, False], ids=["feature_major", "batch_major"])
 @pytest.mark.parametrize("mode,hidden,batch", [("LSTM", 160, 32), ("GRU", 192, 32)])
-def test_unit_groups_match_torch(mode, hidden, batch):
+def test_unit_groups_match_torch(mode, hidden, batch, fm, monkeypatch):
     """One direction whose per-step product is in ``_fused._UNIT_GROUPS``' window runs as two
-    groups of hidden units by default (two layers, variable lengths and ``hx``), against torch."""
+    groups of hidden units by default (two layers, variable lengths and ``hx``), against torch,
+    in either loop layout."""
+    monkeypatch.setattr(_fused, "_FEATURE_MAJOR_MIN_HIDDEN", 1 if fm else 10**9)
+    assert _fused.feature_major_default(mode, batch, hidden) == fm
     gates = {"LSTM": 4, "GRU": 3}[mode]
     rows = gates * hidden
     w = {"weight_ih": jnp.zeros((rows, I)), "weight_hh": jnp.zeros((rows, hidden))}
     w2 = {**w, "weight_ih": jnp.zeros((rows, hidden))}
     for weights in ([w], [w2]):
-        assert _fused.unit_groups_default(mode, weights, batch) == min(2, _fused._cpu_count())
-    assert _fused.unit_groups_default(mode, [w, w], batch) == 1  # two directions: one each
-    assert _fused.unit_groups_default(mode, [w], 2) == 1  # too small a product
+        assert _fused.unit_groups_default(mode, weights, batch, fm) == min(2, _fused._cpu_count())
+    assert _fused.unit_groups_default(mode, [w, w], batch, fm) == 1  # two directions: one each
+    assert _fused.unit_groups_default(mode, [w], 2, fm) == 1  # too small a product
     _check_packed_against_torch(mode, dict(num_layers=2), batch, hidden, 1e-4)
+
+
+def test_batch_major_lstm_counts_the_recurrent_product_only():
+    """Feature-major, an LSTM step multiplies ``[W_ih, W_hh]`` by ``[x_t; h]``; batch-major
+    ``W_hh`` by ``h`` alone, and the unit groups are picked by that product's size."""
+    hidden, inp, batch = 128, 512, 32  # 512 x 128 x 32 = 2.1M; with the input, 10.5M
+    w = {"weight_ih": jnp.zeros((4 * hidden, inp)), "weight_hh": jnp.zeros((4 * hidden, hidden))}
+    assert _fused.unit_groups_default("LSTM", [w], batch, False) == 1
+    assert _fused.unit_groups_default("LSTM", [w], batch, True) == min(2, _fused._cpu_count())
+
+
+@pytest.mark.parametrize(
+    "mode,batch,hidden,fm",
+    [
+        ("LSTM", 4, 512, False),
+        ("LSTM", 8, 256, True),
+        ("LSTM", 32, 128, False),
+        ("LSTM", 64, 128, False),
+        ("GRU", 16, 512, False),
+        ("GRU", 32, 256, True),
+        ("GRU", 64, 128, False),
+        ("RNN_TANH", 64, 512, False),
+    ],
+)
+def test_loop_layout_default(mode, batch, hidden, fm):
+    assert _fused.feature_major_default(mode, batch, hidden) == fm
 
 
 def test_unit_groups_refuse_projection_and_uneven_split():
@@ -366,7 +399,7 @@ def test_step_major_gradient_buffers_match_torch(mode, hidden, batch):
     backward fills its gate-gradient buffers step-major, against torch (bidirectional, with
     variable lengths and ``hx``)."""
     gates = {"LSTM": 4, "GRU": 3}[mode]
-    assert _fused.feature_major_default(mode, batch)
+    assert _fused.feature_major_default(mode, batch, hidden)
     assert _fused.step_major_gradients_default(gates * hidden, True)
     assert not _fused.step_major_gradients_default(gates * hidden - gates, True)
     _check_packed_against_torch(mode, dict(bidirectional=True), batch, hidden, 1e-4)

@@ -23,9 +23,10 @@ the matmul library with the second thread waking up late every step. The backwar
 each group multiplies its own gate gradients by its rows of ``W_hh`` (a partial gradient of the
 whole previous ``h``), and the groups' partial products are summed.
 
-For LSTM from a batch of 8 and GRU from 32 (``_FEATURE_MAJOR_FROM``) the loops keep the state
-feature-major, ``(H, N)``, so that step is ``W @ h`` with torch's weights as stored. Below, and
-for the one-gate RNN, they run batch-major, ``(N, H)``, with ``h @ W.T``. Both layouts compute the
+For LSTM from a batch of 8 and GRU from 32 (``_FEATURE_MAJOR_FROM``), with 256 hidden units or
+more (``_FEATURE_MAJOR_MIN_HIDDEN``), the loops keep the state feature-major, ``(H, N)``, so that
+step is ``W @ h`` with torch's weights as stored. Otherwise, and for the one-gate RNN, they run
+batch-major, ``(N, H)``, with ``h @ W.T``. Both layouts compute the
 same; the choice is from timings (``benchmarks/layouts.py`` times them against each other).
 Every dynamic index is declared in range (``allow_negative_indices=False``): no index
 normalisation per step. Two XLA:CPU code-generation traps shape the rest: gate nonlinearities on
@@ -66,10 +67,14 @@ from jaxrnn.functional._fused_backward import _backward
 from jaxrnn.functional._fused_forward import _forward
 from jaxrnn.functional._fused_layout import _group_rows
 
-# From these batch sizes the loops of LSTM and GRU run feature-major, ``(H, N)`` states and
-# ``W @ h`` per step; below them, and always for the one-gate RNN, batch-major, ``(N, H)`` and
-# ``h @ W.T`` (from interleaved timings, ``benchmarks/layouts.py``).
+# From these batch sizes, and this many hidden units, the loops of LSTM and GRU run
+# feature-major, ``(H, N)`` states and ``W @ h`` per step; otherwise, and always for the one-gate
+# RNN, batch-major, ``(N, H)`` and ``h @ W.T`` (from interleaved timings, ``benchmarks/layouts.py``;
+# with 128 hidden units batch-major was ahead at every batch measured: LSTM B=8, 16, 32 forward
+# 1.10-1.22x and training steps 1.22-1.43x, GRU B=32, 64 1.03-1.08x and 1.10-1.14x; LSTM B=64
+# level. At 256, B=32, feature-major is the benchmark's tuned layout).
 _FEATURE_MAJOR_FROM = {"LSTM": 8, "GRU": 32}
+_FEATURE_MAJOR_MIN_HIDDEN = 256
 
 # From this many gate rows (``G*H``) a feature-major backward fills its gate-gradient buffers
 # step-major, ``(L, G*H, N)``, one contiguous block per step, and transposes them once to
@@ -85,14 +90,21 @@ _STEP_MAJOR_GRADIENTS_FROM = 2048
 # half of it to a second thread that must wake up first, every step); two independent products
 # keep both threads busy. On 2 cores, interleaved, forward: LSTM 128,32,128,256 1.7-1.8x, GRU
 # 128,32,128,256 1.5-1.9x; no gain below about 3M or above about 40M multiply-adds per step
-# (``benchmarks/run.py`` workloads: the B=4 layers lost 5-30%, the H=512 ones were level).
+# (``benchmarks/run.py`` workloads: the B=4 layers lost 5-30%, the H=512 ones were level; a
+# batch-major LSTM's step multiplies ``W_hh`` alone: H=128, B=32, 2.1M, one group 1.05-1.12x
+# faster than two, GRU H=256, B=16, 3.1M, two groups 1.2-1.6x faster than one).
 _UNIT_GROUPS = {"max": 2, "macs": (3_000_000, 40_000_000)}
 
 
-def feature_major_default(mode: str, batch: int) -> bool:
+def feature_major_default(mode: str, batch: int, hidden: int) -> bool:
     """The loop layout :func:`layer` picks: feature-major for LSTM from a batch of 8 and for GRU
-    from 32 (``_FEATURE_MAJOR_FROM``), batch-major otherwise."""
-    return mode in _FEATURE_MAJOR_FROM and batch >= _FEATURE_MAJOR_FROM[mode]
+    from 32 (``_FEATURE_MAJOR_FROM``), with at least ``_FEATURE_MAJOR_MIN_HIDDEN`` hidden units
+    (``hidden_size``); batch-major otherwise."""
+    return (
+        mode in _FEATURE_MAJOR_FROM
+        and batch >= _FEATURE_MAJOR_FROM[mode]
+        and hidden >= _FEATURE_MAJOR_MIN_HIDDEN
+    )
 
 
 def step_major_gradients_default(gate_rows: int, feature_major: bool) -> bool:
@@ -109,13 +121,16 @@ def _cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def unit_groups_default(mode: str, weights, batch: int) -> int:
+def unit_groups_default(mode: str, weights, batch: int, feature_major: bool) -> int:
     """The number of hidden-unit groups :func:`layer` picks (see ``_UNIT_GROUPS``): as many as
     XLA has threads, at most ``_UNIT_GROUPS["max"]``, for one direction without projection whose
-    per-step product has between ``_UNIT_GROUPS["macs"]`` multiply-adds; else 1."""
+    per-step product has between ``_UNIT_GROUPS["macs"]`` multiply-adds; else 1. The product is
+    ``W_hh @ h``, or ``[W_ih, W_hh] @ [x_t; h]`` for a feature-major LSTM
+    (``_fused_forward._joint_step``)."""
     w = weights[0]
     gate_rows, hidden_out = w["weight_hh"].shape
-    cols = hidden_out + (w["weight_ih"].shape[1] if mode == "LSTM" else 0)
+    joint = mode == "LSTM" and feature_major
+    cols = hidden_out + (w["weight_ih"].shape[1] if joint else 0)
     lo, hi = _UNIT_GROUPS["macs"]
     groups = min(_UNIT_GROUPS["max"], _cpu_count())
     hidden = gate_rows // _params.GATES[mode]
@@ -172,12 +187,13 @@ def layer(
     """
     weights = tuple({k: w.get(k) for k in _params.RECURRENT_NAMES} for w in weights)
     if feature_major is None:
-        feature_major = feature_major_default(mode, x.shape[1])
+        hidden = weights[0]["weight_hh"].shape[0] // _params.GATES[mode]
+        feature_major = feature_major_default(mode, x.shape[1], hidden)
     if step_major_gradients is None:
         gate_rows = weights[0]["weight_hh"].shape[0]
         step_major_gradients = step_major_gradients_default(gate_rows, feature_major)
     if unit_groups is None:
-        unit_groups = unit_groups_default(mode, weights, x.shape[1])
+        unit_groups = unit_groups_default(mode, weights, x.shape[1], feature_major)
     groups = int(unit_groups)
     if groups > 1:
         if weights[0]["weight_hr"] is not None:
