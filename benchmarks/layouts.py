@@ -1,13 +1,12 @@
 """The fused layer's two loop layouts, timed against each other on the same work.
 
 ``jaxrnn.functional._fused.layer`` runs the time loops of LSTM and GRU feature-major (``(H, N)``
-states, one ``W @ h`` per step for all gates) from the batch sizes in
-``_fused._FEATURE_MAJOR_FROM`` (with ``_fused._FEATURE_MAJOR_MIN_HIDDEN`` hidden units or more) and
-batch-major (``(N, H)`` states, ``h @ W.T``) below them; the
-one-gate RNN always batch-major. This script checks that choice on this machine: for each
-workload it runs both layouts on the same weights and input, checks that their outputs and
-gradients agree, and prints the median time of the forward pass and of a training step (value
-and gradient of ``sum(output * w)`` with respect to the weights and the input), interleaved,
+states, one ``W @ h`` per step for all gates) from the batch sizes in ``_fused._FEATURE_MAJOR_FROM``
+with ``_fused._FEATURE_MAJOR_MIN_HIDDEN`` hidden units or more, and batch-major (``(N, H)`` states,
+``h @ W.T``) otherwise; the one-gate RNN always batch-major. This script checks that choice on this
+machine: for each workload it runs both layouts on the same weights and input, checks that their
+outputs and gradients agree, and prints the median time of the forward pass and of a training step
+(value and gradient of ``sum(output * w)`` with respect to the weights and the input), interleaved,
 float32, plus which layout the default picks.
 
 Usage: ``python benchmarks/layouts.py [--reps N]``.
@@ -40,6 +39,7 @@ WORKLOADS = [
     ("LSTM", 128, 64, 256, 512),
     ("LSTM", 512, 4, 64, 128),
     ("LSTM", 128, 8, 64, 128),
+    ("LSTM", 128, 16, 64, 128),
     ("LSTM", 128, 32, 64, 128),
     ("LSTM", 128, 64, 64, 128),
     ("GRU", 128, 32, 64, 128),

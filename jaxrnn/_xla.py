@@ -38,21 +38,22 @@ def cpu_compiler_options(backend: str | None = None, *, cpuinfo: str = "/proc/cp
 
         step = jax.jit(train_step, compiler_options=jaxrnn.cpu_compiler_options())
 
-    or ahead of time with ``jax.jit(f).lower(*args).compile(compiler_options=...)``.
-    ``nnx.jit`` takes no compiler options; for it, and for a whole process, set the same option
-    in the environment before JAX starts: ``XLA_FLAGS=--xla_cpu_prefer_vector_width=512``.
+    or ahead of time with ``jax.jit(f).lower(*args).compile(compiler_options=...)``, which
+    ``nnx.jit(f).lower(*args).compile(compiler_options=...)`` also takes (the ``nnx.jit``
+    decorator itself takes no compiler options). For a whole process, set the same option in
+    the environment before JAX starts: ``XLA_FLAGS=--xla_cpu_prefer_vector_width=512``.
     On older Intel server CPUs (Skylake-SP, Cascade Lake) 512-bit code may lower the clock; time
     it there (``python benchmarks/run.py --compiler-options none`` compares).
 
     Args:
-      backend: the platform the function will be compiled for (``"cpu"``, ``"gpu"``, ...);
-        default ``jax.default_backend()``.
+      backend: the platform the function will be compiled for (``"cpu"``, ``"gpu"``, ...; any
+        case); default ``jax.default_backend()``.
       cpuinfo: where to read the CPU's features (for tests).
 
     Returns:
       A new ``dict`` of option names to values, for ``jax.jit(..., compiler_options=)``.
     """
     platform = backend if backend is not None else jax.default_backend()
-    if platform != "cpu" or "avx512f" not in _cpu_flags(cpuinfo):
+    if platform.lower() != "cpu" or "avx512f" not in _cpu_flags(cpuinfo):
         return {}
     return dict(_WIDE_VECTORS)

@@ -4,9 +4,9 @@
 devices (``NamedSharding(mesh, P('data'))``) and replicates the parameters; XLA's SPMD partitioner
 adds the gradient all-reduce. The device count is fixed when JAX starts, so the run happens in a
 subprocess with ``XLA_FLAGS=--xla_force_host_platform_device_count=8``; it trains the ``--quick``
-configuration once on one device and once sharded, and reports both loss curves. A second test
-runs it as two processes of 4 devices each, joined by ``jax.distributed.initialize`` over
-localhost (the multi-host path: per-process batch slices, Gloo collectives between processes).
+configuration once on one device and sharded in both loop layouts, and reports the loss curves. A
+second test runs it as two processes of 4 devices each, joined by ``jax.distributed.initialize``
+over localhost (the multi-host path: per-process batch slices, Gloo collectives between processes).
 """
 
 from __future__ import annotations
@@ -35,6 +35,12 @@ spec.loader.exec_module(clf)
 cfg = clf.parse_args(["--quick"])[0]
 single = clf.train(cfg, progress=False)
 sharded = clf.main(["--quick", "--data-parallel"])  # the command-line flag
+# the quick model (16 hidden units) runs batch-major; once more sharded in the feature-major
+# layout (from 256 hidden units by default), whose batch axis is the minor one
+from jaxrnn.functional import _fused
+_fused._FEATURE_MAJOR_MIN_HIDDEN = 1
+layouts = [_fused.feature_major_default("LSTM", cfg.batch_size, cfg.hidden)]
+sharded_fm = clf.main(["--quick", "--data-parallel"])
 
 w = sharded.model.rnn.weight_hh_l0[...]
 m = sharded.model.head.kernel[...]
@@ -51,6 +57,8 @@ print("RESULT " + json.dumps({
     "batch_equal": bool(np.array_equal(np.asarray(batch[0]), tokens)),
     "single": [single.losses[s] for s in range(cfg.steps)],
     "sharded": [sharded.losses[s] for s in range(cfg.steps)],
+    "sharded_fm": [sharded_fm.losses[s] for s in range(cfg.steps)],
+    "layouts": layouts,
     "accuracy": [single.accuracy, sharded.accuracy],
     "batch_size": cfg.batch_size,
 }))
@@ -91,6 +99,9 @@ def test_sharded_losses_equal_the_single_device_run(report):
     single, sharded = np.array(report["single"]), np.array(report["sharded"])
     assert len(single) == len(sharded) == 40 and np.isfinite(single).all()
     np.testing.assert_allclose(sharded, single, rtol=1e-5, atol=1e-6)
+    # sharded in the other loop layout (forced feature-major): the same curve
+    assert report["layouts"] == [True]
+    np.testing.assert_allclose(report["sharded_fm"], single, rtol=1e-5, atol=1e-6)
     assert single[-10:].mean() < single[:10].mean()  # and they trained
     assert abs(report["accuracy"][0] - report["accuracy"][1]) <= 2 / 256  # at most 2 flips
 

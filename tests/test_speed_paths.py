@@ -1,4 +1,4 @@
-"""The fast path of the driver (``jaxrnn/functional/_fused.py``): fused directions, hoisted input
+"""The fast path of the driver (``jaxrnn/functional/_fused*.py``): fused directions, hoisted input
 projection and the hand-written whole-layer backward.
 
 Two oracles: torch (outputs and gradients with respect to parameters, input and ``hx``, with
@@ -21,7 +21,7 @@ from _torch_oracle import assert_close, torch_layer
 import jaxrnn
 from jaxrnn import functional as F
 from jaxrnn._params import layer_param_shapes
-from jaxrnn.functional import _fused, _fused_forward, _fused_layout
+from jaxrnn.functional import _fused, _fused_backward, _fused_forward, _fused_layout
 
 T, B, I, H, P = 7, 3, 5, 6, 4  # noqa: E741  (T odd: unroll=3 leaves a remainder)
 MODES = ("RNN_TANH", "RNN_RELU", "LSTM", "GRU")
@@ -158,8 +158,8 @@ def test_output_layouts_equal_autodiff_of_plain_scan(
     monkeypatch, mode, dirs, masked, transpose_max
 ):
     """Feature-major loops keep the output and its gradient batch-major (a transpose per step) or
-    in the loop layout (one transpose of the whole buffer), by size (``_fused.
-    _outputs_batch_major``): both, in float64, as autodiff of the plain scan."""
+    in the loop layout (one transpose of the whole buffer), by size
+    (``_fused_layout._outputs_batch_major``): both, in float64, as autodiff of the plain scan."""
     monkeypatch.setattr(_fused_layout, "_STEP_TRANSPOSE_MAX", transpose_max)
     assert _fused_layout._outputs_batch_major(True, H, B) == bool(transpose_max)
     rng = np.random.default_rng(6)
@@ -174,9 +174,9 @@ def test_output_layouts_equal_autodiff_of_plain_scan(
 def test_projection_windows_equal_autodiff_of_plain_scan(
     monkeypatch, mode, dirs, masked, columns, fm, step_major
 ):
-    """The hoisted input projections computed a window of steps at a time (``_fused.
-    _projection_chunk``; here windows of 1 and of 2 steps, the latter with a shorter last
-    window, for T=7 and B=3): outputs and gradients as autodiff of the plain scan."""
+    """The hoisted input projections computed a window of steps at a time
+    (``_fused_forward._projection_chunk``; here windows of 1 and of 2 steps, the latter with a
+    shorter last window, for T=7 and B=3): outputs and gradients as autodiff of the plain scan."""
     monkeypatch.setattr(_fused_forward, "_PROJECTION_COLUMNS", columns)
     assert _fused_forward._projection_chunk(T, B) == (1 if columns == 1 else 2)
     rng = np.random.default_rng(5)
@@ -343,27 +343,31 @@ def test_benchmark_sized_layer_matches_torch(mode, batch, feature_major, monkeyp
 def test_unit_groups_match_torch(mode, hidden, batch, fm, monkeypatch):
     """One direction whose per-step product is in ``_fused._UNIT_GROUPS``' window runs as two
     groups of hidden units by default (two layers, variable lengths and ``hx``), against torch,
-    in either loop layout."""
+    in either loop layout (as on two or more CPUs)."""
     monkeypatch.setattr(_fused, "_FEATURE_MAJOR_MIN_HIDDEN", 1 if fm else 10**9)
+    monkeypatch.setattr(_fused, "_cpu_count", lambda: 2)
     assert _fused.feature_major_default(mode, batch, hidden) == fm
     gates = {"LSTM": 4, "GRU": 3}[mode]
     rows = gates * hidden
     w = {"weight_ih": jnp.zeros((rows, I)), "weight_hh": jnp.zeros((rows, hidden))}
     w2 = {**w, "weight_ih": jnp.zeros((rows, hidden))}
     for weights in ([w], [w2]):
-        assert _fused.unit_groups_default(mode, weights, batch, fm) == min(2, _fused._cpu_count())
+        assert _fused.unit_groups_default(mode, weights, batch, fm) == 2
     assert _fused.unit_groups_default(mode, [w, w], batch, fm) == 1  # two directions: one each
     assert _fused.unit_groups_default(mode, [w], 2, fm) == 1  # too small a product
     _check_packed_against_torch(mode, dict(num_layers=2), batch, hidden, 1e-4)
 
 
-def test_batch_major_lstm_counts_the_recurrent_product_only():
+def test_batch_major_lstm_counts_the_recurrent_product_only(monkeypatch):
     """Feature-major, an LSTM step multiplies ``[W_ih, W_hh]`` by ``[x_t; h]``; batch-major
     ``W_hh`` by ``h`` alone, and the unit groups are picked by that product's size."""
+    monkeypatch.setattr(_fused, "_cpu_count", lambda: 2)
     hidden, inp, batch = 128, 512, 32  # 512 x 128 x 32 = 2.1M; with the input, 10.5M
     w = {"weight_ih": jnp.zeros((4 * hidden, inp)), "weight_hh": jnp.zeros((4 * hidden, hidden))}
     assert _fused.unit_groups_default("LSTM", [w], batch, False) == 1
-    assert _fused.unit_groups_default("LSTM", [w], batch, True) == min(2, _fused._cpu_count())
+    assert _fused.unit_groups_default("LSTM", [w], batch, True) == 2
+    monkeypatch.setattr(_fused, "_cpu_count", lambda: 1)  # one thread: nothing to split for
+    assert _fused.unit_groups_default("LSTM", [w], batch, True) == 1
 
 
 @pytest.mark.parametrize(
@@ -371,16 +375,67 @@ def test_batch_major_lstm_counts_the_recurrent_product_only():
     [
         ("LSTM", 4, 512, False),
         ("LSTM", 8, 256, True),
+        ("LSTM", 8, 255, False),
+        ("LSTM", 7, 512, False),
         ("LSTM", 32, 128, False),
         ("LSTM", 64, 128, False),
         ("GRU", 16, 512, False),
         ("GRU", 32, 256, True),
+        ("GRU", 31, 256, False),
         ("GRU", 64, 128, False),
         ("RNN_TANH", 64, 512, False),
     ],
 )
 def test_loop_layout_default(mode, batch, hidden, fm):
     assert _fused.feature_major_default(mode, batch, hidden) == fm
+
+
+@pytest.mark.parametrize(
+    "mode,hidden,proj,batch,fm,groups",
+    [
+        ("LSTM", 256, 0, 32, True, 2),  # the benchmark's LSTM B=32
+        ("LSTM", 128, 0, 32, False, 1),  # batch-major: W_hh @ h only, 2.1M
+        ("LSTM", 256, 64, 32, True, 1),  # H_cell picks the layout, not proj_size; no groups
+        ("GRU", 256, 0, 16, False, 2),  # batch-major, 3.1M
+        ("GRU", 128, 0, 64, False, 2),
+    ],
+)
+def test_layer_picks_layout_and_groups_from_its_arguments(
+    mode, hidden, proj, batch, fm, groups, monkeypatch
+):
+    """What :func:`_fused.layer` hands its compiled layer (the spec's layout and group count),
+    from the weights' shapes and the batch, as the defaults above say."""
+    monkeypatch.setattr(_fused, "_cpu_count", lambda: 2)
+    specs = []
+    real = _fused._layer_jit
+    monkeypatch.setattr(
+        _fused, "_layer_jit", lambda spec, *args: specs.append(spec) or real(spec, *args)
+    )
+    gates = {"LSTM": 4, "GRU": 3}[mode]
+    out = proj or hidden
+    w = {
+        "weight_ih": jnp.zeros((gates * hidden, 128)),
+        "weight_hh": jnp.zeros((gates * hidden, out)),
+        "weight_hr": jnp.zeros((proj, hidden)) if proj else None,
+    }
+    h0 = jnp.zeros((1, batch, out))
+    state0 = (h0, jnp.zeros((1, batch, hidden))) if mode == "LSTM" else h0
+    _fused.layer(mode, [w], jnp.zeros((2, batch, 128)), state0, reverse=[False])
+    assert (specs[0][4], specs[0][6]) == (fm, groups)
+
+
+@pytest.mark.parametrize(
+    "mode,dirs,groups,batch_major",
+    [("GRU", 2, 1, True), ("LSTM", 2, 1, False), ("GRU", 1, 2, False), ("LSTM", 2, 2, True)],
+)
+def test_input_gradient_form(mode, dirs, groups, batch_major):
+    """Feature-major, the input gradient is formed batch-major where a bidirectional layer's
+    sums more than two matmuls (``_fused_backward._dx_batch_major``): GRU has two input-side
+    gradient buffers per direction and unit group, LSTM one."""
+    per_group = sum("ih" in roles for _, _, roles in _fused_layout._GRADIENT_BUFFERS[mode])
+    terms = dirs * groups * per_group
+    assert _fused_backward._dx_batch_major(True, terms, dirs) == batch_major
+    assert not _fused_backward._dx_batch_major(False, terms, dirs)
 
 
 def test_unit_groups_refuse_projection_and_uneven_split():

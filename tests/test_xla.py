@@ -20,6 +20,7 @@ from flax import nnx
 
 import jaxrnn
 from jaxrnn import _xla
+from jaxrnn.functional import _fused
 
 WIDE = {"xla_cpu_prefer_vector_width": 512}
 
@@ -36,6 +37,7 @@ def _cpuinfo(tmp_path, flags):
 def test_wide_vectors_on_an_avx512_cpu(tmp_path):
     info = _cpuinfo(tmp_path, "fpu sse2 avx2 fma avx512f avx512bw avx512vl")
     assert jaxrnn.cpu_compiler_options("cpu", cpuinfo=info) == WIDE
+    assert jaxrnn.cpu_compiler_options("CPU", cpuinfo=info) == WIDE
     options = jaxrnn.cpu_compiler_options("cpu", cpuinfo=info)
     options["xla_cpu_prefer_vector_width"] = 256  # the caller's copy, not the module's
     assert jaxrnn.cpu_compiler_options("cpu", cpuinfo=info) == WIDE
@@ -49,10 +51,18 @@ def test_wide_vectors_on_an_avx512_cpu(tmp_path):
         ("fpu avx2 avx512f", "gpu"),  # another backend
         ("fpu avx2 avx512f", "tpu"),
         (None, "cpu"),  # no /proc/cpuinfo (macOS, Windows)
+        ("", "cpu"),  # a cpuinfo without a flags line (ARM's has "Features")
     ],
 )
 def test_no_options_elsewhere(tmp_path, flags, backend):
-    info = _cpuinfo(tmp_path, flags) if flags else str(tmp_path / "missing")
+    if flags is None:
+        info = str(tmp_path / "missing")
+    elif flags:
+        info = _cpuinfo(tmp_path, flags)
+    else:
+        info = tmp_path / "cpuinfo"
+        info.write_text("processor\t: 0\nFeatures\t: fp asimd evtstrm aes avx512f\n")
+        info = str(info)
     assert jaxrnn.cpu_compiler_options(backend, cpuinfo=info) == {}
 
 
@@ -77,26 +87,42 @@ OPTIMISED_WIDE = {**WIDE, "xla_backend_optimization_level": 3}
 
 
 @pytest.mark.parametrize(
-    "mode,batch,kwargs",
+    "mode,batch,hid,kwargs,fm,groups",
     [
-        ("LSTM", 32, {}),  # feature-major, two unit groups, [W_ih, W_hh] @ [x_t; h]
-        ("LSTM", 4, {"num_layers": 2, "bidirectional": True}),  # batch-major
-        ("GRU", 32, {"num_layers": 2, "bidirectional": True}),  # feature-major
-        ("GRU", 4, {}),  # batch-major
-        ("RNN_TANH", 32, {"bias": False}),
+        # feature-major (here from any hidden size), two unit groups, [W_ih, W_hh] @ [x_t; h]
+        ("LSTM", 32, 160, {}, True, 2),
+        ("LSTM", 8, 64, {"bidirectional": True, "proj_size": 16}, True, 1),
+        ("LSTM", 4, 64, {"num_layers": 2, "bidirectional": True}, False, 1),
+        # feature-major, bidirectional: the batch-major input gradient (_dx_batch_major)
+        ("GRU", 32, 64, {"num_layers": 2, "bidirectional": True}, True, 1),
+        ("GRU", 16, 256, {}, False, 2),
+        ("RNN_TANH", 32, 64, {"bias": False}, False, 1),
     ],
 )
-def test_layers_compiled_with_wide_vectors_match_torch(mode, batch, kwargs):
+def test_layers_compiled_with_wide_vectors_match_torch(
+    mode, batch, hid, kwargs, fm, groups, monkeypatch
+):
     """Outputs and gradients (parameters, input, ``hx``) of the training step, and the inference
-    forward, compiled with ``jax.jit(..., compiler_options=)`` as the docstring shows."""
-    steps, inp, hid = 9, 24, 64
+    forward, compiled with ``jax.jit(..., compiler_options=)`` as the docstring shows, in both
+    loop layouts, with and without unit groups (as on two CPUs)."""
+    monkeypatch.setattr(_fused, "_cpu_count", lambda: 2)
+    if fm:
+        monkeypatch.setattr(_fused, "_FEATURE_MAJOR_MIN_HIDDEN", 1)
+    assert _fused.feature_major_default(mode, batch, hid) == fm
+    steps, inp = 9, 24
+    gates = {"LSTM": 4, "GRU": 3}.get(mode, 1)
+    w = {"weight_ih": np.zeros((gates * hid, inp)), "weight_hh": np.zeros((gates * hid, hid))}
+    w["weight_hr"] = np.zeros((16, hid)) if kwargs.get("proj_size") else None
+    dirs = 2 if kwargs.get("bidirectional") else 1
+    assert _fused.unit_groups_default(mode, [w] * dirs, batch, fm) == groups
     tmod = torch_layer(mode, inp, hid, **kwargs)
     rng = np.random.default_rng(0)
-    dirs = 2 if kwargs.get("bidirectional") else 1
     layers = kwargs.get("num_layers", 1)
     x = rng.standard_normal((steps, batch, inp)).astype(np.float32)
-    h0 = rng.standard_normal((dirs * layers, batch, hid)).astype(np.float32)
-    hx = (h0, rng.standard_normal(h0.shape).astype(np.float32)) if mode == "LSTM" else h0
+    h0 = rng.standard_normal((dirs * layers, batch, kwargs.get("proj_size") or hid))
+    h0 = h0.astype(np.float32)
+    c0 = rng.standard_normal((dirs * layers, batch, hid)).astype(np.float32)
+    hx = (h0, c0) if mode == "LSTM" else h0
     with torch.no_grad():
         hx_t = tuple_map(torch.from_numpy, hx) if mode == "LSTM" else torch.from_numpy(h0)
         weights = loss_weights(rng, tuple_map(np.asarray, tmod(torch.from_numpy(x), hx_t)))

@@ -3,41 +3,41 @@
 Autodiff of a ``lax.scan`` accumulates the weight gradients step by step inside the backward loop
 (``L`` thin ``(G*H, N) @ (N, H)`` matmuls) and runs each direction of a bidirectional layer as its
 own loop. Here, as cuDNN does, the forward loop saves the gate activations; the backward loop runs
-the recurrence for the gate gradients only and ``dW_ih``, ``dW_hh``, the biases and ``dx`` are
-then large matmuls over all steps at once. Both directions of a layer advance in the same loop
-(two independent chains that XLA may run side by side) and each step's recurrent product is one
-matmul for all gates. For GRU, the RNN and the batch-major LSTM (small batches, below) the input
-projections are computed ahead of the steps, in windows of steps (``_projection_chunk``: an outer
-loop computes a window's projections as one GEMM, an inner loop runs its steps), so that they
-never take more than a window's memory; a feature-major LSTM step multiplies
-``[W_ih, W_hh]`` by ``[x_t; h]`` in one matmul instead, except in the inference forward of a
-bidirectional layer (:func:`_joint_step`, from interleaved timings; the backward's large matmuls
-are the same either way).
+the recurrence for the gate gradients only and ``dW_ih``, ``dW_hh``, the biases and ``dx`` are then
+large matmuls over all steps at once. Both directions of a layer advance in the same loop (two
+independent chains that XLA may run side by side) and each step's recurrent product is one matmul
+for all gates. For GRU, the RNN and the batch-major LSTM (small batches or fewer than 256 hidden
+units, below) the input projections are computed ahead of the steps, in windows of steps
+(``_fused_forward._projection_chunk``: an outer loop computes a window's projections as one GEMM, an
+inner loop runs its steps), so that they never take more than a window's memory; a feature-major
+LSTM step multiplies ``[W_ih, W_hh]`` by ``[x_t; h]`` in one matmul instead, except in the inference
+forward of a bidirectional layer (``_fused_forward._joint_step``, from interleaved timings; the
+backward's large matmuls are the same either way).
 
 A direction whose per-step product is mid-sized (``_UNIT_GROUPS``) splits its hidden units into
-groups (as many as XLA has threads, two here): each group computes all gates of its units from
-the whole previous ``h`` with its own rows of the weights (reordered group-major once per call,
-:func:`_group_rows`), so a step is two independent products and two independent gate updates,
-which XLA runs on two threads; one product of that size ran on one thread, or was split inside
-the matmul library with the second thread waking up late every step. The backward mirrors it:
+groups (as many as XLA has threads, two here): each group computes all gates of its units from the
+whole previous ``h`` with its own rows of the weights (reordered group-major once per call,
+``_fused_layout._group_rows``), so a step is two independent products and two independent gate
+updates, which XLA runs on two threads; one product of that size ran on one thread, or was split
+inside the matmul library with the second thread waking up late every step. The backward mirrors it:
 each group multiplies its own gate gradients by its rows of ``W_hh`` (a partial gradient of the
 whole previous ``h``), and the groups' partial products are summed.
 
-For LSTM from a batch of 8 and GRU from 32 (``_FEATURE_MAJOR_FROM``), with 256 hidden units or
-more (``_FEATURE_MAJOR_MIN_HIDDEN``), the loops keep the state feature-major, ``(H, N)``, so that
-step is ``W @ h`` with torch's weights as stored. Otherwise, and for the one-gate RNN, they run
-batch-major, ``(N, H)``, with ``h @ W.T``. Both layouts compute the
-same; the choice is from timings (``benchmarks/layouts.py`` times them against each other).
-Every dynamic index is declared in range (``allow_negative_indices=False``): no index
-normalisation per step. Two XLA:CPU code-generation traps shape the rest: gate nonlinearities on
-a dynamic slice that is then sliced again, or feeding a concatenation, compile to scalar code;
-so each gate's block of a window's hoisted input projection is read with a ``dynamic_slice`` of
-its own per step (never a slice of a step's slice), and feature-major the backward writes the gate gradients of a step gate by gate into a
-``(G*H, N)`` scratch, which is then copied into the buffers for all steps (``(G*H, L, N)``, read
-as the ``(G*H, L*N)`` operands of the weight-gradient matmuls; for large layers the buffers are
-filled as ``(L, G*H, N)`` and transposed once, see ``_STEP_MAJOR_GRADIENTS_FROM``). Those buffers
-are the ones in which the forward saved the gate activations (``_GRADIENT_BUFFERS``): the
-backward overwrites them step by step, so a training step holds them once, not twice.
+For LSTM from a batch of 8 and GRU from 32 (``_FEATURE_MAJOR_FROM``), with 256 hidden units or more
+(``_FEATURE_MAJOR_MIN_HIDDEN``), the loops keep the state feature-major, ``(H, N)``, so that step is
+``W @ h`` with torch's weights as stored. Otherwise, and for the one-gate RNN, they run batch-major,
+``(N, H)``, with ``h @ W.T``. Both layouts compute the same; the choice is from timings
+(``benchmarks/layouts.py`` times them against each other). Every dynamic index is declared in range
+(``allow_negative_indices=False``): no index normalisation per step. Two XLA:CPU code-generation
+traps shape the rest: gate nonlinearities on a dynamic slice that is then sliced again, or feeding a
+concatenation, compile to scalar code; so each gate's block of a window's hoisted input projection
+is read with a ``dynamic_slice`` of its own per step (never a slice of a step's slice), and
+feature-major the backward writes the gate gradients of a step gate by gate into a ``(G*H, N)``
+scratch, which is then copied into the buffers for all steps (``(G*H, L, N)``, read as the ``(G*H,
+L*N)`` operands of the weight-gradient matmuls; for large layers the buffers are filled as ``(L,
+G*H, N)`` and transposed once, see ``_STEP_MAJOR_GRADIENTS_FROM``). Those buffers are the ones in
+which the forward saved the gate activations (``_fused_layout._GRADIENT_BUFFERS``): the backward
+overwrites them step by step, so a training step holds them once, not twice.
 
 The equations are torch's (see :func:`jaxrnn.functional.step_from_gates`); the tests check the
 outputs and gradients of this path against torch and against autodiff of the plain scan.
@@ -70,9 +70,10 @@ from jaxrnn.functional._fused_layout import _group_rows
 # From these batch sizes, and this many hidden units, the loops of LSTM and GRU run
 # feature-major, ``(H, N)`` states and ``W @ h`` per step; otherwise, and always for the one-gate
 # RNN, batch-major, ``(N, H)`` and ``h @ W.T`` (from interleaved timings, ``benchmarks/layouts.py``;
-# with 128 hidden units batch-major was ahead at every batch measured: LSTM B=8, 16, 32 forward
-# 1.10-1.22x and training steps 1.22-1.43x, GRU B=32, 64 1.03-1.08x and 1.10-1.14x; LSTM B=64
-# level. At 256, B=32, feature-major is the benchmark's tuned layout).
+# with 128 hidden units, batch-major against feature-major: LSTM B=8, 16, 32 forward 1.12-1.22x
+# and training steps 1.15-1.6x, B=64 forward 1.10x and training level; GRU B=32 forward
+# 1.03-1.08x and training 1.10x, B=64 level. At 256, B=32, feature-major is the benchmark's
+# tuned layout).
 _FEATURE_MAJOR_FROM = {"LSTM": 8, "GRU": 32}
 _FEATURE_MAJOR_MIN_HIDDEN = 256
 
@@ -186,8 +187,8 @@ def layer(
         ``outputs``: per direction ``(L, N, H_out)``, zero on masked steps.
     """
     weights = tuple({k: w.get(k) for k in _params.RECURRENT_NAMES} for w in weights)
+    hidden = weights[0]["weight_hh"].shape[0] // _params.GATES[mode]  # H_cell
     if feature_major is None:
-        hidden = weights[0]["weight_hh"].shape[0] // _params.GATES[mode]
         feature_major = feature_major_default(mode, x.shape[1], hidden)
     if step_major_gradients is None:
         gate_rows = weights[0]["weight_hh"].shape[0]
@@ -198,7 +199,6 @@ def layer(
     if groups > 1:
         if weights[0]["weight_hr"] is not None:
             raise ValueError("unit_groups > 1 does not support proj_size")
-        hidden = weights[0]["weight_hh"].shape[0] // _params.GATES[mode]
         if hidden % groups:
             raise ValueError(f"unit_groups={groups} must divide hidden_size={hidden}")
         weights = tuple(_group_rows(w, _params.GATES[mode], groups) for w in weights)

@@ -81,7 +81,7 @@ def _backward(spec, weights, x, state0, mask, out, saved, cts):
 
     # Per direction the loop forms the gradients of the recurrent pre-activations of the current
     # step (``(G*H, N)``, the operand of the recurrent matmul; rows ordered by unit group, see
-    # :func:`_group_rows`) and copies them into the buffers for all steps of
+    # ``_fused_layout._group_rows``) and copies them into the buffers for all steps of
     # ``_GRADIENT_BUFFERS``, one set per unit group (:func:`_gate_buffer`, read afterwards as
     # the ``(rows, L*N)`` operands of the weight-gradient matmuls). For LSTM and GRU these are
     # the forward's buffers of saved activations: step t's activations are read from them, then
@@ -315,5 +315,6 @@ def _dx_weight(w_ih):
     ``(H_in, G*H)`` array (XLA would otherwise fold the transpose into the matmul). On XLA:CPU the
     large ``dx`` GEMM with a transposed operand (that folded form, or ``dgates^T @ W_ih``) ran at
     half to four fifths of the rate of this one, both operands as stored and the ``(H_in, L, N)``
-    result transposed after (``benchmarks/matmul_forms.py``)."""
+    result transposed after (``benchmarks/matmul_forms.py``); :func:`_dx_batch_major` names the
+    layers where the transpose after cost more than that."""
     return lax.optimization_barrier(w_ih.T)

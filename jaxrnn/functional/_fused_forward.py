@@ -49,12 +49,11 @@ def _projection_chunk(seq_len: int, batch: int) -> int:
 
 def _input_projection(w, x, precision, fm):
     """``W_ih @ x_t`` for every step of ``x`` and every gate row, in the rows' order (group-major,
-    :func:`_group_rows`), as one GEMM: ``(G*H, L, N)`` feature-major (``x`` given feature-major
-    too, ``(H_in, L, N)``, see :func:`_input_windows`), ``(L, N, G*H)`` batch-major. The loop
-    reads each gate of each group with its own ``dynamic_slice`` (:func:`_get_block`) and adds
-    the biases in its gate arithmetic (:func:`_prepare`): a bias pass over the projections held
-    a second window of them (GRU 128,32,128,256's training step, 29 -> 31.7 MiB of
-    temporaries).
+    ``_fused_layout._group_rows``), as one GEMM: ``(G*H, L, N)`` feature-major (``x`` given
+    feature-major too, ``(H_in, L, N)``, see :func:`_input_windows`), ``(L, N, G*H)`` batch-major.
+    The loop reads each gate of each group with its own ``dynamic_slice`` (:func:`_get_block`) and
+    adds the biases in its gate arithmetic (:func:`_prepare`): a bias pass over the projections held
+    a second window of them (GRU 128,32,128,256's training step, 29 -> 31.7 MiB of temporaries).
     One GEMM per gate and group ran at a third to a half of this one's rate on the benchmark's
     shapes."""
     return jnp.einsum(
@@ -75,7 +74,7 @@ def _input_windows(x, first, count, chunk):
 
 def _recurrent(w_rec, h, num_gates, fm, precision):
     """The products of every gate: one ``w_rec @ h`` (batch-major ``h @ w_rec``), split by gate
-    (``w_rec`` from :func:`_prepare`; for LSTM ``h`` is ``[x_t; h]``)."""
+    (``w_rec`` from :func:`_prepare`; where :func:`_joint_step`, ``h`` is ``[x_t; h]``)."""
     return jnp.split(_lin(w_rec, h, fm, precision), num_gates, axis=0 if fm else -1)
 
 
@@ -135,10 +134,10 @@ def _joint_step(mode, fm, save=True, num_dirs=1):
 
 def _prepare(mode, w, fm, joint):
     """Loop-invariant weights of one direction, as :func:`_lin` takes them: the recurrent
-    weight (feature-major LSTM: ``[W_ih, W_hh]``, which multiplies ``[x_t; h]``; otherwise
-    ``W_hh``) and ``W_hr``; and the biases the step adds, per gate (columns feature-major):
-    ``b_ih + b_hh``, for GRU ``b_ir + b_hr, b_iz + b_hz, b_in, b_hn``. ``joint``:
-    :func:`_joint_step`."""
+    weight (where ``joint``, the feature-major LSTM: ``[W_ih, W_hh]``, which multiplies
+    ``[x_t; h]``; otherwise ``W_hh``) and ``W_hr``; and the biases the step adds, per gate
+    (columns feature-major): ``b_ih + b_hh``, for GRU ``b_ir + b_hr, b_iz + b_hz, b_in, b_hn``.
+    ``joint``: :func:`_joint_step`."""
     w_rec = jnp.concatenate([w["weight_ih"], w["weight_hh"]], axis=1) if joint else w["weight_hh"]
     b_rec = None
     if w["bias_ih"] is not None:
