@@ -87,6 +87,11 @@ def _cell(mode, gx, state, h_in, w_rec, b_rec, w_hr, fm, precision, joint):
     ``h`` of the direction, which the recurrent weight multiplies; ``w_rec``, ``b_rec`` and
     ``w_hr`` from :func:`_prepare`.
     """
+
+    def biased(a, k):
+        """``a`` plus the step's ``k``-th bias (from :func:`_prepare`), where the layer has any."""
+        return a if b_rec is None else a + b_rec[k]
+
     if mode == "LSTM":
         h, c = state
         if joint:  # gx is [x_t]
@@ -94,8 +99,7 @@ def _cell(mode, gx, state, h_in, w_rec, b_rec, w_hr, fm, precision, joint):
             pre = _recurrent(w_rec, xh, 4, fm, precision)
         else:
             pre = [g + r for g, r in zip(gx, _recurrent(w_rec, h_in, 4, fm, precision))]
-        if b_rec is not None:
-            pre = [p + b for p, b in zip(pre, b_rec)]
+        pre = [biased(p, k) for k, p in enumerate(pre)]
         i, f, o = (jax.nn.sigmoid(pre[k]) for k in (0, 1, 3))
         g = jnp.tanh(pre[2])
         c_new = f * c + i * g
@@ -105,20 +109,14 @@ def _cell(mode, gx, state, h_in, w_rec, b_rec, w_hr, fm, precision, joint):
         return (h_new, c_new), h_new, (i, f, g, o)
     h = state
     gh = _recurrent(w_rec, h_in, len(gx), fm, precision)
-    if mode == "GRU":
-        if b_rec is None:
-            r = jax.nn.sigmoid(gx[0] + gh[0])
-            z = jax.nn.sigmoid(gx[1] + gh[1])
-            hn = gh[2]
-            n = jnp.tanh(gx[2] + r * hn)
-        else:  # b_ir + b_hr, b_iz + b_hz, b_in, b_hn
-            r = jax.nn.sigmoid(gx[0] + gh[0] + b_rec[0])
-            z = jax.nn.sigmoid(gx[1] + gh[1] + b_rec[1])
-            hn = gh[2] + b_rec[3]
-            n = jnp.tanh(gx[2] + b_rec[2] + r * hn)
+    if mode == "GRU":  # biases b_ir + b_hr, b_iz + b_hz, b_in, b_hn
+        r = jax.nn.sigmoid(biased(gx[0] + gh[0], 0))
+        z = jax.nn.sigmoid(biased(gx[1] + gh[1], 1))
+        hn = biased(gh[2], 3)
+        n = jnp.tanh(biased(gx[2], 2) + r * hn)
         h_new = (1.0 - z) * n + z * h
         return h_new, h_new, (r, z, n, hn)
-    pre = gx[0] + gh[0] if b_rec is None else gx[0] + gh[0] + b_rec[0]
+    pre = biased(gx[0] + gh[0], 0)
     h_new = jnp.tanh(pre) if mode == "RNN_TANH" else jax.nn.relu(pre)
     return h_new, h_new, ()
 
