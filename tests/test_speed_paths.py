@@ -338,6 +338,16 @@ def test_benchmark_sized_layer_matches_torch(mode, batch, feature_major, monkeyp
     assert_close(infer, t_out.detach().numpy(), 1e-5, 1e-5, "inference output")
 
 
+def _zero_weights(mode, hidden, inp, proj=0):
+    """One direction's weights of these shapes (for the defaults, which read only shapes)."""
+    rows = {"LSTM": 4, "GRU": 3}.get(mode, 1) * hidden
+    return {
+        "weight_ih": jnp.zeros((rows, inp)),
+        "weight_hh": jnp.zeros((rows, proj or hidden)),
+        "weight_hr": jnp.zeros((proj, hidden)) if proj else None,
+    }
+
+
 @pytest.mark.parametrize("fm", [True, False], ids=["feature_major", "batch_major"])
 @pytest.mark.parametrize("mode,hidden,batch", [("LSTM", 160, 32), ("GRU", 192, 32)])
 def test_unit_groups_match_torch(mode, hidden, batch, fm, monkeypatch):
@@ -347,10 +357,7 @@ def test_unit_groups_match_torch(mode, hidden, batch, fm, monkeypatch):
     monkeypatch.setattr(_fused, "_FEATURE_MAJOR_MIN_HIDDEN", 1 if fm else 10**9)
     monkeypatch.setattr(_fused, "_cpu_count", lambda: 2)
     assert _fused.feature_major_default(mode, batch, hidden) == fm
-    gates = {"LSTM": 4, "GRU": 3}[mode]
-    rows = gates * hidden
-    w = {"weight_ih": jnp.zeros((rows, I)), "weight_hh": jnp.zeros((rows, hidden))}
-    w2 = {**w, "weight_ih": jnp.zeros((rows, hidden))}
+    w, w2 = _zero_weights(mode, hidden, I), _zero_weights(mode, hidden, hidden)
     for weights in ([w], [w2]):
         assert _fused.unit_groups_default(mode, weights, batch, fm) == 2
     assert _fused.unit_groups_default(mode, [w, w], batch, fm) == 1  # two directions: one each
@@ -363,7 +370,7 @@ def test_batch_major_lstm_counts_the_recurrent_product_only(monkeypatch):
     ``W_hh`` by ``h`` alone, and the unit groups are picked by that product's size."""
     monkeypatch.setattr(_fused, "_cpu_count", lambda: 2)
     hidden, inp, batch = 128, 512, 32  # 512 x 128 x 32 = 2.1M; with the input, 10.5M
-    w = {"weight_ih": jnp.zeros((4 * hidden, inp)), "weight_hh": jnp.zeros((4 * hidden, hidden))}
+    w = _zero_weights("LSTM", hidden, inp)
     assert _fused.unit_groups_default("LSTM", [w], batch, False) == 1
     assert _fused.unit_groups_default("LSTM", [w], batch, True) == 2
     monkeypatch.setattr(_fused, "_cpu_count", lambda: 1)  # one thread: nothing to split for
@@ -411,14 +418,8 @@ def test_layer_picks_layout_and_groups_from_its_arguments(
     monkeypatch.setattr(
         _fused, "_layer_jit", lambda spec, *args: specs.append(spec) or real(spec, *args)
     )
-    gates = {"LSTM": 4, "GRU": 3}[mode]
-    out = proj or hidden
-    w = {
-        "weight_ih": jnp.zeros((gates * hidden, 128)),
-        "weight_hh": jnp.zeros((gates * hidden, out)),
-        "weight_hr": jnp.zeros((proj, hidden)) if proj else None,
-    }
-    h0 = jnp.zeros((1, batch, out))
+    w = _zero_weights(mode, hidden, 128, proj)
+    h0 = jnp.zeros((1, batch, proj or hidden))
     state0 = (h0, jnp.zeros((1, batch, hidden))) if mode == "LSTM" else h0
     _fused.layer(mode, [w], jnp.zeros((2, batch, 128)), state0, reverse=[False])
     assert (specs[0][4], specs[0][6]) == (fm, groups)

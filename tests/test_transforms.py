@@ -341,8 +341,8 @@ def _temp_bytes(length, remat, hidden=16):
 
 def test_remat_temporary_memory_grows_sublinearly():
     """16x the length: without remat temporary memory grows ~16x (linear, 10x here: the input
-    projections take a constant window, see ``_fused_forward._projection_chunk``), with remat well under
-    8x (chunks of sqrt(L): ~5x)."""
+    projections take a constant window, see ``_fused_forward._projection_chunk``), with remat
+    well under 8x (chunks of sqrt(L): ~5x)."""
     short, long_ = 256, 4096
     plain = _temp_bytes(long_, False) / _temp_bytes(short, False)
     chunked = _temp_bytes(long_, True) / _temp_bytes(short, True)

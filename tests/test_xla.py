@@ -124,8 +124,8 @@ def test_layers_compiled_with_wide_vectors_match_torch(
     c0 = rng.standard_normal((dirs * layers, batch, hid)).astype(np.float32)
     hx = (h0, c0) if mode == "LSTM" else h0
     with torch.no_grad():
-        hx_t = tuple_map(torch.from_numpy, hx) if mode == "LSTM" else torch.from_numpy(h0)
-        weights = loss_weights(rng, tuple_map(np.asarray, tmod(torch.from_numpy(x), hx_t)))
+        outs = tmod(torch.from_numpy(x), tuple_map(torch.from_numpy, hx))
+        weights = loss_weights(rng, tuple_map(np.asarray, outs))
     t_outs, t_grads, t_gx, t_ghx = torch_run(tmod, x, hx, weights)
 
     model = jaxrnn.from_torch(tmod)
