@@ -6,8 +6,8 @@ import jax
 
 # XLA:CPU asks LLVM for 256-bit vectors by default, also on CPUs with AVX-512. The gate
 # nonlinearities of a recurrent step (sigmoid, tanh) are vectorised polynomial and division code,
-# and 512-bit vectors halve their cost there (a step's tanh of a (512, 64) block, 2-core AMD EPYC
-# Zen 5: 9.5 -> 5.2 us); the matmuls run in their own kernels and do not change.
+# and 512-bit vectors cut their cost there (a (512, 64) tanh per scan step, 2-core AMD EPYC Zen 5:
+# 13.1 -> 9.4 us, ``benchmarks/compiler_options.py``); the matmuls run in their own kernels.
 _WIDE_VECTORS = {"xla_cpu_prefer_vector_width": 512}
 
 
@@ -29,10 +29,11 @@ def cpu_compiler_options(backend: str | None = None, *, cpuinfo: str = "/proc/cp
 
     On a CPU with AVX-512 (``avx512f`` in ``/proc/cpuinfo``) this is
     ``{"xla_cpu_prefer_vector_width": 512}``: XLA:CPU vectorises element-wise code for 256-bit
-    registers by default, and the gates' sigmoid and tanh, a large part of every time step, run
-    at about half the cost with 512-bit ones. Everywhere else (no AVX-512, a backend other than
-    the CPU, a system without ``/proc/cpuinfo``) it is ``{}``, so it is always safe to pass.
-    The options change code generation only: results agree with torch as without them (tested).
+    registers by default, and the gates' sigmoid and tanh, a large part of every time step, cost
+    less with 512-bit ones (``benchmarks/compiler_options.py`` times it). Everywhere else (no
+    AVX-512, a backend other than the CPU, a system without ``/proc/cpuinfo``) it is ``{}``, so it
+    is always safe to pass. The options change code generation only: results agree with torch as
+    without them (tested).
 
     Use it where the step is compiled::
 
