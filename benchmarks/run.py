@@ -216,13 +216,19 @@ def temp_mib(w: Workload, length: int, remat, options: dict) -> float:
     return compiled.memory_analysis().temp_size_in_bytes / 2**20
 
 
+def allocator_settings() -> str:
+    """The environment variables that change how glibc's malloc serves this process (all three
+    contenders' temporaries), e.g. ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``; see the README's
+    "Huge pages" note."""
+    names = sorted(k for k in os.environ if k == "GLIBC_TUNABLES" or k.startswith("MALLOC_"))
+    return ", ".join(f"{k}={os.environ[k]!r}" for k in names) or "glibc defaults"
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a subset, fewer repetitions")
     parser.add_argument("--reps", type=int, default=None, help="timed runs per contender")
-    parser.add_argument(
-        "--only", default=None, help="workloads whose name contains this (not recorded)"
-    )
+    parser.add_argument("--only", default=None, help="workloads whose name contains this")
     parser.add_argument("--no-flax", action="store_true", help="skip the flax contender")
     parser.add_argument("--out", default=None, help="results file (default: results/<date>-...)")
     parser.add_argument(
@@ -246,6 +252,8 @@ def main(argv=None) -> None:
         f"- machine: {machine()}",
         f"- versions: jax {jax.__version__}, flax {flax.__version__}, torch {torch.__version__}, "
         f"jaxrnn {jaxrnn.__version__}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}",
+        f"- allocator settings: {allocator_settings()}",
+        f"- command: python benchmarks/run.py {' '.join(sys.argv[1:] if argv is None else argv)}",
         f"- compiler options of both JAX contenders: {options} (--compiler-options "
         f"{args.compiler_options})",
         f"- float32 GEMM rate (2048^2): {peak:.0f} GFLOP/s ({peak_who})",
