@@ -176,13 +176,30 @@ def test_projection_windows_equal_autodiff_of_plain_scan(
 ):
     """The hoisted input projections computed a window of steps at a time
     (``_fused_forward._projection_chunk``; here windows of 1 and of 2 steps, the latter with a
-    shorter last window, for T=7 and B=3): outputs and gradients as autodiff of the plain scan."""
+    shorter last window, for T=7 and B=3): outputs and gradients as autodiff of the plain scan.
+    The inference forward takes the same windows here (its wider ones are set to the same)."""
     monkeypatch.setattr(_fused_forward, "_PROJECTION_COLUMNS", columns)
+    monkeypatch.setattr(_fused_forward, "_INFERENCE_PROJECTION_COLUMNS", columns)
     assert _fused_forward._projection_chunk(T, B) == (1 if columns == 1 else 2)
+    assert _fused_forward._projection_chunk(T, B, 4) == (1 if columns == 1 else 2)
     rng = np.random.default_rng(5)
     _assert_fused_equals_plain(
         rng, mode, dirs, masked, 0, True, 1, feature_major=fm, step_major=step_major
     )
+
+
+def test_inference_forward_takes_wider_projection_windows():
+    """An inference forward (``window_bytes`` given: one column of every direction's
+    projections) computes ``_INFERENCE_PROJECTION_COLUMNS`` columns per window where that window
+    fits ``_INFERENCE_PROJECTION_BYTES``, else the training step's ``_PROJECTION_COLUMNS``."""
+    chunk = _fused_forward._projection_chunk
+    wide, narrow = _fused_forward._INFERENCE_PROJECTION_COLUMNS, _fused_forward._PROJECTION_COLUMNS
+    assert wide > narrow
+    column = _fused_forward._INFERENCE_PROJECTION_BYTES // wide  # bytes of one column that fit
+    assert chunk(4096, 4) == narrow // 4
+    assert chunk(4096, 4, column) == wide // 4
+    assert chunk(4096, 4, column + 4) == narrow // 4
+    assert chunk(64, 4, column) == 64  # never more than the sequence
 
 
 @LAYOUTS
