@@ -152,15 +152,44 @@ def test_fused_equals_autodiff_of_plain_scan(
     )
 
 
+@pytest.fixture
+def retraced(monkeypatch):
+    """``monkeypatch.setattr`` for constants read while the fused layer is traced: its ``jax.jit``
+    caches the trace by shape, so a patched value would go unseen where an earlier test traced the
+    same shapes. JAX's caches are cleared after each patch and at teardown (no later test reuses
+    a patched trace)."""
+
+    def setattr(target, name, value):
+        monkeypatch.setattr(target, name, value)
+        jax.clear_caches()
+
+    yield setattr
+    jax.clear_caches()
+
+
+def test_retraced_patches_take_effect(retraced):
+    """The fixture above: a forward traced with the default windows (one window here), then with
+    windows of one step (an outer loop over windows around the step loop)."""
+    rng = np.random.default_rng(0)
+    weights, x, state0 = _random_layer(rng, "GRU", 1, 0, True)
+
+    def scans():
+        fwd = jax.jit(lambda w, x, s: _fused_layer("GRU", w, x, s, None, 1))
+        return str(jax.make_jaxpr(fwd)(weights, x, state0)).count("scan[")
+
+    one_window = scans()
+    retraced(_fused_forward, "_INFERENCE_PROJECTION_COLUMNS", 1)
+    retraced(_fused_forward, "_PROJECTION_COLUMNS", 1)
+    assert scans() == one_window + 1
+
+
 @pytest.mark.parametrize("transpose_max", [0, 10**9], ids=["loop_layout", "per_step_transposes"])
 @pytest.mark.parametrize("mode,dirs,masked", [(m, 2, True) for m in MODES] + [("LSTM", 1, False)])
-def test_output_layouts_equal_autodiff_of_plain_scan(
-    monkeypatch, mode, dirs, masked, transpose_max
-):
+def test_output_layouts_equal_autodiff_of_plain_scan(retraced, mode, dirs, masked, transpose_max):
     """Feature-major loops keep the output and its gradient batch-major (a transpose per step) or
     in the loop layout (one transpose of the whole buffer), by size
     (``_fused_layout._outputs_batch_major``): both, in float64, as autodiff of the plain scan."""
-    monkeypatch.setattr(_fused_layout, "_STEP_TRANSPOSE_MAX", transpose_max)
+    retraced(_fused_layout, "_STEP_TRANSPOSE_MAX", transpose_max)
     assert _fused_layout._outputs_batch_major(True, H, B) == bool(transpose_max)
     rng = np.random.default_rng(6)
     _assert_fused_equals_plain(
@@ -172,14 +201,14 @@ def test_output_layouts_equal_autodiff_of_plain_scan(
 @pytest.mark.parametrize("columns", [1, 6], ids=["windows_of_1_step", "windows_of_2_steps"])
 @pytest.mark.parametrize("mode,dirs,masked", [(m, 2, True) for m in MODES] + [("GRU", 1, False)])
 def test_projection_windows_equal_autodiff_of_plain_scan(
-    monkeypatch, mode, dirs, masked, columns, fm, step_major
+    retraced, mode, dirs, masked, columns, fm, step_major
 ):
     """The hoisted input projections computed a window of steps at a time
     (``_fused_forward._projection_chunk``; here windows of 1 and of 2 steps, the latter with a
     shorter last window, for T=7 and B=3): outputs and gradients as autodiff of the plain scan.
     The inference forward takes the same windows here (its wider ones are set to the same)."""
-    monkeypatch.setattr(_fused_forward, "_PROJECTION_COLUMNS", columns)
-    monkeypatch.setattr(_fused_forward, "_INFERENCE_PROJECTION_COLUMNS", columns)
+    retraced(_fused_forward, "_PROJECTION_COLUMNS", columns)
+    retraced(_fused_forward, "_INFERENCE_PROJECTION_COLUMNS", columns)
     assert _fused_forward._projection_chunk(T, B) == (1 if columns == 1 else 2)
     assert _fused_forward._projection_chunk(T, B, 4) == (1 if columns == 1 else 2)
     rng = np.random.default_rng(5)
