@@ -126,6 +126,7 @@ class Contender:
     fwd_out: object
     train_out: object
     compile_s: float = float("nan")
+    train_temp_mib: float = float("nan")  # compiled temporary memory of the training step
 
 
 def torch_contender(tmod, x, w_out) -> Contender:
@@ -181,6 +182,7 @@ def jax_contender(name, model, x, w_out, compiler_options=None) -> Contender:
         lambda: np.asarray(fwd_c(params, rest, xj)),
         train_out,
         compile_s,
+        train_c.memory_analysis().temp_size_in_bytes / 2**20,
     )
 
 

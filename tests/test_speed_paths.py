@@ -217,6 +217,21 @@ def test_projection_windows_equal_autodiff_of_plain_scan(
     )
 
 
+@pytest.mark.parametrize(
+    "mode,fm,block,bias_product",
+    [("LSTM", True, False, True), ("LSTM", True, True, False), ("GRU", False, True, False)],
+    ids=["lstm_gate_wise_activations", "lstm_bias_sum", "gru_bias_sum"],
+)
+def test_tuning_alternatives_equal_autodiff_of_plain_scan(retraced, mode, fm, block, bias_product):
+    """The forms ``benchmarks/variants.py`` times against the defaults: a one-direction joint
+    LSTM's training step gate by gate (``_fused_forward._ACTIVATION_BLOCK``), the bias gradients as
+    a sum (``_fused_backward._BIAS_GRADIENT_AS_PRODUCT``)."""
+    retraced(_fused_forward, "_ACTIVATION_BLOCK", block)
+    retraced(_fused_backward, "_BIAS_GRADIENT_AS_PRODUCT", bias_product)
+    rng = np.random.default_rng(8)
+    _assert_fused_equals_plain(rng, mode, 1, True, 0, True, 1, feature_major=fm, step_major=False)
+
+
 def test_inference_forward_takes_wider_projection_windows():
     """An inference forward (``window_bytes`` given: one column of every direction's
     projections) computes ``_INFERENCE_PROJECTION_COLUMNS`` columns per window where that window

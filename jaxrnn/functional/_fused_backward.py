@@ -27,6 +27,13 @@ from jaxrnn.functional._fused_layout import (
     _split_state,
 )
 
+# Each bias gradient as a matrix-vector product of the gate-gradient buffer with ones rather than
+# a sum over steps and batch, for which XLA:CPU copied the whole buffer (64 MiB for LSTM H=512,
+# B=64, T=128). ``python benchmarks/variants.py bias-gradient`` times both forms and prints the
+# training step's temporary memory: the 2-layer H=512 LSTM's 321 -> 257 MiB, its step 1.02x, the
+# smaller layers level.
+_BIAS_GRADIENT_AS_PRODUCT = True
+
 
 def _cell_backward(mode, dh, dc, acts, c_t, c_prev, h_t, h_prev, w_hr_t, fm, precision):
     """Gradients of one step given those reaching the new state (already masked).
@@ -278,13 +285,11 @@ def _backward(spec, weights, x, state0, mask, out, saved, cts):
                         term = over_steps("ig,gln->iln", _dx_weight(w_ih), buf)
                     dx = term if dx is None else dx + term
                 if w["bias_ih"] is not None:
-                    # a matrix-vector product with ones, not a sum: XLA:CPU copied the buffer
-                    # to reduce it (64 MiB for LSTM H=512, B=64, T=128). The LSTM 2-layer
-                    # H=512's training temporaries 321 -> 258 MiB; interleaved A/B, LSTM
-                    # training steps 1.02-1.05x, RNN and bidirectional GRU level
-                    db = over_steps(
-                        f"{all_gates},ln->g", buf, jnp.ones((seq_len, batch), buf.dtype)
-                    )
+                    if _BIAS_GRADIENT_AS_PRODUCT:
+                        ones = jnp.ones((seq_len, batch), buf.dtype)
+                        db = over_steps(f"{all_gates},ln->g", buf, ones)
+                    else:
+                        db = jnp.sum(buf, axis=(1, 2) if fm else (0, 1))
                     for role in roles:
                         parts[f"bias_{role}"].append(db)
         dw = {k: (jnp.concatenate(v) if v else None) for k, v in parts.items()}

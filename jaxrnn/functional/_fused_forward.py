@@ -38,12 +38,17 @@ _MIN_UNROLL_BIDIRECTIONAL_INFERENCE = 2
 # Columns (steps * batch) of one window of hoisted input projections (see _projection_chunk).
 _PROJECTION_COLUMNS = 1024
 # An inference forward's windows (see _projection_chunk): up to this many columns, where one
-# window of all directions' projections stays within this many bytes. Interleaved A/B against
-# 1024 columns (XLA's caches cleared per variant): forwards RNN 512,4,64,128 1.15-1.20x, GRU
-# 512,4,64,128 1.09x, LSTM 512,4,64,128 1.03x, bidirectional GRU 128,32,128,256 1.05x (one
-# window instead of two); at B=16-32 within noise (0.90-1.04x over three runs).
+# window of all directions' projections stays within this many bytes. Against 1024 columns
+# (``benchmarks/variants.py inference-windows``): forwards RNN 512,4,64,128 1.06x, GRU 1.09x,
+# LSTM 1.03x (one window instead of two); bidirectional GRU 128,32,128,256 and LSTM
+# 128,32,128,128 level.
 _INFERENCE_PROJECTION_COLUMNS = 4096
 _INFERENCE_PROJECTION_BYTES = 16 * 2**20
+
+# Whether a one-direction joint LSTM's training step computes its activations as one block (see
+# _activation_block; ``benchmarks/variants.py activation-block`` times it against the gate-wise
+# form).
+_ACTIVATION_BLOCK = True
 
 
 def _projection_chunk(seq_len: int, batch: int, window_bytes: int | None = None) -> int:
@@ -146,11 +151,11 @@ def _activation_block(pre):
     """An LSTM step's four activations from its ``(4*H, N)`` pre-activations (feature-major, gates
     ``i, f, g, o``) as one block and one elementwise pass: ``tanh`` of the ``g`` rows and the
     sigmoid of the others as ``(1 + tanh(x/2)) / 2``, so that a training step writes them to its
-    saved-activation buffer with one copy instead of four (from interleaved timings with XLA's
-    caches cleared per variant, training steps: LSTM 128,32,128,256 1.18x, 128,16,128,256
-    1.22x, 128,8,128,256 1.02x, 2-layer 128,64,256,512 1.04x; a bidirectional layer's 0.91-0.93x,
-    and the inference forward, which saves nothing, 0.89-1.0x (LSTM 128,16 / 128,32 / 2-layer
-    128,64,256,512): they keep :func:`jax.nn.sigmoid`)."""
+    saved-activation buffer with one copy instead of four (``benchmarks/variants.py
+    activation-block``, training steps: LSTM 128,32,128,256 1.12x, 128,16,128,256 1.15x, 2-layer
+    128,64,256,512 level). In interleaved A/Bs outside it a bidirectional layer's training step
+    was 0.91-0.93x and the inference forward, which saves nothing, 0.89-1.0x this way: they keep
+    :func:`jax.nn.sigmoid` (``_ACTIVATION_BLOCK``)."""
     rows = pre.shape[0] // 4
     per_gate = jnp.asarray([0.5, 0.5, 1.0, 0.5], pre.dtype)
     scale = jnp.repeat(per_gate, rows)[:, None]
@@ -247,7 +252,7 @@ def _forward(spec, weights, x, state0, mask, save):
 
     # a training step's joint LSTM computes its four activations as one block, saved with one
     # copy; one direction only (see _activation_block)
-    block = joint and save and len(weights) == 1
+    block = _ACTIVATION_BLOCK and joint and save and len(weights) == 1
     prepared = [[_prepare(mode, g, fm, joint, block) for g in ws] for ws in gw]
     mask_loop = None if mask is None else _loop(mask, fm)  # (L, 1, N) or (L, N, 1)
     # With ``save``, LSTM and GRU keep four activations per step (i, f, g, o; r, z, n, hn) in the

@@ -1,0 +1,157 @@
+"""jaxrnn against itself with one of its tuning constants changed: the A/B behind a choice of the
+fused path, re-runnable.
+
+Each experiment names module constants of ``jaxrnn.functional`` (e.g.
+``_fused_forward._INFERENCE_PROJECTION_COLUMNS``) and the values to compare with the defaults.
+For each workload the script builds jaxrnn once per variant (``jax.clear_caches()`` first: the
+fused layer's inner ``jax.jit`` caches its trace by shape, so without it every variant would reuse
+the first one's program), checks that the variants' outputs, losses and gradients agree, and times
+the inference forward and the training step (value and gradient of ``sum(output * w)``)
+interleaved, float32, compiled with ``jaxrnn.cpu_compiler_options()``. It prints the medians, each
+variant's ratio to the default (median of the per-round ratios, > 1: the default is faster) and the
+compiled temporary memory of the training step.
+
+Usage: ``python benchmarks/variants.py [EXPERIMENT ...] [--reps N] [--out FILE]``; experiments:
+``activation-block``, ``bias-gradient``, ``inference-windows`` (all by default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _contenders as C  # noqa: E402
+from run import interleaved_rounds, machine, ratio  # noqa: E402
+
+import jaxrnn  # noqa: E402
+
+# name -> (what it checks, {variant: {module.constant: value}}, workloads, modes)
+EXPERIMENTS = {
+    "activation-block": (
+        "a one-direction feature-major LSTM's training step computes i, f, g, o as one block "
+        "(_fused_forward._activation_block) against gate by gate",
+        {"gate-wise": {"_fused_forward._ACTIVATION_BLOCK": False}},
+        [
+            C.Workload("LSTM", 128, 32, 128, 256),
+            C.Workload("LSTM", 128, 16, 128, 256),
+            C.Workload("LSTM", 128, 64, 256, 512, 2),
+        ],
+        ("train",),
+    ),
+    "bias-gradient": (
+        "the backward's bias gradients as a product with ones against a sum over steps and batch "
+        "(_fused_backward._BIAS_GRADIENT_AS_PRODUCT)",
+        {"sum": {"_fused_backward._BIAS_GRADIENT_AS_PRODUCT": False}},
+        [
+            C.Workload("LSTM", 128, 64, 256, 512, 2),
+            C.Workload("LSTM", 128, 32, 128, 256),
+            C.Workload("LSTM", 512, 4, 64, 128),
+            C.Workload("RNN_TANH", 128, 32, 128, 256),
+            C.Workload("GRU", 128, 32, 128, 256, 2, True),
+        ],
+        ("train",),
+    ),
+    "inference-windows": (
+        "the inference forward's projection windows of up to 4096 columns against the training "
+        "step's 1024 (_fused_forward._INFERENCE_PROJECTION_COLUMNS)",
+        {"1024 columns": {"_fused_forward._INFERENCE_PROJECTION_COLUMNS": 1024}},
+        [
+            C.Workload("RNN_TANH", 512, 4, 64, 128),
+            C.Workload("GRU", 512, 4, 64, 128),
+            C.Workload("LSTM", 512, 4, 64, 128),
+            C.Workload("GRU", 128, 32, 128, 256, 2, True),
+            C.Workload("LSTM", 128, 32, 128, 128),
+        ],
+        ("fwd",),
+    ),
+}
+
+
+def _set(settings: dict) -> dict:
+    """Apply ``{"module.constant": value}`` to ``jaxrnn.functional``; returns the old values."""
+    old = {}
+    for key, value in settings.items():
+        module, name = key.rsplit(".", 1)
+        mod = importlib.import_module(f"jaxrnn.functional.{module}")
+        old[key] = getattr(mod, name)
+        setattr(mod, name, value)
+    return old
+
+
+def _build(tmod, x, w_out, settings, options):
+    jax.clear_caches()  # retrace: the inner jit would otherwise reuse another variant's program
+    old = _set(settings)
+    try:
+        return C.jax_contender("jaxrnn", jaxrnn.from_torch(tmod), x, w_out, options)
+    finally:
+        _set(old)
+
+
+def run_experiment(name: str, reps: int, options: dict) -> list[str]:
+    what, variants, workloads, modes = EXPERIMENTS[name]
+    lines = [f"## {name}", "", what, ""]
+    names = ["default", *variants]
+    header = "| workload | mode | " + " | ".join(f"{v} ms" for v in names)
+    header += " | " + " | ".join(f"{v}/default" for v in names[1:]) + " | train temp MiB |"
+    lines += [header, "|" + "---|" * (header.count("|") - 1)]
+    print("\n".join(lines), flush=True)
+    for w in workloads:
+        rng = np.random.default_rng(0)
+        tmod = C.torch_module(w)
+        x = rng.standard_normal((w.steps, w.batch, w.input_size)).astype(np.float32)
+        dirs = 2 if w.bidirectional else 1
+        w_out = rng.standard_normal((w.steps, w.batch, dirs * w.hidden)).astype(np.float32)
+        settings = {"default": {}, **variants}
+        built = {v: _build(tmod, x, w_out, s, options) for v, s in settings.items()}
+        ref_out, (ref_loss, ref_grads) = built["default"].fwd_out(), built["default"].train_out()
+        for v, c in built.items():  # the variants compute the same
+            np.testing.assert_allclose(c.fwd_out(), ref_out, rtol=1e-4, atol=1e-4, err_msg=v)
+            loss, grads = c.train_out()
+            np.testing.assert_allclose(loss, ref_loss, rtol=1e-4, err_msg=v)
+            for k, g in grads.items():
+                np.testing.assert_allclose(g, ref_grads[k], rtol=1e-3, atol=1e-3, err_msg=v)
+        for mode in modes:
+            rounds = interleaved_rounds({v: getattr(c, mode) for v, c in built.items()}, reps)
+            ms = [np.median(rounds[v]) * 1e3 for v in names]
+            row = f"| {w.name} | {mode} | " + " | ".join(f"{t:.2f}" for t in ms)
+            row += " | " + " | ".join(f"{ratio(rounds, v, 'default'):.3f}x" for v in names[1:])
+            row += " | " + " / ".join(f"{built[v].train_temp_mib:.1f}" for v in names) + " |"
+            print(row, flush=True)
+            lines.append(row)
+    print(flush=True)
+    return lines + [""]
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("experiments", nargs="*", help=f"of {', '.join(EXPERIMENTS)} (default all)")
+    parser.add_argument("--reps", type=int, default=9)
+    parser.add_argument("--out", default=None, help="also write the tables to this file")
+    args = parser.parse_args(argv)
+    options = jaxrnn.cpu_compiler_options()
+    lines = [
+        "# jaxrnn tuning constants, A/B",
+        "",
+        f"- machine: {machine()}; jax {jax.__version__}; compiler options {options}",
+        f"- {args.reps} interleaved rounds; ratios > 1: the default is faster",
+        "",
+    ]
+    print("\n".join(lines), flush=True)
+    unknown = set(args.experiments) - set(EXPERIMENTS)
+    if unknown:
+        parser.error(f"unknown experiments {sorted(unknown)}; choose from {list(EXPERIMENTS)}")
+    for name in args.experiments or EXPERIMENTS:
+        lines += run_experiment(name, args.reps, options)
+    if args.out:
+        Path(args.out).write_text("\n".join(lines))
+        print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
