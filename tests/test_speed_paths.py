@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from _torch_oracle import assert_close, torch_layer
+from flax import nnx
 
 import jaxrnn
 from jaxrnn import functional as F
@@ -64,7 +65,16 @@ def _plain(mode, weights, x, state0, mask, unroll):
 
 
 def _fused_layer(
-    mode, weights, x, state0, mask, unroll, feature_major=None, step_major=None, groups=None
+    mode,
+    weights,
+    x,
+    state0,
+    mask,
+    unroll,
+    feature_major=None,
+    step_major=None,
+    groups=None,
+    stacked=False,
 ):
     rev = [d == 1 for d in range(len(weights))]
     return _fused.layer(
@@ -78,6 +88,7 @@ def _fused_layer(
         feature_major=feature_major,
         step_major_gradients=step_major,
         unit_groups=groups,
+        stacked=stacked,
     )
 
 
@@ -179,6 +190,7 @@ def test_retraced_patches_take_effect(retraced):
 
     one_window = scans()
     retraced(_fused_forward, "_INFERENCE_PROJECTION_COLUMNS", 1)
+    retraced(_fused_forward, "_INFERENCE_PROJECTION_MIN_COLUMNS", 1)
     retraced(_fused_forward, "_PROJECTION_COLUMNS", 1)
     assert scans() == one_window + 1
 
@@ -209,6 +221,7 @@ def test_projection_windows_equal_autodiff_of_plain_scan(
     The inference forward takes the same windows here (its wider ones are set to the same)."""
     retraced(_fused_forward, "_PROJECTION_COLUMNS", columns)
     retraced(_fused_forward, "_INFERENCE_PROJECTION_COLUMNS", columns)
+    retraced(_fused_forward, "_INFERENCE_PROJECTION_MIN_COLUMNS", columns)
     assert _fused_forward._projection_chunk(T, B) == (1 if columns == 1 else 2)
     assert _fused_forward._projection_chunk(T, B, 4) == (1 if columns == 1 else 2)
     rng = np.random.default_rng(5)
@@ -232,18 +245,97 @@ def test_tuning_alternatives_equal_autodiff_of_plain_scan(retraced, mode, fm, bl
     _assert_fused_equals_plain(rng, mode, 1, True, 0, True, 1, feature_major=fm, step_major=False)
 
 
-def test_inference_forward_takes_wider_projection_windows():
+@pytest.mark.parametrize("masked", [False, True], ids=["full", "masked"])
+def test_one_direction_lstm_inference_with_hoisted_projections_equals_plain_scan(retraced, masked):
+    """A one-direction feature-major LSTM's inference forward above
+    ``_JOINT_INFERENCE_MAX_MACS`` per step adds hoisted input projections instead of the joint
+    ``[W_ih, W_hh]`` step (here from 0 multiply-adds; the training step stays joint): outputs
+    and gradients as autodiff of the plain scan."""
+    retraced(_fused_forward, "_JOINT_INFERENCE_MAX_MACS", 0)
+    assert not _fused_forward._joint_step("LSTM", True, False, 1, 1)
+    assert _fused_forward._joint_step("LSTM", True, True, 1, 1)
+    rng = np.random.default_rng(10)
+    _assert_fused_equals_plain(
+        rng, "LSTM", 1, masked, 0, True, 1, feature_major=True, step_major=False
+    )
+
+
+def test_inference_forward_sizes_its_projection_windows_by_bytes():
     """An inference forward (``window_bytes`` given: one column of every direction's
-    projections) computes ``_INFERENCE_PROJECTION_COLUMNS`` columns per window where that window
-    fits ``_INFERENCE_PROJECTION_BYTES``, else the training step's ``_PROJECTION_COLUMNS``."""
+    projections) computes the widest of ``_INFERENCE_PROJECTION_COLUMNS``, half of it, ... whose
+    window fits ``_INFERENCE_PROJECTION_BYTES``, at least ``_INFERENCE_PROJECTION_MIN_COLUMNS``;
+    the training step ``_PROJECTION_COLUMNS``."""
     chunk = _fused_forward._projection_chunk
     wide, narrow = _fused_forward._INFERENCE_PROJECTION_COLUMNS, _fused_forward._PROJECTION_COLUMNS
-    assert wide > narrow
+    least = _fused_forward._INFERENCE_PROJECTION_MIN_COLUMNS
+    assert wide > narrow and wide > 2 * least
     column = _fused_forward._INFERENCE_PROJECTION_BYTES // wide  # bytes of one column that fit
     assert chunk(4096, 4) == narrow // 4
     assert chunk(4096, 4, column) == wide // 4
-    assert chunk(4096, 4, column + 4) == narrow // 4
+    assert chunk(4096, 4, column + 4) == wide // 8  # half as many columns fit
+    assert chunk(4096, 4, 2 * column) == wide // 8
+    assert chunk(4096, 4, 10**9) == least // 4  # never narrower than the least
     assert chunk(64, 4, column) == 64  # never more than the sequence
+
+
+@pytest.mark.parametrize("columns", [6, 10**6], ids=["windows_of_2_steps", "one_window"])
+@pytest.mark.parametrize("mode,dirs,masked", [(m, 2, True) for m in MODES] + [("GRU", 1, False)])
+def test_stacked_input_read_feature_major_equals_autodiff_of_plain_scan(
+    retraced, mode, dirs, masked, columns
+):
+    """A feature-major layer above another whose loops kept their output feature-major reads
+    its input feature-major (``stacked``, :func:`_fused.input_feature_major`; the test's sizes
+    are made to keep it so by ``_STEP_TRANSPOSE_MAX = 0``): outputs and gradients as autodiff of
+    the plain scan, in windows and in one."""
+    retraced(_fused_layout, "_STEP_TRANSPOSE_MAX", 0)
+    retraced(_fused_forward, "_PROJECTION_COLUMNS", columns)
+    retraced(_fused_forward, "_INFERENCE_PROJECTION_COLUMNS", columns)
+    retraced(_fused_forward, "_INFERENCE_PROJECTION_MIN_COLUMNS", columns)
+    assert _fused.input_feature_major(True, True, H, B)
+    rng = np.random.default_rng(9)
+    _assert_fused_equals_plain(
+        rng, mode, dirs, masked, 0, True, 1, feature_major=True, step_major=False, stacked=True
+    )
+
+
+@pytest.mark.parametrize(
+    "stacked,fm,transpose_max,expected",
+    [
+        (True, True, 0, True),
+        (False, True, 0, False),  # the model's input
+        (True, False, 0, False),  # batch-major loops
+        (True, True, 10**9, False),  # the layer below wrote its output batch-major
+    ],
+)
+def test_layer_reads_stacked_input_feature_major_where_below_kept_it(
+    retraced, monkeypatch, stacked, fm, transpose_max, expected
+):
+    """What :func:`_fused.layer` hands its compiled layer as the input's layout: feature-major
+    only for a stacked feature-major layer whose layer below kept its output feature-major."""
+    retraced(_fused_layout, "_STEP_TRANSPOSE_MAX", transpose_max)
+    specs = []
+    real = _fused._layer_jit
+    monkeypatch.setattr(
+        _fused, "_layer_jit", lambda spec, *args: specs.append(spec) or real(spec, *args)
+    )
+    w = _zero_weights("GRU", 16, 8, 0)
+    state0 = jnp.zeros((1, 4, 16))
+    _fused.layer(
+        "GRU", [w], jnp.zeros((3, 4, 8)), state0, reverse=[False], feature_major=fm, stacked=stacked
+    )
+    assert specs[0][7] == expected
+
+
+def test_model_layers_above_the_first_are_stacked(monkeypatch):
+    """The driver tells each layer above the first that its input is the output of the layer
+    below (``stacked``), and the first that it is not."""
+    seen = []
+    real = _fused.layer
+    monkeypatch.setattr(
+        _fused, "layer", lambda *a, **kw: seen.append(kw["stacked"]) or real(*a, **kw)
+    )
+    jaxrnn.GRU(8, 16, 3, rngs=nnx.Rngs(0))(jnp.zeros((3, 4, 8)))
+    assert seen == [False, True, True]
 
 
 @LAYOUTS

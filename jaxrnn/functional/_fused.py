@@ -11,8 +11,9 @@ units, below) the input projections are computed ahead of the steps, in windows 
 (``_fused_forward._projection_chunk``: an outer loop computes a window's projections as one GEMM, an
 inner loop runs its steps), so that they never take more than a window's memory; a feature-major
 LSTM step multiplies ``[W_ih, W_hh]`` by ``[x_t; h]`` in one matmul instead, except in the inference
-forward of a bidirectional layer (``_fused_forward._joint_step``, from interleaved timings; the
-backward's large matmuls are the same either way).
+forward of a bidirectional or a large layer (``_fused_forward._joint_step``, from interleaved
+timings; the backward's large matmuls are the same either way). A layer above a feature-major one
+reads its input feature-major where that layer kept its output so (:func:`input_feature_major`).
 
 A direction whose per-step product is mid-sized (``_UNIT_GROUPS``) splits its hidden units into
 groups (as many as XLA has threads, two here): each group computes all gates of its units from the
@@ -65,7 +66,7 @@ import jax.numpy as jnp
 from jaxrnn import _params
 from jaxrnn.functional._fused_backward import _backward
 from jaxrnn.functional._fused_forward import _forward
-from jaxrnn.functional._fused_layout import _group_rows
+from jaxrnn.functional._fused_layout import _group_rows, _outputs_batch_major
 
 # From these batch sizes, and this many hidden units, the loops of LSTM and GRU run
 # feature-major, ``(H, N)`` states and ``W @ h`` per step; otherwise, and always for the one-gate
@@ -96,6 +97,10 @@ _STEP_MAJOR_GRADIENTS_FROM = 2048
 # faster than two, GRU H=256, B=16, 3.1M, two groups 1.2-1.6x faster than one).
 _UNIT_GROUPS = {"max": 2, "macs": (3_000_000, 40_000_000)}
 
+# Whether a stacked layer may read its input feature-major (see input_feature_major; off: every
+# layer reads its input as if it were the model's).
+_STACKED_INPUT_FEATURE_MAJOR = True
+
 
 def feature_major_default(mode: str, batch: int, hidden: int) -> bool:
     """The loop layout :func:`layer` picks: feature-major for LSTM from a batch of 8 and for GRU
@@ -112,6 +117,22 @@ def step_major_gradients_default(gate_rows: int, feature_major: bool) -> bool:
     """Whether a feature-major backward fills its gate-gradient buffers step-major: from
     ``_STEP_MAJOR_GRADIENTS_FROM`` gate rows (``G*H``). Batch-major they are always step-major."""
     return feature_major and gate_rows >= _STEP_MAJOR_GRADIENTS_FROM
+
+
+def input_feature_major(stacked: bool, feature_major: bool, hidden_out: int, batch: int) -> bool:
+    """Whether a feature-major layer reads the input of its projection windows from ``x``
+    transposed to ``(L, H_in, N)`` rather than window by window from ``(L, N, H_in)``: where ``x``
+    is the output of a feature-major layer below whose loops kept it ``(L, H, N)`` (``stacked``,
+    and not :func:`_fused_layout._outputs_batch_major`). The two transposes then cancel; otherwise
+    XLA wrote the layer's output batch-major and transposed it back for the windows (the
+    inference forward's hoisted windows in two passes, through a buffer in the layout XLA picks
+    for the transpose: 16 MiB more temporaries at H=512, B=64). Interleaved A/B
+    (``benchmarks/variants.py stacked-input``, results/2026-12-07-amd-epyc-2-cores-variants-run2.md):
+    2-layer GRU 128,64,256,512 forward 1.06x, training step 1.03x; 128,64,128,256 1.03x both;
+    bidirectional LSTM 128,64,256,512 level."""
+    if not _STACKED_INPUT_FEATURE_MAJOR:
+        return False
+    return bool(stacked and feature_major and not _outputs_batch_major(True, hidden_out, batch))
 
 
 def _cpu_count() -> int:
@@ -159,6 +180,7 @@ def layer(
     feature_major: bool | None = None,
     step_major_gradients: bool | None = None,
     unit_groups: int | None = None,
+    stacked: bool = False,
 ):
     """Run every direction of one layer; returns ``(finals, outputs)``.
 
@@ -181,6 +203,12 @@ def layer(
             all gates of its units from the whole state (the same results, independent work for
             XLA's threads; ``None``: :func:`unit_groups_default`). Must divide ``hidden_size``;
             not with ``proj_size``.
+        stacked: ``x`` is the output of the layer below in the same stack (same mode, batch and
+            sizes). Where that layer's loops kept their output feature-major, ``(L, H, N)``
+            (:func:`_fused_layout._outputs_batch_major`), and this one computes its input
+            projections in windows, it reads them from ``x`` feature-major too: XLA then cancels
+            the two transposes in between instead of writing the output batch-major and then
+            transposed again for the windows (the same results; see :func:`input_feature_major`).
 
     Returns:
         ``finals``: per direction the state after its last step (``h`` or ``(h, c)``);
@@ -202,6 +230,7 @@ def layer(
         if hidden % groups:
             raise ValueError(f"unit_groups={groups} must divide hidden_size={hidden}")
         weights = tuple(_group_rows(w, _params.GATES[mode], groups) for w in weights)
+    hidden_out = weights[0]["weight_hh"].shape[1]
     spec = (
         mode,
         tuple(bool(r) for r in reverse),
@@ -210,6 +239,7 @@ def layer(
         bool(feature_major),
         bool(feature_major and step_major_gradients),
         groups,
+        input_feature_major(stacked, feature_major, hidden_out, x.shape[1]),
     )
     hs, c_last = _layer_jit(spec, weights, x, state0, mask)
     finals = []

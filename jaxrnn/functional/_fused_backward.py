@@ -66,7 +66,7 @@ def _cell_backward(mode, dh, dc, acts, c_t, c_prev, h_t, h_prev, w_hr_t, fm, pre
 
 
 def _backward(spec, weights, x, state0, mask, out, saved, cts):
-    mode, rev, precision, unroll, fm, step_major, groups = spec
+    mode, rev, precision, unroll, fm, step_major, groups, _ = spec
     seq_len, batch = x.shape[0], x.shape[1]
     lstm, gru = mode == "LSTM", mode == "GRU"
     num_gates = _params.GATES[mode]

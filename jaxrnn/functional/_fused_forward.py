@@ -37,13 +37,20 @@ _MIN_UNROLL_BIDIRECTIONAL_INFERENCE = 2
 
 # Columns (steps * batch) of one window of hoisted input projections (see _projection_chunk).
 _PROJECTION_COLUMNS = 1024
-# An inference forward's windows (see _projection_chunk): up to this many columns, where one
-# window of all directions' projections stays within this many bytes. Against 1024 columns
-# (``benchmarks/variants.py inference-windows``): forwards RNN 512,4,64,128 1.06x, GRU 1.09x,
-# LSTM 1.03x (one window instead of two); bidirectional GRU 128,32,128,256 and LSTM
-# 128,32,128,128 level.
+# An inference forward's windows (see _projection_chunk): the widest of 4096, 2048, ... columns,
+# down to the smallest below, for which one window of all directions' projections stays within
+# _INFERENCE_PROJECTION_BYTES. Against 1024 columns (``benchmarks/variants.py
+# inference-windows``, results/2026-12-07-amd-epyc-2-cores-variants-run2.md): wide windows for
+# small layers, one instead of two, forwards RNN 512,4,64,128 1.13x, GRU and LSTM 1.06x; narrow
+# ones for large layers, GRU 128,64,256,512,2 1.05x, LSTM level (1.08x in a first run), the
+# bidirectional ones level. XLA:CPU allocates a program's temporaries as one block per call,
+# and glibc serves a block above 32 MiB (its largest mmap threshold) from fresh pages, where
+# its heap has no room for it, which then fault on first touch every call (about 0.3 ms per
+# MiB here): 512-column windows (4 MiB) keep the 2-layer H=512 forwards' temporaries at 28-29
+# MiB (1024 columns: LSTM 33.5 MiB).
 _INFERENCE_PROJECTION_COLUMNS = 4096
-_INFERENCE_PROJECTION_BYTES = 16 * 2**20
+_INFERENCE_PROJECTION_MIN_COLUMNS = 512
+_INFERENCE_PROJECTION_BYTES = 4 * 2**20
 
 # Whether a one-direction joint LSTM's training step computes its activations as one block (see
 # _activation_block; ``benchmarks/variants.py activation-block`` times it against the gate-wise
@@ -56,13 +63,18 @@ def _projection_chunk(seq_len: int, batch: int, window_bytes: int | None = None)
     the projections of a whole sequence would be ``G*H*L*N`` floats (48 MiB per layer for GRU
     128,64,512), in memory next to the saved activations; a window of them is still one GEMM of
     thousands of columns. An inference forward (``window_bytes``: the bytes of one column of
-    every direction's projections) takes ``_INFERENCE_PROJECTION_COLUMNS`` where their window
-    stays within ``_INFERENCE_PROJECTION_BYTES``."""
+    every direction's projections) takes the widest of ``_INFERENCE_PROJECTION_COLUMNS``, half
+    of it, ... down to ``_INFERENCE_PROJECTION_MIN_COLUMNS`` whose window stays within
+    ``_INFERENCE_PROJECTION_BYTES`` (the narrowest if none does)."""
     columns = _PROJECTION_COLUMNS
     if window_bytes is not None:
-        wide = _INFERENCE_PROJECTION_COLUMNS
-        if wide * window_bytes <= _INFERENCE_PROJECTION_BYTES:
-            columns = max(columns, wide)
+        columns = _INFERENCE_PROJECTION_COLUMNS
+        while (
+            columns > _INFERENCE_PROJECTION_MIN_COLUMNS
+            and columns * window_bytes > _INFERENCE_PROJECTION_BYTES
+        ):
+            columns //= 2
+        columns = max(columns, _INFERENCE_PROJECTION_MIN_COLUMNS)
     return max(1, min(seq_len, -(-columns // max(batch, 1))))
 
 
@@ -163,13 +175,25 @@ def _activation_block(pre):
     return jnp.tanh(pre * scale) * scale + shift
 
 
-def _joint_step(mode, fm, save=True, num_dirs=1):
-    """Whether a step multiplies ``[W_ih, W_hh]`` by ``[x_t; h]`` (the feature-major LSTM, but
-    for the inference forward of a bidirectional layer) instead of adding a hoisted input
-    projection to ``W_hh``'s product. Interleaved A/B on 2 cores, hoisted projections (in
-    windows) against the joint step: the bidirectional LSTM's inference forward 1.20x; one
-    direction's 0.97-1.06x; training steps 0.95-1.0x."""
-    return mode == "LSTM" and fm and (save or num_dirs == 1)
+# Up to this many multiply-adds per step (``G*H * (H_in + H_out) * N``), a one-direction LSTM's
+# inference forward takes the joint step too (see _joint_step).
+_JOINT_INFERENCE_MAX_MACS = 40_000_000
+
+
+def _joint_step(mode, fm, save=True, num_dirs=1, step_macs=0):
+    """Whether a step multiplies ``[W_ih, W_hh]`` by ``[x_t; h]`` (``step_macs`` multiply-adds)
+    instead of adding a hoisted input projection to ``W_hh``'s product: the feature-major LSTM's
+    training step, and its inference forward for one direction up to
+    ``_JOINT_INFERENCE_MAX_MACS``. Interleaved A/Bs on 2 cores, hoisted projections (in windows)
+    against the joint step: training steps 0.95-1.0x; the bidirectional LSTM's inference
+    forward 1.20x; one direction's (``benchmarks/variants.py joint-inference``) LSTM
+    128,32,128,256 and 128,16,128,256 level (0.92x for the latter in a first run), 2-layer
+    128,64,256,512 1.09-1.11x: there the joint step copies ``[W_ih, W_hh]`` (8 MiB) and ``x``
+    every call, which took the forward's temporaries from 29 to 39 MiB, above glibc's 32 MiB
+    mmap threshold (see ``_INFERENCE_PROJECTION_COLUMNS``)."""
+    if mode != "LSTM" or not fm:
+        return False
+    return save or (num_dirs == 1 and step_macs <= _JOINT_INFERENCE_MAX_MACS)
 
 
 def _prepare(mode, w, fm, joint, block=False):
@@ -195,14 +219,16 @@ def _prepare(mode, w, fm, joint, block=False):
 
 
 def _forward(spec, weights, x, state0, mask, save):
-    mode, rev, precision, unroll, fm, step_major, groups = spec
+    mode, rev, precision, unroll, fm, step_major, groups, x_fm = spec
     seq_len = x.shape[0]
     lstm = mode == "LSTM"
     gw = [[_group(w, s, groups) for s in range(groups)] for w in weights]
     # the input side, read per step: feature-major LSTM ``x_t`` (one matmul with ``h`` in the
     # step), otherwise each gate's input projection, computed for a window of ``chunk`` steps
     # at a time (see _projection_chunk) by an outer loop around the loop over its steps
-    joint = _joint_step(mode, fm, save, len(weights))
+    w0 = weights[0]["weight_hh"]
+    step_macs = w0.shape[0] * (x.shape[2] + w0.shape[1]) * x.shape[1]
+    joint = _joint_step(mode, fm, save, len(weights), step_macs)
     window_bytes = None
     if not save:
         window_bytes = x.dtype.itemsize * sum(w["weight_ih"].shape[0] for w in weights)
@@ -215,13 +241,17 @@ def _forward(spec, weights, x, state0, mask, save):
     num_chunks, tail = divmod(seq_len, chunk)
     # feature-major inference, the full windows' inputs transposed once (a reverse direction's
     # windows start ``tail`` steps later than a forward one's); a training step keeps the
-    # per-window transposes, a window's memory instead of the whole input's (level in time)
+    # per-window transposes, a window's memory instead of the whole input's (level in time).
+    # Where the input is a feature-major output of the layer below (``x_fm``, see
+    # _fused.input_feature_major), each window is a slice of it, transposed as it is read.
     windows = {}
-    if fm and not joint and not save:
+    if fm and not joint and not save and not x_fm:
         for d in range(len(weights)):
             base = tail if rev[d] else 0
             if base not in windows:
                 windows[base] = _input_windows(x, base, num_chunks, chunk)
+
+    x_loop = _loop(x, fm) if x_fm and not joint else None
 
     def project(first, length, index=None):
         """Per direction the input side of its steps ``first ... first + length - 1`` (window
@@ -234,6 +264,11 @@ def _forward(spec, weights, x, state0, mask, save):
             if windows and index is not None:
                 k = num_chunks - 1 - index if rev[d] else index
                 xs = _at(windows[tail if rev[d] else 0], k)
+            elif x_loop is not None:
+                xs = (
+                    x_loop if length == seq_len else lax.dynamic_slice_in_dim(x_loop, start, length)
+                )
+                xs = jnp.swapaxes(xs, 0, 1)
             else:
                 xs = x if length == seq_len else lax.dynamic_slice_in_dim(x, start, length)
                 xs = jnp.transpose(xs, (2, 0, 1)) if fm else xs

@@ -54,19 +54,30 @@ def scan_direction(
     )
 
 
-def run_layer(mode: str, ps, x, state0, mask=None, *, precision=None, unroll=1, remat=False):
+def run_layer(
+    mode: str, ps, x, state0, mask=None, *, precision=None, unroll=1, remat=False, stacked=False
+):
     """Every direction of one layer: ``ps`` holds one cell-named dict per direction (the second
     runs in reverse), ``state0`` is stacked over directions. Returns ``(finals, outputs)``, one
     entry per direction.
 
     Without ``remat`` this is the fused whole-layer path (:mod:`jaxrnn.functional._fused`: both
     directions in one loop, weight and input gradients as matmuls over all steps); with it, one
-    rematerialised :func:`scan_direction` per direction.
+    rematerialised :func:`scan_direction` per direction. ``stacked``: ``x`` is the output of the
+    layer below (see :func:`jaxrnn.functional._fused.layer`).
     """
     if not remat:
         reverse = [d == 1 for d in range(len(ps))]
         return _fused.layer(
-            mode, ps, x, state0, mask, reverse=reverse, precision=precision, unroll=unroll
+            mode,
+            ps,
+            x,
+            state0,
+            mask,
+            reverse=reverse,
+            precision=precision,
+            unroll=unroll,
+            stacked=stacked,
         )
     finals, outs = [], []
     for d, p in enumerate(ps):
@@ -258,7 +269,15 @@ def rnn(
         lo = layer * num_directions
         s0 = jax.tree.map(lambda s, lo=lo: s[lo : lo + num_directions], state)
         layer_finals, outs = run_layer(
-            mode, ps, layer_input, s0, mask, precision=precision, unroll=unroll, remat=remat
+            mode,
+            ps,
+            layer_input,
+            s0,
+            mask,
+            precision=precision,
+            unroll=unroll,
+            remat=remat,
+            stacked=layer > 0,
         )
         finals.extend(layer_finals)
         layer_input = outs[0] if num_directions == 1 else jnp.concatenate(outs, axis=-1)
