@@ -127,6 +127,7 @@ class Contender:
     train_out: object
     compile_s: float = float("nan")
     train_temp_mib: float = float("nan")  # compiled temporary memory of the training step
+    fwd_temp_mib: float = float("nan")  # and of the inference forward
 
 
 def torch_contender(tmod, x, w_out) -> Contender:
@@ -183,6 +184,7 @@ def jax_contender(name, model, x, w_out, compiler_options=None) -> Contender:
         train_out,
         compile_s,
         train_c.memory_analysis().temp_size_in_bytes / 2**20,
+        fwd_c.memory_analysis().temp_size_in_bytes / 2**20,
     )
 
 

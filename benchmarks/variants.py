@@ -9,10 +9,11 @@ the first one's program), checks that the variants' outputs, losses and gradient
 the inference forward and the training step (value and gradient of ``sum(output * w)``)
 interleaved, float32, compiled with ``jaxrnn.cpu_compiler_options()``. It prints the medians, each
 variant's ratio to the default (median of the per-round ratios, > 1: the default is faster) and the
-compiled temporary memory of the training step.
+compiled temporary memory of the forward or training step timed (XLA's, per variant).
 
 Usage: ``python benchmarks/variants.py [EXPERIMENT ...] [--reps N] [--out FILE]``; experiments:
-``activation-block``, ``bias-gradient``, ``inference-windows`` (all by default).
+``activation-block``, ``bias-gradient``, ``inference-windows``, ``joint-inference``,
+``stacked-input`` (all by default).
 """
 
 from __future__ import annotations
@@ -58,17 +59,48 @@ EXPERIMENTS = {
         ("train",),
     ),
     "inference-windows": (
-        "the inference forward's projection windows of up to 4096 columns against the training "
-        "step's 1024 (_fused_forward._INFERENCE_PROJECTION_COLUMNS)",
-        {"1024 columns": {"_fused_forward._INFERENCE_PROJECTION_COLUMNS": 1024}},
+        "the inference forward's projection windows (_fused_forward._projection_chunk: up to "
+        "4096 columns, 512 to 4096 within 4 MiB) against the training step's 1024 columns",
+        {
+            "1024 columns": {
+                "_fused_forward._INFERENCE_PROJECTION_COLUMNS": 1024,
+                "_fused_forward._INFERENCE_PROJECTION_MIN_COLUMNS": 1024,
+            }
+        },
         [
             C.Workload("RNN_TANH", 512, 4, 64, 128),
             C.Workload("GRU", 512, 4, 64, 128),
             C.Workload("LSTM", 512, 4, 64, 128),
             C.Workload("GRU", 128, 32, 128, 256, 2, True),
-            C.Workload("LSTM", 128, 32, 128, 128),
+            C.Workload("LSTM", 128, 32, 128, 256, 2, True),
+            C.Workload("GRU", 128, 64, 256, 512, 2),
+            C.Workload("LSTM", 128, 64, 256, 512, 2),
         ],
         ("fwd",),
+    ),
+    "joint-inference": (
+        "a one-direction feature-major LSTM's inference forward: the joint [W_ih, W_hh] step up "
+        "to 40M multiply-adds per step, hoisted input projections above "
+        "(_fused_forward._joint_step), against the joint step at all sizes",
+        {"joint": {"_fused_forward._JOINT_INFERENCE_MAX_MACS": 10**12}},
+        [
+            C.Workload("LSTM", 128, 32, 128, 256),
+            C.Workload("LSTM", 128, 16, 128, 256),
+            C.Workload("LSTM", 128, 64, 256, 512, 2),
+        ],
+        ("fwd",),
+    ),
+    "stacked-input": (
+        "a feature-major layer above another reads its input feature-major, where the layer "
+        "below kept its output so (_fused.input_feature_major), against window by window from "
+        "the batch-major output",
+        {"batch-major": {"_fused._STACKED_INPUT_FEATURE_MAJOR": False}},
+        [
+            C.Workload("GRU", 128, 64, 256, 512, 2),
+            C.Workload("GRU", 128, 64, 128, 256, 2),
+            C.Workload("LSTM", 128, 64, 256, 512, 2, True),
+        ],
+        ("fwd", "train"),
     ),
 }
 
@@ -98,7 +130,7 @@ def run_experiment(name: str, reps: int, options: dict) -> list[str]:
     lines = [f"## {name}", "", what, ""]
     names = ["default", *variants]
     header = "| workload | mode | " + " | ".join(f"{v} ms" for v in names)
-    header += " | " + " | ".join(f"{v}/default" for v in names[1:]) + " | train temp MiB |"
+    header += " | " + " | ".join(f"{v}/default" for v in names[1:]) + " | temp MiB |"
     lines += [header, "|" + "---|" * (header.count("|") - 1)]
     print("\n".join(lines), flush=True)
     for w in workloads:
@@ -121,7 +153,8 @@ def run_experiment(name: str, reps: int, options: dict) -> list[str]:
             ms = [np.median(rounds[v]) * 1e3 for v in names]
             row = f"| {w.name} | {mode} | " + " | ".join(f"{t:.2f}" for t in ms)
             row += " | " + " | ".join(f"{ratio(rounds, v, 'default'):.3f}x" for v in names[1:])
-            row += " | " + " / ".join(f"{built[v].train_temp_mib:.1f}" for v in names) + " |"
+            temps = [getattr(built[v], f"{mode}_temp_mib") for v in names]
+            row += " | " + " / ".join(f"{t:.1f}" for t in temps) + " |"
             print(row, flush=True)
             lines.append(row)
     print(flush=True)

@@ -40,14 +40,14 @@ _PROJECTION_COLUMNS = 1024
 # An inference forward's windows (see _projection_chunk): the widest of 4096, 2048, ... columns,
 # down to the smallest below, for which one window of all directions' projections stays within
 # _INFERENCE_PROJECTION_BYTES. Against 1024 columns (``benchmarks/variants.py
-# inference-windows``, results/2026-12-07-amd-epyc-2-cores-variants-run2.md): wide windows for
-# small layers, one instead of two, forwards RNN 512,4,64,128 1.13x, GRU and LSTM 1.06x; narrow
-# ones for large layers, GRU 128,64,256,512,2 1.05x, LSTM level (1.08x in a first run), the
-# bidirectional ones level. XLA:CPU allocates a program's temporaries as one block per call,
-# and glibc serves a block above 32 MiB (its largest mmap threshold) from fresh pages, where
-# its heap has no room for it, which then fault on first touch every call (about 0.3 ms per
-# MiB here): 512-column windows (4 MiB) keep the 2-layer H=512 forwards' temporaries at 28-29
-# MiB (1024 columns: LSTM 33.5 MiB).
+# inference-windows``, two runs, results/2026-12-07-amd-epyc-2-cores-variants-run2.md): wide
+# windows for small layers, one instead of two, forwards RNN 512,4,64,128 1.06-1.13x, GRU
+# 1.05-1.06x, LSTM 1.03-1.06x; narrow ones for large layers, 2-layer 128,64,256,512 GRU
+# 1.03-1.05x, LSTM 1.06x (level once); bidirectional 128,32,128,256 0.97-1.0x. XLA:CPU allocates
+# a program's temporaries as one block per call, and glibc serves a block above 32 MiB (its
+# largest mmap threshold) from fresh pages, where its heap has no room for it, which then fault
+# on first touch every call (about 0.3 ms per MiB here): 512-column windows (4 MiB) keep the
+# 2-layer H=512 forwards' temporaries at 28-29 MiB (1024 columns: 31.3 and 33.5 MiB).
 _INFERENCE_PROJECTION_COLUMNS = 4096
 _INFERENCE_PROJECTION_MIN_COLUMNS = 512
 _INFERENCE_PROJECTION_BYTES = 4 * 2**20
@@ -188,7 +188,7 @@ def _joint_step(mode, fm, save=True, num_dirs=1, step_macs=0):
     against the joint step: training steps 0.95-1.0x; the bidirectional LSTM's inference
     forward 1.20x; one direction's (``benchmarks/variants.py joint-inference``) LSTM
     128,32,128,256 and 128,16,128,256 level (0.92x for the latter in a first run), 2-layer
-    128,64,256,512 1.09-1.11x: there the joint step copies ``[W_ih, W_hh]`` (8 MiB) and ``x``
+    128,64,256,512 1.08-1.09x: there the joint step copies ``[W_ih, W_hh]`` (8 MiB) and ``x``
     every call, which took the forward's temporaries from 29 to 39 MiB, above glibc's 32 MiB
     mmap threshold (see ``_INFERENCE_PROJECTION_COLUMNS``)."""
     if mode != "LSTM" or not fm:
