@@ -614,6 +614,31 @@ def test_step_major_gradient_buffers_match_torch(mode, hidden, batch):
     _check_packed_against_torch(mode, dict(bidirectional=True), batch, hidden, 1e-4)
 
 
+@pytest.mark.parametrize("mode,hidden,batch", [("GRU", 256, 40), ("LSTM", 512, 40)])
+def test_large_stacked_layers_match_torch(mode, hidden, batch):
+    """Two layers at sizes where the defaults take the paths of large layers: the second reads
+    its input feature-major (:func:`_fused.input_feature_major`) and, for LSTM, the inference
+    forward adds hoisted input projections instead of the joint step
+    (``_fused_forward._joint_step``). The training step (variable lengths, ``hx``) and the
+    inference forward against torch."""
+    gates = {"LSTM": 4, "GRU": 3}[mode]
+    assert _fused.feature_major_default(mode, batch, hidden)
+    assert _fused.input_feature_major(True, True, hidden, batch)
+    if mode == "LSTM":
+        assert not _fused_forward._joint_step(
+            "LSTM", True, False, 1, gates * hidden * (I + hidden) * batch
+        )
+    _check_packed_against_torch(mode, dict(num_layers=2), batch, hidden, 1e-4)
+
+    tmod = torch_layer(mode, I, hidden, num_layers=2)
+    x = np.random.default_rng(4).standard_normal((T, batch, I)).astype(np.float32)
+    with torch.no_grad():
+        t_out = tmod(torch.from_numpy(x))[0].numpy()
+    params = jaxrnn.state_dict_to_params(tmod.state_dict())
+    out = jax.jit(lambda params, x: F.rnn(params, x, mode=mode)[0])(params, x)
+    assert_close(out, t_out, 1e-5, 1e-5, "inference output")
+
+
 # ---------------------------------------------------------------------------------------------
 # structure: a loop over time, not an unrolled program
 
