@@ -9,7 +9,8 @@ the first one's program), checks that the variants' outputs, losses and gradient
 the inference forward and the training step (value and gradient of ``sum(output * w)``)
 interleaved, float32, compiled with ``jaxrnn.cpu_compiler_options()``. It prints the medians, each
 variant's ratio to the default (median of the per-round ratios, > 1: the default is faster) and the
-compiled temporary memory of the forward or training step timed (XLA's, per variant).
+compiled temporary memory of the forward or training step timed (XLA's, per variant) and the page
+faults per call after the timed rounds.
 
 Usage: ``python benchmarks/variants.py [EXPERIMENT ...] [--reps N] [--out FILE]``; experiments:
 ``activation-block``, ``bias-gradient``, ``inference-windows``, ``joint-inference``,
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import resource
 import sys
 from pathlib import Path
 
@@ -125,12 +127,22 @@ def _build(tmod, x, w_out, settings, options):
         _set(old)
 
 
+def _faults_per_call(fn, calls: int = 3) -> float:
+    """Minor page faults of this process per call of ``fn``, after the timed rounds: pages of
+    temporaries that glibc served fresh (see the README's "Memory is time")."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(calls):
+        fn()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / calls
+
+
 def run_experiment(name: str, reps: int, options: dict) -> list[str]:
     what, variants, workloads, modes = EXPERIMENTS[name]
     lines = [f"## {name}", "", what, ""]
     names = ["default", *variants]
     header = "| workload | mode | " + " | ".join(f"{v} ms" for v in names)
-    header += " | " + " | ".join(f"{v}/default" for v in names[1:]) + " | temp MiB |"
+    header += " | " + " | ".join(f"{v}/default" for v in names[1:])
+    header += " | temp MiB | page faults per call |"
     lines += [header, "|" + "---|" * (header.count("|") - 1)]
     print("\n".join(lines), flush=True)
     for w in workloads:
@@ -154,7 +166,9 @@ def run_experiment(name: str, reps: int, options: dict) -> list[str]:
             row = f"| {w.name} | {mode} | " + " | ".join(f"{t:.2f}" for t in ms)
             row += " | " + " | ".join(f"{ratio(rounds, v, 'default'):.3f}x" for v in names[1:])
             temps = [getattr(built[v], f"{mode}_temp_mib") for v in names]
-            row += " | " + " / ".join(f"{t:.1f}" for t in temps) + " |"
+            row += " | " + " / ".join(f"{t:.1f}" for t in temps)
+            faults = [_faults_per_call(getattr(built[v], mode)) for v in names]
+            row += " | " + " / ".join(f"{f:.0f}" for f in faults) + " |"
             print(row, flush=True)
             lines.append(row)
     print(flush=True)

@@ -127,9 +127,10 @@ def input_feature_major(stacked: bool, feature_major: bool, hidden_out: int, bat
     XLA wrote the layer's output batch-major and transposed it back for the windows (the
     inference forward's hoisted windows in two passes, through a buffer in the layout XLA picks
     for the transpose: 16 MiB more temporaries at H=512, B=64). Interleaved A/B
-    (``benchmarks/variants.py stacked-input``, results/2026-12-07-amd-epyc-2-cores-variants-run2.md):
-    2-layer GRU 128,64,256,512 forward 1.06-1.09x (temporaries 32.1 -> 27.8 MiB), training step
-    1.01-1.03x; 128,64,128,256 1.03-1.06x; bidirectional LSTM 128,64,256,512 level (two runs)."""
+    (``benchmarks/variants.py stacked-input``, three runs, results/2026-12-07-amd-epyc-2-cores-
+    variants-run2.md and -run3.md): 2-layer GRU 128,64,256,512 forward 1.06-1.09x (temporaries
+    32.1 -> 27.8 MiB), training step 1.01-1.03x; 128,64,128,256 1.03-1.07x; bidirectional LSTM
+    128,64,256,512 level."""
     if not _STACKED_INPUT_FEATURE_MAJOR:
         return False
     return bool(stacked and feature_major and not _outputs_batch_major(True, hidden_out, batch))

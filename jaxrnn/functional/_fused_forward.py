@@ -40,13 +40,14 @@ _PROJECTION_COLUMNS = 1024
 # An inference forward's windows (see _projection_chunk): the widest of 4096, 2048, ... columns,
 # down to the smallest below, for which one window of all directions' projections stays within
 # _INFERENCE_PROJECTION_BYTES. Against 1024 columns (``benchmarks/variants.py
-# inference-windows``, two runs, results/2026-12-07-amd-epyc-2-cores-variants-run2.md): wide
-# windows for small layers, one instead of two, forwards RNN 512,4,64,128 1.06-1.13x, GRU
-# 1.05-1.06x, LSTM 1.03-1.06x; narrow ones for large layers, 2-layer 128,64,256,512 GRU
-# 1.03-1.05x, LSTM 1.06x (level once); bidirectional 128,32,128,256 0.97-1.0x. XLA:CPU allocates
-# a program's temporaries as one block per call, and glibc serves a block above 32 MiB (its
-# largest mmap threshold) from fresh pages, where its heap has no room for it, which then fault
-# on first touch every call (about 0.3 ms per MiB here): 512-column windows (4 MiB) keep the
+# inference-windows``, three runs, results/2026-12-07-amd-epyc-2-cores-variants-run2.md and
+# -run3.md): wide windows for small layers, one instead of two, forwards RNN 512,4,64,128
+# 1.06-1.13x, GRU 1.05-1.09x, LSTM 1.03-1.06x; narrow ones for large layers, 2-layer
+# 128,64,256,512 GRU 1.02-1.05x, LSTM 1.05-1.06x (level once); bidirectional 128,32,128,256
+# 0.97-1.01x. XLA:CPU allocates a program's temporaries as one block per call, and glibc serves
+# a block above 32 MiB (its largest mmap threshold) from fresh pages, which then fault on first
+# touch every call (about 0.3 ms per MiB here); a smaller block it can serve from its heap,
+# where there is room (the A/B prints page faults per call): 512-column windows (4 MiB) keep the
 # 2-layer H=512 forwards' temporaries at 28-29 MiB (1024 columns: 31.3 and 33.5 MiB).
 _INFERENCE_PROJECTION_COLUMNS = 4096
 _INFERENCE_PROJECTION_MIN_COLUMNS = 512
@@ -97,8 +98,10 @@ def _input_windows(x, first, count, chunk):
     window-major, ``(count, H_in, chunk, N)``: transposed once for all windows, each window's
     projection then reads one contiguous block. XLA transposed each window's slice for the GEMM,
     per direction, at a fraction of the copy rate: interleaved A/B, inference forward 1.06x
-    (bidirectional LSTM 128,32,128,256,2), 1.09x (bidirectional GRU), 1.02x (GRU H=512, B=64);
-    training steps level."""
+    (bidirectional LSTM 128,32,128,256,2), 1.09x (bidirectional GRU), 1.02x (GRU H=512, B=64,
+    before its second layer read its input feature-major, see _fused.input_feature_major, which
+    skips these windows); training steps level. XLA builds them in two passes (a copy in the
+    transpose's own layout, then the windows), which a per-window form was not faster than."""
     xs = lax.slice_in_dim(x, first, first + count * chunk)
     return jnp.transpose(xs.reshape(count, chunk, *x.shape[1:]), (0, 3, 1, 2))
 
@@ -186,9 +189,9 @@ def _joint_step(mode, fm, save=True, num_dirs=1, step_macs=0):
     training step, and its inference forward for one direction up to
     ``_JOINT_INFERENCE_MAX_MACS``. Interleaved A/Bs on 2 cores, hoisted projections (in windows)
     against the joint step: training steps 0.95-1.0x; the bidirectional LSTM's inference
-    forward 1.20x; one direction's (``benchmarks/variants.py joint-inference``) LSTM
-    128,32,128,256 and 128,16,128,256 level (0.92x for the latter in a first run), 2-layer
-    128,64,256,512 1.08-1.09x: there the joint step copies ``[W_ih, W_hh]`` (8 MiB) and ``x``
+    forward 1.20x; one direction's (``benchmarks/variants.py joint-inference``, three runs), LSTM
+    128,32,128,256 level, 128,16,128,256 level to 0.92x (the joint step faster there), 2-layer
+    128,64,256,512 1.06-1.09x: there the joint step copies ``[W_ih, W_hh]`` (8 MiB) and ``x``
     every call, which took the forward's temporaries from 29 to 39 MiB, above glibc's 32 MiB
     mmap threshold (see ``_INFERENCE_PROJECTION_COLUMNS``)."""
     if mode != "LSTM" or not fm:
