@@ -10,6 +10,8 @@ from jaxrnn._xla import cpu_compiler_options as cpu_compiler_options
 from jaxrnn.convert import from_torch as from_torch
 from jaxrnn.convert import params_to_state_dict as params_to_state_dict
 from jaxrnn.convert import state_dict_to_params as state_dict_to_params
+from jaxrnn.convert import to_torch as to_torch
+from jaxrnn.convert import to_torch_tensors as to_torch_tensors
 from jaxrnn.io import RecurrentLayer as RecurrentLayer
 from jaxrnn.io import find_recurrent_layers as find_recurrent_layers
 from jaxrnn.io import load_state_dict_file as load_state_dict_file

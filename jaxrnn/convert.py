@@ -75,11 +75,41 @@ def params_to_state_dict(params: Mapping, prefix: str = "") -> dict[str, np.ndar
     """A jaxrnn parameter dict as a torch-loadable state dict of numpy arrays (keys ``prefix+name``,
     in torch's order even if ``params`` came sorted out of a ``jax.tree`` function).
 
-    ``torch_module.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})`` accepts it.
+    ``torch_module.load_state_dict(to_torch_tensors(sd))`` accepts it (:func:`to_torch_tensors`
+    also converts bfloat16 arrays, which ``torch.from_numpy`` cannot take).
     """
     _checks.check_mapping("params_to_state_dict", "params", params)
     _checks.check_prefix("params_to_state_dict", prefix)
     return {prefix + key: to_numpy(params[key]) for key in _params.torch_key_order(params)}
+
+
+def to_torch_tensors(state_dict: Mapping) -> dict:
+    """A state dict of arrays (numpy, JAX) as ``torch.Tensor`` copies, for
+    ``torch.nn.Module.load_state_dict`` or ``torch.save``; bfloat16 arrays (``ml_dtypes``, which
+    ``torch.from_numpy`` does not take) become ``torch.bfloat16`` tensors. Needs torch.
+
+    Example:
+        >>> import numpy as np
+        >>> sd = to_torch_tensors({'weight_ih': np.ones((4, 2), np.float32)})
+        >>> type(sd['weight_ih']).__name__, tuple(sd['weight_ih'].shape)
+        ('Tensor', (4, 2))
+    """
+    import torch
+
+    _checks.check_mapping("to_torch_tensors", "state_dict", state_dict)
+
+    def tensor(value):
+        v = to_numpy(value)
+        if v.dtype.name == "bfloat16":  # numpy has no bfloat16; go through the bits
+            return torch.from_numpy(v.view(np.uint16).copy()).view(torch.bfloat16)
+        return torch.from_numpy(np.ascontiguousarray(v).reshape(v.shape))
+
+    return {key: tensor(value) for key, value in state_dict.items()}
+
+
+def _size(shape) -> str:
+    """A shape as torch prints it: ``torch.Size([16, 5])``."""
+    return f"torch.Size([{', '.join(str(int(d)) for d in shape)}])"
 
 
 def match_state_dict(
@@ -105,8 +135,8 @@ def match_state_dict(
         value = to_numpy(state_dict[key])
         if tuple(value.shape) != tuple(shape):
             errors.append(
-                f"size mismatch for {key}: copying a param with shape {tuple(value.shape)} from "
-                f"checkpoint, the shape in current model is {tuple(shape)}."
+                f"size mismatch for {key}: copying a param with shape {_size(value.shape)} from "
+                f"checkpoint, the shape in current model is {_size(shape)}."
             )
         loaded[key] = value
     if strict and unexpected:
@@ -126,16 +156,22 @@ _TORCH_CLASSES = ("RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell")
 
 
 def _param_dtype(module):
-    """The JAX dtype of a torch module's parameters; float32 (with a warning) for float64 while
-    ``jax_enable_x64`` is off, as JAX itself would truncate."""
+    """The JAX dtype of a torch module's parameters (see :func:`jax_param_dtype`)."""
+    name = str(next(module.parameters()).dtype).split(".")[-1]
+    return jax_param_dtype(name, "from_torch: the torch module")
+
+
+def jax_param_dtype(name: str, what: str):
+    """The JAX dtype for parameters stored as ``name`` (``'float32'``, ``'bfloat16'``, ...);
+    float32, with a warning that starts with ``what``, for float64 while ``jax_enable_x64`` is off,
+    as JAX itself would truncate."""
     import jax
     import jax.numpy as jnp
 
-    dtype = jnp.dtype(str(next(module.parameters()).dtype).split(".")[-1])
+    dtype = jnp.dtype(name)
     if dtype == jnp.float64 and not jax.config.jax_enable_x64:
         warnings.warn(
-            "from_torch: the torch module is float64 but jax_enable_x64 is off; its parameters "
-            "are loaded as float32",
+            f"{what} is float64 but jax_enable_x64 is off; its parameters are loaded as float32",
             stacklevel=_checks.user_stacklevel(),
         )
         return jnp.dtype(jnp.float32)
@@ -201,4 +237,54 @@ def from_torch(module, *, rngs=None, **kwargs):
     out.load_state_dict(module.state_dict())
     if not module.training:
         out.eval()
+    return out
+
+
+def to_torch(module):
+    """The ``torch.nn`` module equivalent to a jaxrnn NNX RNN/LSTM/GRU or cell, weights copied:
+    the inverse of :func:`from_torch`.
+
+    Args:
+        module: a ``jaxrnn.RNN``, ``LSTM``, ``GRU``, ``RNNCell``, ``LSTMCell`` or ``GRUCell``.
+
+    Returns:
+        A new ``torch.nn`` module of the same class and configuration, with the parameters'
+        dtype (bfloat16 included) and values, in the same training/eval mode. JAX-only options
+        (``dtype``, ``precision``, ``unroll``, ``remat``) have no torch counterpart and are
+        left out.
+
+    Example:
+        >>> from flax import nnx
+        >>> import jaxrnn
+        >>> torch_gru = to_torch(jaxrnn.GRU(3, 4, 2, bidirectional=True, rngs=nnx.Rngs(0)))
+        >>> torch_gru
+        GRU(3, 4, num_layers=2, bidirectional=True)
+    """
+    import torch
+
+    import jaxrnn
+
+    cls_name = next((c for c in _TORCH_CLASSES if isinstance(module, getattr(jaxrnn, c))), None)
+    if cls_name is None:
+        raise TypeError(
+            "to_torch expects a jaxrnn.RNN, LSTM, GRU, RNNCell, LSTMCell or GRUCell, "
+            f"got {type(module).__name__}"
+        )
+    state_dict = to_torch_tensors(module.state_dict())
+    args = dict(input_size=module.input_size, hidden_size=module.hidden_size, bias=module.bias)
+    if not cls_name.endswith("Cell"):
+        args.update(
+            num_layers=module.num_layers,
+            batch_first=module.batch_first,
+            dropout=module.dropout,
+            bidirectional=module.bidirectional,
+        )
+        if cls_name == "LSTM":
+            args["proj_size"] = module.proj_size
+    if cls_name in ("RNN", "RNNCell"):
+        args["nonlinearity"] = module.nonlinearity
+    dtype = next(iter(state_dict.values())).dtype
+    out = getattr(torch.nn, cls_name)(**args, dtype=dtype)
+    out.load_state_dict(state_dict)
+    out.train(module.training)
     return out

@@ -34,22 +34,26 @@ def load_state_dict_file(path: str | os.PathLike, prefix: str = "") -> dict[str,
     """Read a checkpoint file as a flat state dict of numpy arrays.
 
     Args:
-        path: a PyTorch file (``.pt``/``.pth``/``.bin``/``.ckpt``, read with
+        path: a PyTorch file (``.pt``/``.pth``/``.bin``/``.ckpt``, or any other name whose content
+            is one, such as ``model_best.pth.tar``: read with
             ``torch.load(weights_only=True)``: a file that needs arbitrary objects unpickled is
             refused with a ``ValueError``, never executed; a TorchScript archive, e.g. of
             ``torch.jit.save``, gives its ``state_dict()``), a ``.safetensors`` file (read without
-            torch) or an ``.npz`` archive (read without pickle).
+            torch) or an ``.npz`` archive (read without pickle). Files with other suffixes are
+            recognised by their first bytes.
         prefix: keep only keys starting with it and strip it, e.g. ``'encoder.lstm.'`` to pick
             one recurrent layer out of a full model's checkpoint.
 
     Returns:
-        ``{name: numpy array}``. Nested dicts in a PyTorch file (``{'model': state_dict,
-        'epoch': 3}``) are flattened with dots (``'model.lstm.weight_ih_l0'``); values that are
-        not tensors (numbers, strings, lists) are left out.
+        ``{name: numpy array}``. Nested dicts, lists and tuples in a PyTorch file
+        (``{'model': state_dict, 'epoch': 3}``, ``{'models': [sd0, sd1]}``) are flattened with
+        dots (``'model.lstm.weight_ih_l0'``, ``'models.1.lstm.weight_ih_l0'``); values that are
+        not tensors (numbers, strings) are left out.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: unknown suffix; corrupt, truncated or unsafe file; no array under ``prefix``.
+        ValueError: not a checkpoint of a known format; corrupt, truncated or unsafe file; no
+            array under ``prefix``.
 
     Example:
         >>> import numpy as np, tempfile, os
@@ -60,10 +64,10 @@ def load_state_dict_file(path: str | os.PathLike, prefix: str = "") -> dict[str,
     """
     path = _existing_file(_checks.check_path("load_state_dict_file", path))
     _checks.check_prefix("load_state_dict_file", prefix)
-    suffix = _suffix(path)
-    if suffix in SAFETENSORS_SUFFIXES:
+    kind = _file_kind(path)
+    if kind == "safetensors":
         state_dict = _load_safetensors(path)
-    elif suffix in NUMPY_SUFFIXES:
+    elif kind == "npz":
         state_dict = _load_npz(path)
     else:
         state_dict = _load_torch(path)
@@ -92,6 +96,50 @@ def _suffix(path: str) -> str:
     if suffix not in TORCH_SUFFIXES + SAFETENSORS_SUFFIXES + NUMPY_SUFFIXES:
         raise ValueError(f"{path}: unsupported checkpoint suffix {suffix!r}; expected {_SUPPORTED}")
     return suffix
+
+
+def _file_kind(path: str) -> str:
+    """``'torch'``, ``'safetensors'`` or ``'npz'``: from the suffix where it is one of
+    ``_SUPPORTED``, else from the first bytes (``model_best.pth.tar``, ``ckpt.pkl``, no suffix:
+    names ``torch.save`` files often have)."""
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix in SAFETENSORS_SUFFIXES:
+        return "safetensors"
+    if suffix in NUMPY_SUFFIXES:
+        return "npz"
+    if suffix in TORCH_SUFFIXES:
+        return "torch"
+    kind = _sniff(path)
+    if kind is None:
+        raise ValueError(
+            f"{path}: unsupported checkpoint suffix {suffix!r}, and the file is not a PyTorch, "
+            f".safetensors or .npz file either; expected {_SUPPORTED}"
+        )
+    return kind
+
+
+def _sniff(path: str) -> str | None:
+    """The kind of checkpoint the file's content is, or ``None``: a zip of ``.npy`` members
+    (``np.savez``), any other zip (``torch.save``; ``torch.load`` judges it), a pickle
+    (``torch.save``'s legacy format), or an 8-byte header length followed by a JSON header
+    (safetensors)."""
+    import zipfile
+
+    with open(path, "rb") as f:
+        head = f.read(9)
+        size = os.fstat(f.fileno()).st_size
+    if head[:4] == b"PK\x03\x04":
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError):
+            return "torch"  # a damaged zip: torch.load says what is wrong with it
+        return "npz" if names and all(n.endswith(".npy") for n in names) else "torch"
+    if head[:1] == b"\x80":  # pickle protocol 2+
+        return "torch"
+    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < size:
+        return "safetensors"
+    return None
 
 
 def _safetensors(action: str, path: str):
@@ -127,14 +175,20 @@ def _load_npz(path: str) -> dict[str, np.ndarray]:
         ) from e
 
 
-def _load_torch(path: str) -> dict[str, np.ndarray]:
+def _torch(action: str, path: str):
+    """``torch``, or a ModuleNotFoundError saying what needs it."""
     try:
         import torch
     except ImportError as e:
         raise ModuleNotFoundError(
-            f"reading the PyTorch file {path} needs torch; without torch, convert it to "
-            ".safetensors or .npz where torch is installed (python -m jaxrnn convert IN OUT)"
+            f"{action} the PyTorch file {path} needs torch; without torch, use .safetensors or "
+            ".npz (python -m jaxrnn convert IN OUT, where torch is installed, converts)"
         ) from e
+    return torch
+
+
+def _load_torch(path: str) -> dict[str, np.ndarray]:
+    torch = _torch("reading", path)
     try:
         with warnings.catch_warnings():  # torch's advice to call torch.jit.load: done below
             warnings.filterwarnings("ignore", message=".*looks like a TorchScript archive")
@@ -184,12 +238,25 @@ def _unreadable(path: str, e: Exception) -> ValueError:
 
 
 def _flatten(obj: Mapping) -> dict[str, np.ndarray]:
-    """The tensors of a loaded PyTorch object, named by key path joined with dots."""
+    """The tensors of a loaded PyTorch object, named by key path (list and tuple items by
+    index) joined with dots."""
     return {
         _dotted(path): convert.to_numpy(value)
-        for path, value in convert._flat(obj)
+        for path, value in _leaves(obj)
         if hasattr(value, "detach") and hasattr(value, "shape")  # a tensor
     }
+
+
+def _leaves(obj, path: tuple = ()):
+    """``(key path, leaf)`` for every leaf of nested mappings, lists and tuples."""
+    if isinstance(obj, Mapping):
+        for key, value in obj.items():
+            yield from _leaves(value, path + (key,))
+    elif isinstance(obj, (list, tuple)):
+        for index, value in enumerate(obj):
+            yield from _leaves(value, path + (index,))
+    else:
+        yield path, obj
 
 
 def _dotted(path: tuple) -> str:
@@ -225,12 +292,17 @@ def save_state_dict_file(params_or_module: Any, path: str | os.PathLike, prefix:
     _checks.check_prefix("save_state_dict_file", prefix)
     path = _checks.check_path("save_state_dict_file", path)
     suffix = _suffix(path)
+    folder = os.path.dirname(path) or "."
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"save_state_dict_file: no such directory {folder!r} for {path!r}")
     state_dict = _to_state_dict(params_or_module, prefix)
     if suffix in NUMPY_SUFFIXES:
         _checks.check_npz_dtypes("save_state_dict_file", state_dict)
     if suffix in SAFETENSORS_SUFFIXES:
         save_file = _safetensors("writing", path).save_file
-    tmp = os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.tmp{suffix}")
+    if suffix in TORCH_SUFFIXES:
+        _torch("writing", path)
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{suffix}")
     try:
         if suffix in SAFETENSORS_SUFFIXES:
             save_file(state_dict, tmp, metadata={"format": "pt"})
@@ -269,12 +341,7 @@ def _to_state_dict(obj, prefix: str) -> dict[str, np.ndarray]:
 def _save_torch(state_dict: Mapping[str, np.ndarray], path: str) -> None:
     import torch
 
-    def tensor(v: np.ndarray):
-        if v.dtype.name == "bfloat16":  # numpy has no bfloat16; go through the bits
-            return torch.from_numpy(v.view(np.uint16).copy()).view(torch.bfloat16)
-        return torch.from_numpy(v.copy())
-
-    torch.save({k: tensor(v) for k, v in state_dict.items()}, path)
+    torch.save(convert.to_torch_tensors(state_dict), path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -391,20 +458,23 @@ def find_recurrent_layers(state_dict: Mapping) -> list[RecurrentLayer]:
 
 
 def module_from_state_dict(
-    state_dict: Mapping, prefix: str = "", *, nonlinearity: str = "tanh", rngs=None, **kwargs
+    state_dict: Mapping, prefix: str = "", *, nonlinearity: str | None = None, rngs=None, **kwargs
 ):
     """A jaxrnn NNX module built from the recurrent layer under ``prefix``, its weights loaded.
 
-    The class and sizes are inferred from the keys and shapes (:func:`recurrent_layer`).
+    The class and sizes are inferred from the keys and shapes (:func:`recurrent_layer`); the
+    parameters keep the checkpoint's dtype (float64 needs ``jax_enable_x64``, else float32 with
+    a warning, as :func:`~jaxrnn.from_torch`).
 
     Args:
         state_dict: a mapping of arrays, e.g. from :func:`load_state_dict_file`.
         prefix: the layer's key prefix (``'encoder.lstm.'``).
-        nonlinearity: for an RNN/RNNCell, ``'tanh'`` (torch's default) or ``'relu'``: the weights
-            cannot tell.
+        nonlinearity: for an RNN/RNNCell, ``'tanh'`` (torch's default, taken if omitted) or
+            ``'relu'``: the weights cannot tell. Other classes have none: ``'relu'`` for them is
+            a ``TypeError``, ``'tanh'`` is accepted (code that loads any layer may pass it).
         rngs: ``nnx.Rngs`` for the new module; ``nnx.Rngs(0)`` if omitted.
         **kwargs: other constructor arguments not stored in weights (``batch_first``,
-            ``dropout``, ``dtype``, ...).
+            ``dropout``, ``dtype``, ...; ``param_dtype`` to load the weights as another dtype).
 
     Example:
         >>> import numpy as np
@@ -418,10 +488,23 @@ def module_from_state_dict(
 
     import jaxrnn
 
+    if nonlinearity is None:
+        nonlinearity = "tanh"
+    _checks.check_nonlinearity("module_from_state_dict", nonlinearity)
     layer = recurrent_layer(state_dict, prefix)
     args = dict(layer.config)
     if layer.cls in ("RNN", "RNNCell"):
         args["nonlinearity"] = nonlinearity
+    elif nonlinearity != "tanh":
+        raise TypeError(
+            f"module_from_state_dict: the layer at prefix {prefix!r} is a {layer.cls}, which has "
+            f"no nonlinearity={nonlinearity!r} (only RNN and RNNCell take one)"
+        )
+    if "param_dtype" not in kwargs:
+        dtype = convert.to_numpy(state_dict[layer.keys[0]]).dtype
+        if np.issubdtype(dtype, np.floating) or dtype.name == "bfloat16":
+            what = f"module_from_state_dict: the {layer.cls} at prefix {prefix!r}"
+            args["param_dtype"] = convert.jax_param_dtype(dtype.name, what)
     args.update(kwargs)
     module = getattr(jaxrnn, layer.cls)(**args, rngs=nnx.Rngs(0) if rngs is None else rngs)
     module.load_state_dict(convert.state_dict_to_params(state_dict, prefix))

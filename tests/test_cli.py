@@ -127,6 +127,8 @@ def test_convert_whole_file_keeps_every_array(capsys, checkpoint, tmp_path):
             "no recurrent layer at prefix 'model.head.'",
         ),
         (("convert", "{ckpt}", "{tmp}/out.txt"), "unsupported checkpoint suffix '.txt'"),
+        (("convert", "{ckpt}", "{tmp}/missing/out.pt"), "no such directory '{tmp}/missing'"),
+        (("convert", "{ckpt}", "{tmp}/missing/o.safetensors"), "no such directory '{tmp}/missing'"),
         (
             ("convert", "{tmp}/broken.pt", "{tmp}/out.pt", "--prefix", "rnn."),
             "do not form a recurrent layer: Error(s) in loading state_dict for GRU: "
@@ -142,7 +144,7 @@ def test_errors_exit_1_with_one_line(capsys, checkpoint, tmp_path, argv, message
     argv = [a.format(tmp=tmp_path, ckpt=checkpoint[1]) for a in argv]
     code, out, err = run(capsys, *argv)
     assert code == 1 and out == ""
-    assert err.startswith("jaxrnn: error: ") and message in err
+    assert err.startswith("jaxrnn: error: ") and message.format(tmp=tmp_path) in err
     assert len(err.strip().splitlines()) == 1
 
 

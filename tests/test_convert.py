@@ -79,7 +79,11 @@ def test_strict_load_errors_name_each_key_and_change_nothing():
     assert "Error(s) in loading state_dict for LSTM" in msg
     assert 'Missing key(s) in state_dict: "bias_hh_l0"' in msg
     assert 'Unexpected key(s) in state_dict: "weight_hr_l0"' in msg
-    assert "size mismatch for weight_ih_l0: copying a param with shape (16, 5)" in msg
+    with pytest.raises(RuntimeError) as theirs:  # torch's own wording of the size mismatch
+        torch.nn.LSTM(3, 4).load_state_dict({"weight_ih_l0": torch.zeros(16, 5)}, strict=False)
+    mismatch = str(theirs.value).split("\n\t")[1]
+    assert mismatch.startswith("size mismatch for weight_ih_l0: copying a param with shape torch.")
+    assert mismatch in msg
     for k, v in m.state_dict().items():
         np.testing.assert_array_equal(v, before[k])
 
@@ -183,3 +187,73 @@ def test_from_torch_float64_without_x64_warns_and_loads_float32():
     with pytest.warns(UserWarning, match="float64 but jax_enable_x64 is off"):
         m = jaxrnn.from_torch(torch.nn.GRU(3, 4).double())
     assert m.weight_ih_l0[...].dtype == jnp.float32
+
+
+TO_TORCH = [
+    lambda: jaxrnn.LSTM(3, 5, 2, proj_size=2, bidirectional=True, batch_first=True, rngs=R()),
+    lambda: jaxrnn.GRU(3, 4, 3, bias=False, dropout=0.25, rngs=R()),
+    lambda: jaxrnn.RNN(3, 4, 2, nonlinearity="relu", bidirectional=True, rngs=R()),
+    lambda: jaxrnn.LSTMCell(3, 4, rngs=R()),
+    lambda: jaxrnn.GRUCell(3, 4, bias=False, rngs=R()),
+    lambda: jaxrnn.RNNCell(3, 4, nonlinearity="relu", rngs=R()),
+]
+
+
+def R():
+    return nnx.Rngs(0)
+
+
+@pytest.mark.parametrize("make", TO_TORCH)
+def test_to_torch_is_the_same_module(make):
+    """to_torch: torch's module of the same class, configuration and weights computes what
+    ours does (outputs and input gradients), keeps the mode, and from_torch brings it back."""
+    ours = make()
+    theirs = jaxrnn.to_torch(ours)
+    assert type(theirs) is getattr(torch.nn, type(ours).__name__)
+    assert repr(theirs) == repr(ours)
+    assert getattr(theirs, "nonlinearity", None) == getattr(ours, "nonlinearity", None)
+    assert theirs.training
+    ours.eval()
+    theirs = jaxrnn.to_torch(ours)
+    assert not theirs.training
+    cell = type(ours).__name__.endswith("Cell")
+    x = np.random.default_rng(0).standard_normal((2, 3) if cell else (4, 2, 3)).astype(np.float32)
+    xt = torch.tensor(x, requires_grad=True)
+    out_t = theirs(xt)
+    leaves_t = [out_t] if cell and not isinstance(out_t, tuple) else list(out_t)
+    leaves_t = [o for o in leaves_t for o in (o if isinstance(o, tuple) else (o,))]
+    sum(o.sum() for o in leaves_t).backward()
+
+    def total(x):
+        return sum(o.sum() for o in jax.tree.leaves(ours(x)))
+
+    assert_close(jax.tree.leaves(ours(jnp.asarray(x))), [o.detach().numpy() for o in leaves_t])
+    assert_close(jax.grad(total)(jnp.asarray(x)), xt.grad.numpy())
+    back = jaxrnn.from_torch(theirs)
+    for k, v in ours.state_dict().items():
+        np.testing.assert_array_equal(back.state_dict()[k], v)
+
+
+def test_to_torch_keeps_bfloat16():
+    ours = jaxrnn.GRU(3, 4, param_dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    theirs = jaxrnn.to_torch(ours)
+    for k, v in theirs.state_dict().items():
+        assert v.dtype == torch.bfloat16
+        np.testing.assert_array_equal(
+            v.float().numpy(), np.asarray(ours.state_dict()[k], np.float32)
+        )
+
+
+def test_to_torch_tensors_takes_bfloat16_which_from_numpy_cannot():
+    sd = jaxrnn.LSTM(3, 4, param_dtype=jnp.bfloat16, rngs=nnx.Rngs(0)).state_dict()
+    with pytest.raises(TypeError):
+        torch.from_numpy(sd["weight_ih_l0"])
+    t = torch.nn.LSTM(3, 4).to(torch.bfloat16)
+    t.load_state_dict(jaxrnn.to_torch_tensors(sd), strict=True)
+    for k, v in t.state_dict().items():
+        np.testing.assert_array_equal(v.float().numpy(), np.asarray(sd[k], np.float32))
+
+
+def test_to_torch_rejects_other_modules():
+    with pytest.raises(TypeError, match="to_torch expects a jaxrnn.RNN, LSTM, GRU"):
+        jaxrnn.to_torch(torch.nn.LSTM(2, 2))

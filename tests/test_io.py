@@ -127,6 +127,53 @@ def test_nested_checkpoint_is_flattened(model, tmp_path):
     assert prefixes == {"model." + p for p in RECURRENT}
 
 
+def test_tensors_in_lists_and_tuples_are_kept(model, tmp_path):
+    """torch.load reads tensors in lists and tuples (``{'models': [sd0, sd1]}``, an EMA copy):
+    they are named by index, none is dropped."""
+    sd = model.state_dict()
+    path = str(tmp_path / "ensemble.pt")
+    torch.save({"models": [sd, {"gru": model.gru.state_dict()}], "ema": (sd,), "step": 9}, path)
+    flat = jaxrnn.load_state_dict_file(path)
+    assert len(flat) == 2 * len(sd) + len(model.gru.state_dict())
+    for key, value in sd.items():
+        np.testing.assert_array_equal(flat[f"models.0.{key}"], value.numpy())
+        np.testing.assert_array_equal(flat[f"ema.0.{key}"], value.numpy())
+    gru = jaxrnn.load_state_dict_file(path, prefix="models.1.gru.")
+    assert set(gru) == set(model.gru.state_dict())
+    prefixes = {layer.prefix for layer in jaxrnn.find_recurrent_layers(flat)}
+    assert "ema.0.encoder.lstm." in prefixes and "models.1.gru." in prefixes
+
+
+@pytest.mark.parametrize(
+    "name, how",
+    [
+        ("model_best.pth.tar", "zip"),
+        ("ckpt.pkl", "legacy"),
+        ("checkpoint", "zip"),
+        ("weights.data", "npz"),
+        ("weights.st", "safetensors"),
+    ],
+)
+def test_other_file_names_are_read_by_content(model, tmp_path, name, how):
+    """torch.save files named as pytorch/examples names them (``model_best.pth.tar``), ``.pkl``
+    or without a suffix, and .npz/.safetensors content under other names, are recognised by
+    their first bytes, as torch.load reads any name."""
+    sd = model.state_dict()
+    path = str(tmp_path / name)
+    if how == "npz":
+        with open(path, "wb") as f:
+            np.savez(f, **{k: v.numpy() for k, v in sd.items()})
+    elif how == "safetensors":
+        torch_save_safetensors({k: v.contiguous() for k, v in sd.items()}, path)
+    else:
+        torch.save({"state_dict": sd}, path, _use_new_zipfile_serialization=how == "zip")
+    flat = jaxrnn.load_state_dict_file(path)
+    prefix = "" if how in ("npz", "safetensors") else "state_dict."
+    assert set(flat) == {prefix + k for k in sd}
+    for key, value in sd.items():
+        np.testing.assert_array_equal(flat[prefix + key], value.numpy())
+
+
 # ---------------------------------------------------------------------------------------------
 # a model built from a file computes what torch computes
 
@@ -427,10 +474,28 @@ def test_missing_file(tmp_path):
 def test_unsupported_suffix(tmp_path):
     path = tmp_path / "model.h5"
     path.write_bytes(b"x")
-    with pytest.raises(ValueError, match=r"unsupported checkpoint suffix '\.h5'"):
+    with pytest.raises(
+        ValueError, match=r"unsupported checkpoint suffix '\.h5', and the file is not a PyTorch"
+    ):
         jaxrnn.load_state_dict_file(path)
     with pytest.raises(ValueError, match="unsupported checkpoint suffix"):
         jaxrnn.save_state_dict_file({"a": np.zeros(2)}, tmp_path / "out.json")
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors", ".npz"])
+def test_save_into_a_missing_directory(tmp_path, suffix):
+    path = tmp_path / "missing" / f"out{suffix}"
+    with pytest.raises(FileNotFoundError, match=f"no such directory '{tmp_path / 'missing'}'"):
+        jaxrnn.save_state_dict_file({"a": np.zeros(2, np.float32)}, path)
+    assert os.listdir(tmp_path) == []
+
+
+def test_save_pt_without_torch_says_what_needs_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # as if not installed
+    path = tmp_path / "x.pt"
+    with pytest.raises(ModuleNotFoundError, match=f"writing the PyTorch file {path} needs torch"):
+        jaxrnn.save_state_dict_file({"a": np.zeros(2, np.float32)}, path)
+    assert os.listdir(tmp_path) == []
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -485,7 +550,10 @@ def _lstm_sd(**changes):
         (_lstm_sd(bias_ih_l0=None), r'Missing key\(s\) in state_dict: "bias_ih_l0"'),
         (_lstm_sd(weight_ih_l3=np.zeros((16, 4))), r'Unexpected key\(s\).*"weight_ih_l3"'),
         (_lstm_sd(fc=np.zeros(2)), r'Unexpected key\(s\) in state_dict: "fc"'),
-        (_lstm_sd(bias_hh_l1=np.zeros(12)), r"size mismatch for bias_hh_l1: .*\(12,\).*\(16,\)"),
+        (
+            _lstm_sd(bias_hh_l1=np.zeros(12)),
+            r"size mismatch for bias_hh_l1: .*Size\(\[12\]\).*Size\(\[16\]\)",
+        ),
         (_lstm_sd(weight_ih_l0=np.zeros((20, 3))), r"weight_ih_l0 has 20 rows, expected 1, 3 or 4"),
         (_lstm_sd(weight_hh_l0=np.zeros(16)), r"must be 2-D"),
         ({"weight_ih_l0": np.zeros((12, 3))}, r"missing parameter weight_hh_l0"),
@@ -546,6 +614,37 @@ def test_rnn_nonlinearity_comes_from_the_caller(model):
     want = [t.detach().numpy() for t in model.rnn(torch.tensor(np.asarray(xs)))]
     for got, exp in zip(rnn(xs), want, strict=True):
         np.testing.assert_allclose(got, exp, rtol=1e-5, atol=1e-6)
+
+
+def test_nonlinearity_only_for_rnn(model):
+    sd = model.state_dict()
+    with pytest.raises(TypeError, match="'gru.' is a GRU, which has no nonlinearity='relu'"):
+        jaxrnn.module_from_state_dict(sd, "gru.", nonlinearity="relu")
+    with pytest.raises(ValueError, match="Unknown nonlinearity 'sigmoid'. Select from 'tanh'"):
+        jaxrnn.module_from_state_dict(sd, "lstm_cell.", nonlinearity="sigmoid")
+    cell = jaxrnn.module_from_state_dict(sd, "lstm_cell.", nonlinearity="tanh")  # the default
+    assert type(cell).__name__ == "LSTMCell"
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_module_from_state_dict_keeps_the_checkpoint_dtype(dtype):
+    """As from_torch: the parameters keep the file's dtype (float64 only with x64, else float32
+    with a warning); an explicit param_dtype wins."""
+    t = torch.nn.LSTM(3, 4, 2).to(dtype)
+    sd = jaxrnn.state_dict_to_params(t.state_dict())
+    want = dtype
+    if dtype == torch.float64 and not jax.config.jax_enable_x64:
+        with pytest.warns(UserWarning, match="the LSTM at prefix '' is float64 but jax_enable_x64"):
+            m = jaxrnn.module_from_state_dict(sd)
+        want = torch.float32
+    else:
+        m = jaxrnn.module_from_state_dict(sd)
+    assert str(m.weight_ih_l0[...].dtype) == str(want).split(".")[-1]
+    ours = m.state_dict()
+    for k, v in t.state_dict().items():
+        np.testing.assert_array_equal(np.asarray(ours[k], np.float64), v.to(want).double().numpy())
+    m32 = jaxrnn.module_from_state_dict(sd, param_dtype=jnp.float32)
+    assert m32.weight_ih_l0[...].dtype == jnp.float32
 
 
 def test_argument_types(tmp_path):
