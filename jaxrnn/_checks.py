@@ -444,6 +444,8 @@ def check_seq_lengths(name: str, seq_lengths, batch: int, seq_len: int, batched:
     outputs and ``h_n = h_0``, so empty slots of a fixed-size batch need no special case. Traced
     lengths cannot be checked: values above ``L`` then act as ``L`` and values below 0 as 0.
     """
+    if hasattr(seq_lengths, "detach") and hasattr(seq_lengths, "cpu"):  # torch.Tensor
+        seq_lengths = seq_lengths.detach().cpu().numpy()
     if not hasattr(seq_lengths, "shape"):
         seq_lengths = np.asarray(seq_lengths)
     if not jnp.issubdtype(seq_lengths.dtype, jnp.integer):
@@ -641,7 +643,9 @@ def check_field_names(name: str, fields, allowed) -> None:
 def check_to_arguments(name: str, args, kwargs):
     """``to(dtype)`` / ``to(device)`` / ``to(device, dtype)`` (also as keywords): returns
     ``(dtype or None, device or None)``; a torch dtype is read by its name."""
-    unknown = sorted(set(kwargs) - {"dtype", "device"})
+    # torch's non_blocking and copy change nothing here (JAX transfers are asynchronous and
+    # its arrays immutable)
+    unknown = sorted(set(kwargs) - {"dtype", "device", "non_blocking", "copy"})
     if unknown or len(args) > 2:
         raise TypeError(f"{name}: expected a dtype and/or a device, got {args} and {kwargs}")
     dtype, device = kwargs.get("dtype"), kwargs.get("device")
@@ -650,6 +654,12 @@ def check_to_arguments(name: str, args, kwargs):
             device = arg
         else:
             dtype = arg
+    if type(device).__module__ == "torch":  # torch.device('cuda', 1) -> 'cuda:1'
+        device = str(device)
+    if isinstance(device, str):
+        device = _device_from_name(device)
+    if type(dtype).__name__ == "device" and type(dtype).__module__ == "torch":
+        dtype = str(dtype)
     if isinstance(dtype, str) and dtype.split(":")[0] in ("cpu", "cuda", "gpu", "tpu"):
         dtype, device = None, _device_from_name(dtype)  # torch's to("cpu"), to("cuda:1")
     if dtype is not None:

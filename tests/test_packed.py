@@ -363,3 +363,18 @@ def test_layer_errors_on_packed_input():
     with pytest.raises(ValueError) as info:
         model(packed, jnp.zeros((1, 3, 2)))
     assert theirs in str(info.value)
+
+
+def test_seq_lengths_as_a_torch_tensor():
+    """The lengths tensor a torch pipeline already has works as ``seq_lengths=`` (as for
+    ``pack_padded_sequence``), with torch's packed results."""
+    torch.manual_seed(0)
+    module = torch.nn.GRU(3, 4, batch_first=True)
+    x = np.random.default_rng(0).standard_normal((2, 5, 3)).astype(np.float32)
+    lengths = torch.tensor([5, 2])
+    packed = torch.nn.utils.rnn.pack_padded_sequence(torch.tensor(x), lengths, batch_first=True)
+    out_t, h_t = module(packed)
+    out_t, _ = torch.nn.utils.rnn.pad_packed_sequence(out_t, batch_first=True)
+    out, h_n = jaxrnn.from_torch(module)(jnp.asarray(x), seq_lengths=lengths)
+    np.testing.assert_allclose(out, out_t.detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(h_n, h_t.detach().numpy(), rtol=1e-5, atol=1e-6)

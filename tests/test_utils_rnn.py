@@ -139,6 +139,41 @@ def test_packed_sequence_from_torch_fields():
             np.testing.assert_array_equal(padded, tr.pad_packed_sequence(theirs)[0].numpy())
 
 
+def test_packed_sequence_with_only_unsorted_indices():
+    """Torch keeps ``sorted_indices=None`` then and gives ``data`` as it was given."""
+    x = randn(5, 4, 2)
+    theirs = tr.pack_padded_sequence(torch.tensor(x), [2, 5, 1, 4], enforce_sorted=False)
+    theirs = tr.PackedSequence(theirs.data, theirs.batch_sizes, None, theirs.unsorted_indices)
+    ours = jr.PackedSequence(*(None if f is None else f.numpy() for f in theirs))
+    assert theirs.sorted_indices is None and ours.sorted_indices is None
+    np.testing.assert_array_equal(ours.data, theirs.data.numpy())
+    np.testing.assert_array_equal(ours.unsorted_indices, theirs.unsorted_indices.numpy())
+    padded, lengths = jr.pad_packed_sequence(ours)
+    padded_t, lengths_t = tr.pad_packed_sequence(theirs)
+    np.testing.assert_array_equal(padded, padded_t.numpy())
+    np.testing.assert_array_equal(lengths, lengths_t.numpy())
+
+
+def test_data_under_jit_from_constant_lengths():
+    """Lengths known when tracing (a Python list) leave ``data`` and ``batch_sizes`` available
+    inside ``jit``, e.g. for a loss on ``packed.data``."""
+    x = randn(5, 3, 2)
+    theirs = tr.pack_padded_sequence(torch.tensor(x), [3, 5, 1], enforce_sorted=False)
+    data = jax.jit(lambda a: jr.pack_padded_sequence(a, [3, 5, 1], enforce_sorted=False).data)(x)
+    np.testing.assert_array_equal(data, theirs.data.numpy())
+
+    def sizes(a):
+        packed = jr.pack_padded_sequence(a, np.array([3, 5, 1]), enforce_sorted=False)
+        assert packed.batch_sizes.tolist() == theirs.batch_sizes.tolist()
+        return packed.data.sum()
+
+    np.testing.assert_allclose(jax.jit(sizes)(x), theirs.data.sum().item(), rtol=1e-6)
+    with pytest.raises(ValueError, match="traced"):  # traced lengths still cannot give them
+        jax.jit(lambda a, n: jr.pack_padded_sequence(a, n, enforce_sorted=False).data)(
+            x, jnp.array([3, 5, 1])
+        )
+
+
 def test_packed_sequence_is_a_pytree():
     x = randn(4, 3, 2)
     packed = jr.pack_padded_sequence(x, [1, 4, 2], enforce_sorted=False)
@@ -380,6 +415,12 @@ def test_packed_sequence_replace_asdict_and_casts_as_torch():
     assert_same_packed(moved.float(), theirs.half().float())
     with pytest.raises(TypeError, match="PackedSequence.to: expected a dtype"):
         ours.to("not a dtype")
+    # torch's other spellings: a torch.device, non_blocking and copy
+    assert ours.to(torch.device("cpu")) is ours and ours.to(device=torch.device("cpu")) is ours
+    assert ours.to("cpu", non_blocking=True) is ours and ours.to(device="cpu") is ours
+    assert theirs.to(torch.device("cpu"), non_blocking=True) is theirs
+    assert ours.is_cuda is theirs.is_cuda is False
+    assert ours.is_pinned() is theirs.is_pinned() is False
 
 
 def test_mixed_dtypes_take_the_first_sequences_as_torch():

@@ -138,16 +138,24 @@ class PackedSequence:
             sorted_indices = jnp.asarray(_to_array(sorted_indices), jnp.int32)
             if unsorted_indices is None:
                 unsorted_indices = invert_permutation(sorted_indices)
+        values = np.asarray(valid.sum(0), np.int64)
         if unsorted_indices is not None:
             unsorted_indices = jnp.asarray(_to_array(unsorted_indices), jnp.int32)
             padded, lengths = padded[:, unsorted_indices], lengths[unsorted_indices]
-        self._set(padded, lengths, sorted_indices, unsorted_indices)
+            order = _concrete(unsorted_indices)
+            values = None if order is None else values[order]
+        self._set(padded, lengths, sorted_indices, unsorted_indices, values)
 
-    def _set(self, padded, lengths, sorted_indices, unsorted_indices) -> None:
+    def _set(self, padded, lengths, sorted_indices, unsorted_indices, values=None) -> None:
         self.padded = padded
         self.lengths = lengths
         self.sorted_indices = sorted_indices
         self.unsorted_indices = unsorted_indices
+        # the lengths' values where they were concrete when this object was made (numpy, in the
+        # caller's order): ``data`` and ``batch_sizes`` work from them even where ``lengths``
+        # became a tracer (made inside ``jit`` from constant lengths). Not a pytree leaf: an
+        # object rebuilt from leaves (passed into a jitted function) has only ``lengths``.
+        self._values = values
 
     @classmethod
     def from_padded(cls, padded, lengths, sorted_indices=None, unsorted_indices=None):
@@ -164,7 +172,9 @@ class PackedSequence:
         return cls.from_padded(*children)
 
     def _concrete_lengths(self, what: str) -> np.ndarray:
-        values = _concrete(self.lengths)
+        values = getattr(self, "_values", None)
+        if values is None:
+            values = _concrete(self.lengths)
         _checks.check_concrete_lengths("PackedSequence", what, values is not None)
         return values
 
@@ -180,6 +190,8 @@ class PackedSequence:
         sizes = _batch_sizes(lengths)
         step, slot = np.nonzero(np.arange(self.padded.shape[1])[None, :] < sizes[:, None])
         order = self.sorted_indices
+        if order is None and self.unsorted_indices is not None:  # built with only the inverse
+            order = invert_permutation(self.unsorted_indices)
         if order is None:  # packed with enforce_sorted under jit, where it could not be checked
             _checks.check_sorted_lengths("PackedSequence", lengths)
         return self.padded[step, slot if order is None else order[slot]]
@@ -251,8 +263,17 @@ class PackedSequence:
     def byte(self) -> PackedSequence:
         return self.to(jnp.uint8)
 
+    @property
+    def is_cuda(self) -> bool:
+        """Whether the data is on a GPU, as torch's."""
+        return any(d.platform == "gpu" for d in getattr(self.padded, "devices", set)())
+
+    def is_pinned(self) -> bool:
+        """``False``: JAX has no pinned host memory for arrays like torch's."""
+        return False
+
     def __repr__(self) -> str:
-        if _concrete(self.lengths) is not None:
+        if getattr(self, "_values", None) is not None or _concrete(self.lengths) is not None:
             return (
                 f"PackedSequence(data={self.data!r}, batch_sizes={self.batch_sizes!r}, "
                 f"sorted_indices={self.sorted_indices!r}, "
@@ -322,7 +343,9 @@ def pack_padded_sequence(
         sorted_indices = jnp.argsort(-lengths, stable=True).astype(jnp.int32)
         unsorted_indices = invert_permutation(sorted_indices)
     padded = jnp.where(_time_mask(lengths, x.shape[0], x.ndim), x, jnp.zeros((), x.dtype))
-    return PackedSequence.from_padded(padded, lengths, sorted_indices, unsorted_indices)
+    packed = PackedSequence.from_padded(padded, lengths, sorted_indices, unsorted_indices)
+    packed._values = values
+    return packed
 
 
 def pad_packed_sequence(
