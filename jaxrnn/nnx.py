@@ -11,6 +11,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jaxrnn import _checks, _params, convert
@@ -43,6 +44,33 @@ class _TorchParams(nnx.Module):
         values = _params.init_params(rngs.params(), shapes, hidden_size, param_dtype)
         for key, value in values.items():
             setattr(self, key, nnx.Param(value))
+
+    def reset_parameters(self, rngs: nnx.Rngs | jax.Array | int | None = None) -> None:
+        """Torch's ``reset_parameters``: every parameter drawn again from torch's default
+        ``U(-1/sqrt(hidden_size), 1/sqrt(hidden_size))``, in place, keeping its dtype.
+
+        Args:
+            rngs: where to draw from: ``nnx.Rngs`` (its ``params`` stream), a JAX key or an int
+                seed. Omitted, a seed is drawn from numpy's global generator (torch draws from
+                its own global generator; ``np.random.seed`` makes this call reproducible).
+        """
+        name = f"{type(self).__name__}.reset_parameters"
+        if rngs is None:
+            rngs = int(np.random.randint(0, 2**31 - 1))
+        if isinstance(rngs, nnx.Rngs):
+            key = rngs.params()
+        elif isinstance(rngs, (int, np.integer)) and not isinstance(rngs, bool):
+            key = jax.random.key(int(rngs))
+        elif isinstance(rngs, jax.Array):
+            key = rngs
+        else:
+            raise TypeError(
+                f"{name}: rngs must be nnx.Rngs, a JAX key or an int seed, got {type(rngs).__name__}"
+            )
+        dtype = getattr(self, next(iter(self._shapes)))[...].dtype  # the module's param_dtype
+        values = _params.init_params(key, self._shapes, self.hidden_size, dtype)
+        for k, value in values.items():
+            getattr(self, k)[...] = value
 
     def extra_repr(self) -> str:
         """Torch's ``extra_repr``: the constructor arguments that differ from the defaults."""

@@ -266,3 +266,45 @@ def test_linen_layers_have_torchs_mode():
 
     assert jrl.RNN(3, 4, nonlinearity="relu").mode == torch.nn.RNN(3, 4, nonlinearity="relu").mode
     assert jrl.LSTM(3, 4).mode == "LSTM" and jrl.GRU(3, 4).mode == "GRU"
+
+
+RESET = [
+    (lambda r: jaxrnn.LSTM(3, 8, 2, proj_size=2, bidirectional=True, rngs=r), torch.nn.LSTM),
+    (lambda r: jaxrnn.GRU(3, 5, rngs=r), torch.nn.GRU),
+    (lambda r: jaxrnn.RNNCell(3, 4, bias=False, rngs=r), torch.nn.RNNCell),
+    (lambda r: jaxrnn.LSTMCell(3, 6, param_dtype=jnp.bfloat16, rngs=r), torch.nn.LSTMCell),
+]
+
+
+@pytest.mark.parametrize("make, torch_cls", RESET)
+def test_reset_parameters_draws_torchs_init_again(make, torch_cls):
+    """Torch's reset_parameters: every parameter redrawn in place from U(-k, k), k =
+    1/sqrt(hidden_size) (torch's bound, read from a torch module reset the same way), dtype
+    kept; with rngs the draw equals a new module's, without it numpy's global seed decides."""
+    ours = make(nnx.Rngs(1))
+    before = ours.state_dict()
+    dtype = ours.state_dict()[next(iter(before))].dtype
+    torch.manual_seed(0)
+    theirs = torch_cls(ours.input_size, ours.hidden_size)
+    theirs.reset_parameters()
+    theirs_bound = max(p.abs().max().item() for p in theirs.parameters())
+    np.random.seed(0)
+    ours.reset_parameters()
+    after = ours.state_dict()
+    assert list(after) == list(before)
+    for k, v in after.items():
+        assert v.dtype == dtype and v.shape == before[k].shape
+        assert not np.array_equal(v, before[k])
+        assert np.abs(np.asarray(v, np.float32)).max() <= 1 / np.sqrt(ours.hidden_size) + 1e-6
+    # torch's own draws come close to the same bound (all parameters share it)
+    assert 0.9 / np.sqrt(ours.hidden_size) < theirs_bound <= 1 / np.sqrt(ours.hidden_size)
+    np.random.seed(0)
+    ours.reset_parameters()
+    for k, v in ours.state_dict().items():
+        np.testing.assert_array_equal(np.asarray(v, np.float32), np.asarray(after[k], np.float32))
+    ours.reset_parameters(nnx.Rngs(7))
+    fresh = make(nnx.Rngs(7)).state_dict()
+    for k, v in ours.state_dict().items():
+        np.testing.assert_array_equal(np.asarray(v, np.float32), np.asarray(fresh[k], np.float32))
+    with pytest.raises(TypeError, match=r"reset_parameters: rngs must be nnx.Rngs, a JAX key"):
+        ours.reset_parameters("seed")
