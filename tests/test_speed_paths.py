@@ -731,3 +731,28 @@ def test_benchmark_training_step_stays_under_the_mmap_threshold(mode, weighted):
 
     compiled = jax.jit(jax.value_and_grad(loss)).lower(params, x, w).compile()
     assert compiled.memory_analysis().temp_size_in_bytes < 32 * 2**20
+
+
+def test_saturated_gates_in_the_activation_block_agree_in_absolute_terms():
+    """The training step's activation block (a one-direction LSTM, H >= 256, B >= 8) computes
+    the sigmoid from tanh: exact to ~3e-8 absolute, exactly 0 below about -17 (README,
+    "Dtypes"). With the output gate at -20, torch's outputs are ~1e-10; ours under grad are 0,
+    within that absolute bound, and the plain forward keeps them relatively exact."""
+    torch.manual_seed(0)
+    module = torch.nn.LSTM(4, 256)
+    with torch.no_grad():
+        module.bias_ih_l0[3 * 256 :] = -20.0
+    x = torch.randn(3, 8, 4)
+    expected = module(x)[0].detach().numpy()
+    ours = jaxrnn.from_torch(module)
+    graph, params, rest = nnx.split(ours, nnx.Param, ...)
+
+    def loss(params, x):
+        out = nnx.merge(graph, params, rest)(x)[0]
+        return out.sum(), out
+
+    assert _fused_forward._ACTIVATION_BLOCK
+    _, out = jax.grad(loss, has_aux=True)(params, jnp.asarray(x.numpy()))
+    np.testing.assert_allclose(out, expected, rtol=0, atol=3e-8)
+    assert np.abs(expected).max() < 1e-8 and np.abs(expected).min() > 0
+    np.testing.assert_allclose(ours(jnp.asarray(x.numpy()))[0], expected, rtol=1e-3)
