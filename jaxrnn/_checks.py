@@ -578,6 +578,15 @@ def check_total_length(name: str, total_length, longest: int | None, steps: int)
     """
     if total_length is None:
         return steps if longest is None else longest
+    if hasattr(total_length, "detach") and hasattr(total_length, "cpu"):  # torch.Tensor
+        total_length = total_length.detach().cpu().numpy()
+    if (
+        isinstance(total_length, (np.ndarray, jax.Array))
+        and not isinstance(total_length, jax.core.Tracer)
+        and total_length.ndim == 0
+        and jnp.issubdtype(total_length.dtype, jnp.integer)
+    ):  # a 0-d integer array, as torch's int(total_length)
+        total_length = int(total_length)
     if not _is_int(total_length):
         raise TypeError(
             f"{name}: total_length should be an int or None, got {type(total_length).__name__}"

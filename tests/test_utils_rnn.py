@@ -72,7 +72,8 @@ def test_pack_pad_roundtrip_matches_torch(lengths, enforce_sorted, batch_first, 
             torch.tensor(x), torch.tensor(lengths), batch_first, enforce_sorted
         )
         assert_same_packed(ours, theirs)
-    for padding_value, total_length in ((0.0, None), (-7.5, 8)):
+    totals = ((0.0, None), (-7.5, 8), (1.0, torch.tensor(7)), (2.0, np.int64(9)))
+    for padding_value, total_length in totals:  # a 0-d tensor too, as torch's int(total_length)
         padded, out_lengths = jr.pad_packed_sequence(ours, batch_first, padding_value, total_length)
         ref, ref_lengths = tr.pad_packed_sequence(theirs, batch_first, padding_value, total_length)
         np.testing.assert_array_equal(padded, ref.numpy())
