@@ -774,6 +774,41 @@ def check_path(name: str, path) -> str:
     return os.fspath(path)
 
 
+def check_output_folder(name: str, path: str) -> str:
+    """The folder a file is to be written in; FileNotFoundError unless it exists."""
+    folder = os.path.dirname(path) or "."
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{name}: no such directory {folder!r} for {path!r}")
+    return folder
+
+
+def check_layer_nonlinearity(name: str, cls: str, prefix: str, nonlinearity) -> None:
+    """A nonlinearity for the ``cls`` found at ``prefix``: torch's two for RNN/RNNCell; the
+    others have none, so only the default ``'tanh'`` passes (code that loads any layer may
+    pass it)."""
+    check_nonlinearity(name, nonlinearity)
+    if cls not in ("RNN", "RNNCell") and nonlinearity != "tanh":
+        raise TypeError(
+            f"{name}: the layer at prefix {prefix!r} is a {cls}, which has no "
+            f"nonlinearity={nonlinearity!r} (only RNN and RNNCell take one)"
+        )
+
+
+def check_init_rngs(name: str, rngs):
+    """A JAX key from ``nnx.Rngs`` (its ``params`` stream), a key or an int seed."""
+    from flax import nnx
+
+    if isinstance(rngs, nnx.Rngs):
+        return rngs.params()
+    if _is_int(rngs):
+        return jax.random.key(int(rngs))
+    if isinstance(rngs, jax.Array):
+        return rngs
+    raise TypeError(
+        f"{name}: rngs must be nnx.Rngs, a JAX key or an int seed, got {type(rngs).__name__}"
+    )
+
+
 def check_numeric_arrays(name: str, state_dict) -> None:
     """Every value of a state dict to save is a numeric (or bfloat16) array."""
     for key, value in state_dict.items():

@@ -292,9 +292,7 @@ def save_state_dict_file(params_or_module: Any, path: str | os.PathLike, prefix:
     _checks.check_prefix("save_state_dict_file", prefix)
     path = _checks.check_path("save_state_dict_file", path)
     suffix = _suffix(path)
-    folder = os.path.dirname(path) or "."
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"save_state_dict_file: no such directory {folder!r} for {path!r}")
+    folder = _checks.check_output_folder("save_state_dict_file", path)
     state_dict = _to_state_dict(params_or_module, prefix)
     if suffix in NUMPY_SUFFIXES:
         _checks.check_npz_dtypes("save_state_dict_file", state_dict)
@@ -488,18 +486,12 @@ def module_from_state_dict(
 
     import jaxrnn
 
-    if nonlinearity is None:
-        nonlinearity = "tanh"
-    _checks.check_nonlinearity("module_from_state_dict", nonlinearity)
+    nonlinearity = "tanh" if nonlinearity is None else nonlinearity
     layer = recurrent_layer(state_dict, prefix)
+    _checks.check_layer_nonlinearity("module_from_state_dict", layer.cls, prefix, nonlinearity)
     args = dict(layer.config)
     if layer.cls in ("RNN", "RNNCell"):
         args["nonlinearity"] = nonlinearity
-    elif nonlinearity != "tanh":
-        raise TypeError(
-            f"module_from_state_dict: the layer at prefix {prefix!r} is a {layer.cls}, which has "
-            f"no nonlinearity={nonlinearity!r} (only RNN and RNNCell take one)"
-        )
     if "param_dtype" not in kwargs:
         dtype = convert.to_numpy(state_dict[layer.keys[0]]).dtype
         if np.issubdtype(dtype, np.floating) or dtype.name == "bfloat16":

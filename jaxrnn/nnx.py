@@ -54,19 +54,9 @@ class _TorchParams(nnx.Module):
                 seed. Omitted, a seed is drawn from numpy's global generator (torch draws from
                 its own global generator; ``np.random.seed`` makes this call reproducible).
         """
-        name = f"{type(self).__name__}.reset_parameters"
         if rngs is None:
             rngs = int(np.random.randint(0, 2**31 - 1))
-        if isinstance(rngs, nnx.Rngs):
-            key = rngs.params()
-        elif isinstance(rngs, (int, np.integer)) and not isinstance(rngs, bool):
-            key = jax.random.key(int(rngs))
-        elif isinstance(rngs, jax.Array):
-            key = rngs
-        else:
-            raise TypeError(
-                f"{name}: rngs must be nnx.Rngs, a JAX key or an int seed, got {type(rngs).__name__}"
-            )
+        key = _checks.check_init_rngs(f"{type(self).__name__}.reset_parameters", rngs)
         dtype = getattr(self, next(iter(self._shapes)))[...].dtype  # the module's param_dtype
         values = _params.init_params(key, self._shapes, self.hidden_size, dtype)
         for k, value in values.items():
