@@ -301,20 +301,37 @@ def check_seq_len(name: str, seq_len: int) -> None:
         raise TorchRuntimeError(f"{name}: Expected sequence length to be larger than 0 in RNN")
 
 
-def compute_dtype(name: str, dtype, *operands):
-    """The compute dtype: ``dtype`` if given (must be floating), else the operands' promotion."""
-    if dtype is None:
-        return jnp.result_type(*operands)
+def _float_dtype(name: str, arg: str, dtype):
+    """``dtype`` as a floating JAX dtype: a JAX/numpy dtype, its name, or a torch dtype (read by
+    its name, ``torch.float64`` -> float64); TypeError otherwise."""
+    shown = dtype
+    if type(dtype).__module__ == "torch":
+        dtype = str(dtype).removeprefix("torch.")
     try:
         resolved = jnp.dtype(dtype)
     except TypeError:
         resolved = None
     if resolved is None or not jnp.issubdtype(resolved, jnp.floating):
-        shown = repr(dtype) if resolved is None else str(resolved)
+        shown = repr(shown) if resolved is None else str(resolved)
         raise TypeError(
-            f"{name}: dtype must be a floating-point dtype ({_FLOAT_KINDS}), got {shown}"
+            f"{name}: {arg} must be a floating-point dtype ({_FLOAT_KINDS}), got {shown}"
         )
     return resolved
+
+
+def compute_dtype(name: str, dtype, *operands):
+    """The compute dtype: ``dtype`` if given (must be floating), else the operands' promotion."""
+    if dtype is None:
+        return jnp.result_type(*operands)
+    return _float_dtype(name, "dtype", dtype)
+
+
+def check_dtypes(name: str, dtype, param_dtype):
+    """A constructor's ``(dtype, param_dtype)``: floating dtypes (torch's read by name), ``dtype``
+    may be ``None`` (the operands' promotion)."""
+    if dtype is not None:
+        dtype = _float_dtype(name, "dtype", dtype)
+    return dtype, _float_dtype(name, "param_dtype", param_dtype)
 
 
 def check_layer_hidden(
@@ -437,6 +454,14 @@ def check_cell_call(name: str, mode: str, input, hx, input_size: int, hidden_siz
     return x, (tuple(states) if mode == "LSTM" else states[0]), batched
 
 
+def _list_array(values):
+    """A list (or other sequence) of lengths as one array: numpy, or JAX where an item is a JAX
+    array or tracer (a list passed through ``jit`` arrives as a list of tracers)."""
+    if isinstance(values, (list, tuple)) and any(isinstance(v, jax.Array) for v in values):
+        return jnp.asarray(values)
+    return np.asarray(values)
+
+
 def check_seq_lengths(name: str, seq_lengths, batch: int, seq_len: int, batched: bool):
     """``seq_lengths`` as an int32 ``(N,)`` array; range-checked when its values are concrete.
 
@@ -447,7 +472,7 @@ def check_seq_lengths(name: str, seq_lengths, batch: int, seq_len: int, batched:
     if hasattr(seq_lengths, "detach") and hasattr(seq_lengths, "cpu"):  # torch.Tensor
         seq_lengths = seq_lengths.detach().cpu().numpy()
     if not hasattr(seq_lengths, "shape"):
-        seq_lengths = np.asarray(seq_lengths)
+        seq_lengths = _list_array(seq_lengths)
     if not jnp.issubdtype(seq_lengths.dtype, jnp.integer):
         raise TypeError(
             f"{name}: seq_lengths must be an integer array, got dtype {seq_lengths.dtype}"
@@ -526,7 +551,7 @@ def check_pack_lengths(name: str, lengths, batch: int, steps: int, enforce_sorte
     elif hasattr(lengths, "detach") and hasattr(lengths, "cpu"):  # torch.Tensor
         arr = lengths.detach().cpu().numpy()
     else:
-        arr = np.asarray(lengths)
+        arr = _list_array(lengths)
         if arr.size == 0:
             arr = arr.astype(np.int64)
     if jnp.issubdtype(arr.dtype, jnp.floating):  # torch casts them to int64 (truncating)
@@ -684,6 +709,23 @@ def check_to_arguments(name: str, args, kwargs):
     return dtype, device
 
 
+def check_device(name: str, device):
+    """A constructor's ``device``: ``None``, a JAX device or sharding, or a torch device
+    (``'cuda:1'``, ``torch.device``) as the JAX device."""
+    if device is None or isinstance(device, (jax.Device, jax.sharding.Sharding)):
+        return device
+    if type(device).__module__ == "torch":
+        device = str(device)
+    if isinstance(device, str) and device.split(":")[0] in ("cpu", "cuda", "gpu", "tpu"):
+        try:
+            return _device_from_name(device)
+        except (RuntimeError, IndexError, ValueError) as e:
+            raise ValueError(f"{name}: no such device {device!r} here: {e}") from None
+    raise TypeError(
+        f"{name}: device must be a JAX device or sharding or a torch device string, got {device!r}"
+    )
+
+
 def _device_from_name(name: str):
     """A torch device string as a JAX device: ``'cuda:1'`` -> the second GPU."""
     platform, _, index = name.partition(":")
@@ -772,6 +814,19 @@ def check_path(name: str, path) -> str:
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"{name}: path must be a str or os.PathLike, got {type(path).__name__}")
     return os.fspath(path)
+
+
+def check_untraced_state_dict(name: str, state_dict) -> None:
+    """A state dict to copy into a module holds values, not tracers (``load_state_dict`` inside
+    ``jax.grad``/``jit`` would leak them into the module)."""
+    traced = [k for k, v in state_dict.items() if isinstance(v, jax.core.Tracer)]
+    if traced:
+        raise TypeError(
+            f"{name}: the values of {', '.join(map(repr, traced[:3]))}"
+            f"{' ...' if len(traced) > 3 else ''} are traced (load_state_dict inside jax.grad or "
+            "jit); load checkpoints outside transformations, and for a function of the "
+            "parameters use nnx.split/nnx.merge, or jaxrnn.functional with the parameter dict"
+        )
 
 
 def check_output_folder(name: str, path: str) -> str:

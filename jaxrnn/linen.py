@@ -42,7 +42,8 @@ class _LinenBase(nn.Module):
 
     def _torch_params(self, shapes) -> dict[str, jax.Array]:
         init = _uniform(_params.init_bound(self.hidden_size))
-        return {k: self.param(k, init, shape, self.param_dtype) for k, shape in shapes.items()}
+        _, param_dtype = _checks.check_dtypes(type(self).__name__, self.dtype, self.param_dtype)
+        return {k: self.param(k, init, shape, param_dtype) for k, shape in shapes.items()}
 
 
 class _LayerBase(_LinenBase):

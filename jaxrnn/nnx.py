@@ -39,9 +39,11 @@ class _TorchParams(nnx.Module):
 
     _shapes: dict[str, tuple[int, ...]]
 
-    def _create_params(self, shapes, hidden_size, rngs: nnx.Rngs, param_dtype) -> None:
+    def _create_params(self, shapes, hidden_size, rngs: nnx.Rngs, param_dtype, device) -> None:
         self._shapes = dict(shapes)
         values = _params.init_params(rngs.params(), shapes, hidden_size, param_dtype)
+        if device is not None:
+            values = jax.device_put(values, device)
         for key, value in values.items():
             setattr(self, key, nnx.Param(value))
 
@@ -201,6 +203,7 @@ class _RNNBase(_TorchParams):
         precision=None,
         unroll: int = 1,
         remat: bool | int = False,
+        device=None,
     ):
         name = type(self).__name__
         _checks.check_constructor(
@@ -215,6 +218,8 @@ class _RNNBase(_TorchParams):
             bidirectional,
             proj_size,
         )
+        dtype, param_dtype = _checks.check_dtypes(name, dtype, param_dtype)
+        device = _checks.check_device(name, device)
         self.mode = mode
         self.input_size = input_size
         self.hidden_size = hidden_size
@@ -233,7 +238,7 @@ class _RNNBase(_TorchParams):
         shapes = _params.layer_param_shapes(
             mode, input_size, hidden_size, num_layers, bias, bidirectional, proj_size
         )
-        self._create_params(shapes, hidden_size, rngs, param_dtype)
+        self._create_params(shapes, hidden_size, rngs, param_dtype, device)
         self.rngs = _checks.dropout_stream(name, rngs, self.dropout) if num_layers > 1 else None
 
     def flatten_parameters(self) -> None:
@@ -327,6 +332,9 @@ _LAYER_DOC = """
         unroll: time steps unrolled per ``lax.scan`` iteration.
         remat: recompute activations in chunks in the backward pass (``True`` for
             ``sqrt(L)``-step chunks, or an int chunk length) to save memory on long sequences.
+        device: torch's factory argument: where the parameters are placed, a JAX device or
+            sharding, or a torch device (``'cpu'``, ``'cuda:0'``, ``torch.device``); default
+            JAX's default device.
 
     Dropout acts in training mode (the default, as in torch); call ``.eval()`` to turn it off
     and ``.train()`` to turn it back on.
@@ -504,8 +512,11 @@ class _CellBase(_TorchParams):
         dtype=None,
         param_dtype=jnp.float32,
         precision=None,
+        device=None,
     ):
         _checks.check_cell_constructor(type(self).__name__, input_size, hidden_size, bias)
+        dtype, param_dtype = _checks.check_dtypes(type(self).__name__, dtype, param_dtype)
+        device = _checks.check_device(type(self).__name__, device)
         self.mode = mode
         self.input_size = input_size
         self.hidden_size = hidden_size
@@ -515,7 +526,7 @@ class _CellBase(_TorchParams):
         self.precision = precision
         self.deterministic = False  # torch's cells have training mode too (nothing depends on it)
         shapes = _params.cell_param_shapes(mode, input_size, hidden_size, bias)
-        self._create_params(shapes, hidden_size, rngs, param_dtype)
+        self._create_params(shapes, hidden_size, rngs, param_dtype, device)
 
     def __call__(self, input, hx=None):
         """One step: ``input (N, H_in)`` or ``(H_in,)``; returns the new state like ``hx``."""
@@ -542,6 +553,9 @@ _CELL_DOC = """
     Attributes:
         weight_ih: ``(G*hidden_size, input_size)``; weight_hh: ``(G*hidden_size, hidden_size)``;
         bias_ih, bias_hh: ``(G*hidden_size,)``; all ``U(-1/sqrt(hidden_size), 1/sqrt(hidden_size))``.
+
+    Extra keyword-only arguments (JAX): ``rngs``, ``dtype``, ``param_dtype``, ``precision`` and
+    ``device``, as on the layers.
 """
 
 

@@ -257,3 +257,20 @@ def test_to_torch_tensors_takes_bfloat16_which_from_numpy_cannot():
 def test_to_torch_rejects_other_modules():
     with pytest.raises(TypeError, match="to_torch expects a jaxrnn.RNN, LSTM, GRU"):
         jaxrnn.to_torch(torch.nn.LSTM(2, 2))
+
+
+def test_load_state_dict_of_traced_values_says_what_to_do_instead():
+    """Inside jax.grad the values are tracers: loading them would leak them into the module, so
+    it is refused with what to use instead, and the module is unchanged."""
+    m = jaxrnn.GRU(3, 4, rngs=nnx.Rngs(0))
+    before = m.state_dict()
+    params = {k: jnp.asarray(v) for k, v in before.items()}
+
+    def loss(p):
+        m.load_state_dict(p)
+        return m(jnp.ones((5, 2, 3)))[0].sum()
+
+    with pytest.raises(TypeError, match=r"GRU.load_state_dict: the values of .* are traced.*nnx"):
+        jax.grad(loss)(params)
+    for k, v in m.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])

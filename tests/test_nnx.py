@@ -308,3 +308,30 @@ def test_reset_parameters_draws_torchs_init_again(make, torch_cls):
         np.testing.assert_array_equal(np.asarray(v, np.float32), np.asarray(fresh[k], np.float32))
     with pytest.raises(TypeError, match=r"reset_parameters: rngs must be nnx.Rngs, a JAX key"):
         ours.reset_parameters("seed")
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda **kw: jaxrnn.LSTM(3, 4, 2, rngs=nnx.Rngs(0), **kw),
+        lambda **kw: jaxrnn.GRUCell(3, 4, rngs=nnx.Rngs(0), **kw),
+    ],
+)
+def test_torch_factory_arguments(make):
+    """torch's ``device=`` and torch dtypes: the parameters land on that device, a torch dtype is
+    read by its name; anything else is a TypeError naming the module, at construction."""
+    cpu = jax.devices("cpu")[0]
+    for device in ("cpu", torch.device("cpu"), cpu, jax.sharding.SingleDeviceSharding(cpu)):
+        m = make(device=device)
+        assert all(p.devices() == {cpu} for p in m.parameters())
+        for k, v in make().state_dict().items():  # the same values, placed there
+            np.testing.assert_array_equal(m.state_dict()[k], v)
+    m = make(param_dtype=torch.float16, dtype=torch.float32)
+    assert all(p.dtype == jnp.float16 for p in m.parameters()) and m.dtype == jnp.float32
+    name = type(make()).__name__
+    with pytest.raises(TypeError, match=f"{name}: device must be a JAX device or sharding"):
+        make(device=3)
+    with pytest.raises(TypeError, match=f"{name}: param_dtype must be a floating-point dtype"):
+        make(param_dtype=torch.int64)
+    with pytest.raises(TypeError, match=f"{name}: dtype must be a floating-point dtype"):
+        make(dtype="int32")

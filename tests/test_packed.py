@@ -378,3 +378,23 @@ def test_seq_lengths_as_a_torch_tensor():
     out, h_n = jaxrnn.from_torch(module)(jnp.asarray(x), seq_lengths=lengths)
     np.testing.assert_allclose(out, out_t.detach().numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(h_n, h_t.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_lengths_as_a_list_through_jit():
+    """A list of lengths passed into ``nnx.jit`` arrives as a list of tracers: seq_lengths= and
+    pack_padded_sequence take it as eagerly, with torch's results."""
+    torch.manual_seed(0)
+    module = torch.nn.GRU(3, 4)
+    x = np.random.default_rng(0).standard_normal((5, 2, 3)).astype(np.float32)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(torch.tensor(x), [2, 5], enforce_sorted=False)
+    out_t, _ = torch.nn.utils.rnn.pad_packed_sequence(module(packed)[0], total_length=5)
+    ours = jaxrnn.from_torch(module)
+
+    @nnx.jit
+    def both(m, x, lengths):
+        padded = m(x, seq_lengths=lengths)[0]
+        out = m(pack_padded_sequence(x, lengths, enforce_sorted=False))[0]
+        return padded, pad_packed_sequence(out, total_length=5)[0]
+
+    for got in both(ours, jnp.asarray(x), [2, 5]):
+        np.testing.assert_allclose(got, out_t.detach().numpy(), rtol=1e-5, atol=1e-6)
