@@ -3,8 +3,9 @@
 ``variables = m.init(key, input)`` creates a ``params`` collection that is a flat dict keyed by
 torch's names; ``m.apply(variables, input, hx=None, deterministic=True)`` runs the functional
 core. ``dtype``/``param_dtype`` mean what they mean on the NNX twins: a call computes, carries
-its state and returns in one compute dtype. Dropout between layers: ``deterministic=False,
-rngs={'dropout': key}``.
+its state and returns in one compute dtype. Dropout between layers: ``deterministic=False``
+(in the call or as the module's attribute, as Flax's ``nn.Dropout``) with
+``rngs={'dropout': key}``.
 
 Example:
     >>> import jax, jax.numpy as jnp
@@ -47,6 +48,7 @@ class _LinenBase(nn.Module):
 
 
 class _LayerBase(_LinenBase):
+    @nn.nowrap
     def _mode(self) -> str:
         raise NotImplementedError
 
@@ -72,8 +74,13 @@ class _LayerBase(_LinenBase):
         super().__post_init__()
 
     @nn.compact
-    def __call__(self, input, hx=None, *, seq_lengths=None, deterministic: bool = True):
-        """See the NNX twin (:class:`jaxrnn.LSTM` etc.) for the ``Inputs:``/``Outputs:`` shapes."""
+    def __call__(self, input, hx=None, *, seq_lengths=None, deterministic: bool | None = None):
+        """See the NNX twin (:class:`jaxrnn.LSTM` etc.) for the ``Inputs:``/``Outputs:`` shapes.
+
+        ``deterministic`` (no dropout between layers) may be given here or as the module's
+        attribute, as for Flax's ``nn.Dropout`` (the attribute survives ``nn.vmap``/``nn.scan``,
+        which drop keyword arguments), not both; neither: ``True``.
+        """
         mode = self._mode()
         params = self._torch_params(
             _params.layer_param_shapes(
@@ -86,6 +93,10 @@ class _LayerBase(_LinenBase):
                 getattr(self, "proj_size", 0),
             )
         )
+        if deterministic is None and self.deterministic is None:
+            deterministic = True
+        else:
+            deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
         training = not deterministic
         key = None
         if training and self.dropout > 0 and self.num_layers > 1:
@@ -124,7 +135,9 @@ class RNN(_LayerBase):
     precision: Any = None
     unroll: int = 1
     remat: bool | int = False
+    deterministic: bool | None = None
 
+    @nn.nowrap
     def _mode(self) -> str:
         return _checks.check_nonlinearity(type(self).__name__, self.nonlinearity)
 
@@ -145,7 +158,9 @@ class LSTM(_LayerBase):
     precision: Any = None
     unroll: int = 1
     remat: bool | int = False
+    deterministic: bool | None = None
 
+    @nn.nowrap
     def _mode(self) -> str:
         return "LSTM"
 
@@ -165,12 +180,15 @@ class GRU(_LayerBase):
     precision: Any = None
     unroll: int = 1
     remat: bool | int = False
+    deterministic: bool | None = None
 
+    @nn.nowrap
     def _mode(self) -> str:
         return "GRU"
 
 
 class _CellBase(_LinenBase):
+    @nn.nowrap
     def _mode(self) -> str:
         raise NotImplementedError
 
@@ -209,6 +227,7 @@ class RNNCell(_CellBase):
     param_dtype: Any = jnp.float32
     precision: Any = None
 
+    @nn.nowrap
     def _mode(self) -> str:
         return _checks.check_nonlinearity(type(self).__name__, self.nonlinearity)
 
@@ -223,6 +242,7 @@ class LSTMCell(_CellBase):
     param_dtype: Any = jnp.float32
     precision: Any = None
 
+    @nn.nowrap
     def _mode(self) -> str:
         return "LSTM"
 
@@ -237,5 +257,6 @@ class GRUCell(_CellBase):
     param_dtype: Any = jnp.float32
     precision: Any = None
 
+    @nn.nowrap
     def _mode(self) -> str:
         return "GRU"

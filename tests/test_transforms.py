@@ -349,3 +349,50 @@ def test_remat_temporary_memory_grows_sublinearly():
     assert plain > 8, plain  # the baseline grows past remat's bound, so the test can tell
     assert chunked < 8, chunked
     assert _temp_bytes(long_, True) < _temp_bytes(long_, False) / 4
+
+
+def test_linen_layers_under_flax_introspection_and_lifted_transforms():
+    """Flax's ``tabulate`` and ``capture_intermediates`` work on a model holding a Linen layer;
+    ``deterministic`` as a module attribute survives ``nn.vmap`` (which drops call keywords):
+    an ensemble's dropout is on in training and off in eval, each member as its torch twin."""
+    import flax.linen as nn
+
+    class Model(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(2)(jrl.LSTM(3, 4, 2)(x)[0])
+
+    x = jnp.ones((5, 2, 3))
+    table = Model().tabulate(jax.random.key(0), x)
+    assert "LSTM" in table and "weight_ih_l1" in table
+    variables = Model().init(jax.random.key(0), x)
+    _, state = Model().apply(variables, x, capture_intermediates=True)
+    assert "intermediates" in state
+
+    members = 3
+    ensemble = nn.vmap(
+        jrl.GRU,
+        variable_axes={"params": 0},
+        split_rngs={"params": True, "dropout": True},
+        in_axes=0,
+    )
+    xs = jnp.asarray(np.random.default_rng(0).standard_normal((members, 5, 2, 4)), jnp.float32)
+    train = ensemble(4, 6, 2, dropout=0.5, deterministic=False)
+    evaluate = ensemble(4, 6, 2, dropout=0.5, deterministic=True)
+    variables = train.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, xs)
+    dropped = train.apply(variables, xs, rngs={"dropout": jax.random.key(2)})[0]
+    kept = evaluate.apply(variables, xs)[0]
+    assert not np.allclose(dropped, kept)
+    for i in range(members):  # eval: each member is its torch twin
+        module = torch_layer("GRU", 4, 6, num_layers=2, dropout=0.5)
+        params = jax.tree.map(lambda p, i=i: p[i], variables["params"])
+        module.load_state_dict({k: torch.tensor(np.asarray(v)) for k, v in params.items()})
+        module.eval()
+        want = module(torch.tensor(np.asarray(xs[i])))[0].detach().numpy()
+        np.testing.assert_allclose(kept[i], want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match='"deterministic" was passed to the constructor and'):
+        jrl.GRU(4, 6, deterministic=True).apply(
+            {"params": jax.tree.map(lambda p: p[0], variables["params"])},
+            xs[0],
+            deterministic=False,
+        )
