@@ -207,6 +207,51 @@ def check_params(name: str, params, expected: Mapping[str, tuple[int, ...]]) -> 
             raise ValueError(f"{name}: parameter {key} has shape {got}, expected {tuple(shape)}")
 
 
+def check_no_unexpected_params(name: str, params: Mapping, expected: Mapping, what: str) -> None:
+    """No key named as a torch recurrent parameter beyond ``expected`` (the parameters of
+    ``what``, e.g. ``'LSTM(3, 4)'``): a layer stack with a gap
+    (``weight_ih_l1`` missing, ``bias_*_l0`` missing, a stray ``weight_hr_l1``) would otherwise
+    run as a different model, as torch's strict ``load_state_dict`` would not let it."""
+    unexpected = [
+        k
+        for k in params
+        if k not in expected and isinstance(k, str) and _params.split_recurrent_key(k) is not None
+    ]
+    if unexpected:
+        raise ValueError(
+            f"{name}: unexpected parameters {unexpected}: the others describe {what}, whose "
+            f"parameters are {list(expected)}; is a parameter of a lower layer, or a bias, "
+            "missing?"
+        )
+
+
+def check_matrix_params(name: str, params: Mapping, keys) -> None:
+    """Weights the configuration is read from are matrices."""
+    for key in keys:
+        shape = np.shape(params[key])
+        if len(shape) != 2:
+            raise ValueError(f"{name}: parameter {key} must be 2-D, got shape {tuple(shape)}")
+
+
+def check_dropout_rate(name: str, rate) -> None:
+    """A dropout probability in ``[0, 1]`` (torch's ``F.dropout``)."""
+    if not isinstance(rate, numbers.Number) or isinstance(rate, bool) or not 0 <= rate <= 1:
+        raise ValueError(f"{name}: dropout probability has to be between 0 and 1, but got {rate!r}")
+
+
+def check_raw_cell(name: str, mode: str, params, hx) -> None:
+    """The raw cell steps' arguments: a mapping holding ``weight_ih``/``weight_hh``, and for
+    LSTM ``hx = (h, c)``."""
+    if not isinstance(params, Mapping) or any(params.get(k) is None for k in _CELL_WEIGHTS):
+        have = sorted(params) if isinstance(params, Mapping) else type(params).__name__
+        raise ValueError(f"{name}: params must hold weight_ih and weight_hh, got {have}")
+    if mode == "LSTM" and not (isinstance(hx, (tuple, list)) and len(hx) == 2):
+        raise TypeError(f"{name}: hx must be a tuple (h, c), got {_describe(hx)}")
+
+
+_CELL_WEIGHTS = ("weight_ih", "weight_hh")
+
+
 def check_no_torch_tensors(name: str, params: Mapping) -> None:
     """The functional core computes on JAX/numpy arrays: a torch tensor (a raw ``state_dict``)
     gets a TypeError that names the conversion."""

@@ -296,6 +296,81 @@ def test_functional_param_errors():
     )
 
 
+def test_functional_params_with_a_gap_are_refused():
+    """A stack with a gap would run as a different model (layers counted from weight_ih_l0 up,
+    biases from layer 0): the keys past the gap are named, as torch's strict load would."""
+    from jaxrnn import functional as F
+
+    params = jaxrnn.LSTM(3, 4, 2, rngs=nnx.Rngs(0)).torch_params()
+    x = jnp.ones((2, 1, 3))
+    no_l1 = {k: v for k, v in params.items() if k != "weight_ih_l1"}
+    with pytest.raises(ValueError) as e:
+        F.lstm(no_l1, x)
+    assert "unexpected parameters ['weight_hh_l1', 'bias_ih_l1', 'bias_hh_l1']" in str(e.value)
+    assert "the others describe LSTM(3, 4)" in str(e.value)
+    no_bias_l0 = {k: v for k, v in params.items() if not k.endswith("_l0") or "bias" not in k}
+    _raises(
+        ValueError, r"unexpected parameters \['bias_ih_l1', 'bias_hh_l1'\]", F.lstm, no_bias_l0, x
+    )
+    stray = dict(params, weight_hr_l1=np.zeros((2, 4), np.float32))
+    _raises(ValueError, r"unexpected parameters \['weight_hr_l1'\]", F.lstm, stray, x)
+    _raises(
+        ValueError,
+        r"parameter weight_ih_l0 must be 2-D, got shape \(16,\)",
+        F.lstm,
+        dict(params, weight_ih_l0=np.zeros(16, np.float32)),
+        x,
+    )
+    cell = jaxrnn.LSTMCell(3, 4, rngs=nnx.Rngs(0)).torch_params()
+    _raises(
+        ValueError,
+        r"unexpected parameters \['weight_hr'\]: the others describe LSTMCell\(3, 4\)",
+        F.cell_forward,
+        "LSTM",
+        dict(cell, weight_hr=np.zeros((2, 4), np.float32)),
+        jnp.ones((2, 3)),
+    )
+    _raises(
+        ValueError,
+        "must be 2-D",
+        F.cell_forward,
+        "GRU",
+        {"weight_ih": np.zeros((6, 3)), "weight_hh": np.zeros(6)},
+        jnp.ones(3),
+    )
+    # the model itself still runs, and so does a full one
+    assert F.lstm(params, x)[0].shape == (2, 1, 4)
+
+
+def test_raw_cells_check_their_structure():
+    """``lstm_cell(p, x, hx)`` with one array as ``hx`` would unpack it along the batch axis:
+    refused, as torch's ``'hx' must be tuple``; missing weights are named."""
+    from jaxrnn import functional as F
+
+    p = jaxrnn.LSTMCell(3, 4, rngs=nnx.Rngs(0)).torch_params()
+    with pytest.raises(TypeError, match=r"LSTM cell: hx must be a tuple \(h, c\)"):
+        F.lstm_cell(p, jnp.ones((2, 3)), jnp.zeros((2, 4)))
+    with pytest.raises(ValueError, match="GRU cell: params must hold weight_ih and weight_hh"):
+        F.gru_cell({"weight_ih": np.zeros((12, 3))}, jnp.ones((2, 3)), jnp.zeros((2, 4)))
+    h, c = F.lstm_cell(p, jnp.ones((2, 3)), (jnp.zeros((2, 4)), jnp.zeros((2, 4))))
+    assert h.shape == c.shape == (2, 4)
+
+
+def test_functional_dropout_rate_is_checked_as_torchs():
+    from jaxrnn import functional as F
+
+    x = jnp.ones((4, 4))
+    for rate in (-0.5, 1.5):
+        with pytest.raises(ValueError) as theirs:
+            torch.nn.functional.dropout(torch.ones(4, 4), rate)
+        assert "dropout probability has to be between 0 and 1, but got" in str(theirs.value)
+        with pytest.raises(ValueError, match=f"has to be between 0 and 1, but got {rate}"):
+            F.dropout_layer(jax.random.key(0), x, rate)
+        params = jaxrnn.GRU(4, 4, 2, rngs=nnx.Rngs(0)).torch_params()
+        with pytest.raises(ValueError, match=f"GRU: dropout probability .* got {rate}"):
+            F.gru(params, x[:, None], dropout=rate, training=True, dropout_key=jax.random.key(0))
+
+
 @pytest.mark.parametrize("mode", ["RNN_TANH", "LSTM", "GRU"])
 def test_one_bias_alone_is_reported_missing(mode):
     """torch always has both biases; with only ``bias_hh`` (or only ``bias_ih``) the layer and the

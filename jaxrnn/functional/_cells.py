@@ -12,6 +12,8 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 
+from jaxrnn import _checks
+
 
 def linear(x, w, b=None, precision=None):
     """``x @ w.T + b`` over the last axis of ``x`` (torch's ``F.linear``)."""
@@ -62,7 +64,11 @@ def step_from_gates(mode: str, gx, state, weight_hh, bias_hh=None, weight_hr=Non
 
 def cell(mode: str, params: Mapping, input, hx, precision=None):
     """One step of a torch cell: ``params`` holds ``weight_ih``, ``weight_hh`` and optionally
-    ``bias_ih``, ``bias_hh`` (and ``weight_hr`` for a projected LSTM). Returns the new state."""
+    ``bias_ih``, ``bias_hh`` (and ``weight_hr`` for a projected LSTM). Returns the new state.
+
+    A raw step: its arguments' structure is checked (``hx = (h, c)`` for LSTM), not their
+    shapes; :func:`jaxrnn.functional.cell_forward` is the call with all of torch's checks."""
+    _checks.check_raw_cell(f"{mode} cell", mode, params, hx)
     gx = linear(input, params["weight_ih"], params.get("bias_ih"), precision)
     new_state, _ = step_from_gates(
         mode, gx, hx, params["weight_hh"], params.get("bias_hh"), params.get("weight_hr"), precision

@@ -197,21 +197,22 @@ def rnn(
     _checks.check_mode(name, mode)
     _checks.check_params(name, params, {"weight_ih_l0": None, "weight_hh_l0": None})
     _checks.check_no_torch_tensors(name, params)
+    _checks.check_matrix_params(name, params, ("weight_ih_l0", "weight_hh_l0"))
     _checks.check_loop_options(name, unroll, remat)
+    _checks.check_dropout_rate(name, dropout)
     cfg = _params.infer_layer_config(mode, params)
-    _checks.check_params(
-        name,
-        params,
-        _params.layer_param_shapes(
-            mode,
-            cfg["input_size"],
-            cfg["hidden_size"],
-            cfg["num_layers"],
-            cfg["bias"],
-            cfg["bidirectional"],
-            cfg["proj_size"],
-        ),
+    expected = _params.layer_param_shapes(
+        mode,
+        cfg["input_size"],
+        cfg["hidden_size"],
+        cfg["num_layers"],
+        cfg["bias"],
+        cfg["bidirectional"],
+        cfg["proj_size"],
     )
+    _checks.check_params(name, params, expected)
+    cls = "LSTM" if mode == "LSTM" else "GRU" if mode == "GRU" else "RNN"
+    _checks.check_no_unexpected_params(name, params, expected, _params.torch_repr(cls, cfg))
     x = _checks.as_array(name, "input", input)
     batched = _checks.check_layer_input(name, mode, x.shape, cfg["input_size"])
     num_layers, hidden_size, proj_size = cfg["num_layers"], cfg["hidden_size"], cfg["proj_size"]
@@ -300,6 +301,7 @@ def rnn(
 
 def dropout_layer(key, x, rate: float):
     """Inverted dropout as ``torch.nn.functional.dropout`` (``rate == 1`` gives zeros)."""
+    _checks.check_dropout_rate("dropout_layer", rate)
     if rate >= 1.0:
         return jnp.zeros_like(x)
     keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
@@ -345,18 +347,15 @@ def cell_forward(
     _checks.check_mode(name, mode)
     _checks.check_params(name, params, {"weight_ih": None, "weight_hh": None})
     _checks.check_no_torch_tensors(name, params)
+    _checks.check_matrix_params(name, params, ("weight_ih", "weight_hh"))
     hidden_size = params["weight_hh"].shape[1]
     input_size = params["weight_ih"].shape[1]
-    _checks.check_params(
-        name,
-        params,
-        _params.cell_param_shapes(
-            mode,
-            input_size,
-            hidden_size,
-            any(params.get(k) is not None for k in ("bias_ih", "bias_hh")),
-        ),
-    )
+    bias = any(params.get(k) is not None for k in ("bias_ih", "bias_hh"))
+    expected = _params.cell_param_shapes(mode, input_size, hidden_size, bias)
+    _checks.check_params(name, params, expected)
+    cls = "LSTMCell" if mode == "LSTM" else "GRUCell" if mode == "GRU" else "RNNCell"
+    config = dict(input_size=input_size, hidden_size=hidden_size, bias=bias)
+    _checks.check_no_unexpected_params(name, params, expected, _params.torch_repr(cls, config))
     x, state, batched = _checks.check_cell_call(name, mode, input, hx, input_size, hidden_size)
     compute = _checks.compute_dtype(name, dtype, x, params["weight_ih"])
     if not batched:
