@@ -874,6 +874,17 @@ def check_untraced_state_dict(name: str, state_dict) -> None:
         )
 
 
+def reraise_forward_mode(name: str, error: TypeError) -> None:
+    """JAX's error for forward-mode autodiff through the fused layer's ``custom_vjp``, said for
+    the module with the way out; returns for any other ``TypeError``."""
+    if "custom_vjp" in str(error) and "forward-mode" in str(error):
+        raise TypeError(
+            f"{name}: forward-mode autodiff (jax.jvp, jax.jacfwd, jax.hessian) cannot go through "
+            "the fast path, whose backward is written by hand (a custom_vjp); pass remat=True "
+            "(or a chunk length) for the plain lax.scan, which supports it"
+        ) from error
+
+
 def check_output_folder(name: str, path: str) -> str:
     """The folder a file is to be written in; FileNotFoundError unless it exists."""
     folder = os.path.dirname(path) or "."

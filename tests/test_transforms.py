@@ -105,8 +105,11 @@ def test_forward_mode_needs_remat(remat):
         return F.rnn(params, x, mode="LSTM", remat=remat)[0]
 
     if not remat:
-        with pytest.raises(TypeError, match="custom_vjp"):
+        with pytest.raises(TypeError, match=r"LSTM: forward-mode autodiff .* pass remat=True"):
             jax.jvp(run, (x,), (dx,))
+        module = jaxrnn.from_torch(tmod)  # the modules say so too
+        with pytest.raises(TypeError, match=r"LSTM: forward-mode autodiff .*custom_vjp"):
+            jax.jvp(lambda x: module(x)[0], (x,), (dx,))
         return
     out, tangent = jax.jvp(run, (x,), (dx,))
     t_out, t_tangent = torch.autograd.functional.jvp(

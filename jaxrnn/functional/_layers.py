@@ -55,7 +55,17 @@ def scan_direction(
 
 
 def run_layer(
-    mode: str, ps, x, state0, mask=None, *, precision=None, unroll=1, remat=False, stacked=False
+    mode: str,
+    ps,
+    x,
+    state0,
+    mask=None,
+    *,
+    precision=None,
+    unroll=1,
+    remat=False,
+    stacked=False,
+    name: str = "RNN",
 ):
     """Every direction of one layer: ``ps`` holds one cell-named dict per direction (the second
     runs in reverse), ``state0`` is stacked over directions. Returns ``(finals, outputs)``, one
@@ -64,21 +74,26 @@ def run_layer(
     Without ``remat`` this is the fused whole-layer path (:mod:`jaxrnn.functional._fused`: both
     directions in one loop, weight and input gradients as matmuls over all steps); with it, one
     rematerialised :func:`scan_direction` per direction. ``stacked``: ``x`` is the output of the
-    layer below (see :func:`jaxrnn.functional._fused.layer`).
+    layer below (see :func:`jaxrnn.functional._fused.layer`). ``name`` names the module in
+    errors.
     """
     if not remat:
         reverse = [d == 1 for d in range(len(ps))]
-        return _fused.layer(
-            mode,
-            ps,
-            x,
-            state0,
-            mask,
-            reverse=reverse,
-            precision=precision,
-            unroll=unroll,
-            stacked=stacked,
-        )
+        try:
+            return _fused.layer(
+                mode,
+                ps,
+                x,
+                state0,
+                mask,
+                reverse=reverse,
+                precision=precision,
+                unroll=unroll,
+                stacked=stacked,
+            )
+        except TypeError as e:
+            _checks.reraise_forward_mode(name, e)
+            raise
     finals, outs = [], []
     for d, p in enumerate(ps):
         s0 = jax.tree.map(lambda s, d=d: s[d], state0)
@@ -279,6 +294,7 @@ def rnn(
             unroll=unroll,
             remat=remat,
             stacked=layer > 0,
+            name=name,
         )
         finals.extend(layer_finals)
         layer_input = outs[0] if num_directions == 1 else jnp.concatenate(outs, axis=-1)
