@@ -379,6 +379,9 @@ def test_packed_sequence_unpacks_and_indexes_like_torchs_namedtuple():
     np.testing.assert_array_equal(ours[0], data)
     np.testing.assert_array_equal(ours[-1], unsorted)
     np.testing.assert_array_equal(ours[1], batch_sizes)
+    again = jr.PackedSequence._make(tuple(theirs))  # the namedtuple's constructor from fields
+    rebuilt = tr.PackedSequence._make(tuple(theirs))
+    assert_same_packed(again, rebuilt)
 
 
 def test_packed_sequence_replace_asdict_and_casts_as_torch():

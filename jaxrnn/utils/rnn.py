@@ -208,6 +208,11 @@ class PackedSequence:
     def __getitem__(self, index):
         return tuple(self)[index]
 
+    @classmethod
+    def _make(cls, fields) -> PackedSequence:
+        """From an iterable of torch's four fields, as the namedtuple's."""
+        return cls(*fields)
+
     def _asdict(self) -> dict:
         """The four fields by name, as the namedtuple's."""
         return dict(zip(self._fields, self, strict=True))
