@@ -154,7 +154,14 @@ def from_state_dict(state_dict) -> SileroVAD:
 
 def load_safetensors(path: str | None = None) -> SileroVAD:
     """The model with the weights of the shipped ``silero_vad_16k.safetensors`` (no torch)."""
-    path = path or os.path.join(silero_data_dir(), "silero_vad_16k.safetensors")
+    if path is None:
+        data = silero_data_dir()
+        if data is None:
+            raise FileNotFoundError(
+                "silero-vad is not installed (pip install --no-deps silero-vad), or pass the "
+                "path of silero_vad_16k.safetensors"
+            )
+        path = os.path.join(data, "silero_vad_16k.safetensors")
     return from_state_dict(jaxrnn.load_state_dict_file(path))
 
 

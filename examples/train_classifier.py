@@ -263,20 +263,27 @@ class Result:
 EVAL_BATCH = 256
 
 
+def eval_batch_size(mesh: Mesh | None) -> int:
+    """``EVAL_BATCH``, rounded down to a multiple of the devices it is split over."""
+    return EVAL_BATCH if mesh is None else max(EVAL_BATCH - EVAL_BATCH % mesh.size, mesh.size)
+
+
 def eval_batch(cfg: Config, index: int, mesh: Mesh | None):
     """Batch ``index`` of the held-out set (its own random stream): host arrays, device arrays."""
-    host = make_batch(cfg, cfg.seed + 1, index, EVAL_BATCH)
-    rows = local_rows(EVAL_BATCH)
+    size = eval_batch_size(mesh)
+    host = make_batch(cfg, cfg.seed + 1, index, size)
+    rows = local_rows(size)
     return host, to_global([a[rows] for a in host], mesh)
 
 
 def evaluate(model, cfg: Config, mesh: Mesh | None) -> float:
     correct = 0
-    batches = max(cfg.eval_size // EVAL_BATCH, 1)
+    size = eval_batch_size(mesh)
+    batches = max(cfg.eval_size // size, 1)
     for i in range(batches):
         _, (tokens, lengths, labels) = eval_batch(cfg, i, mesh)
         correct += int((predict(model, tokens, lengths) == labels).sum())
-    return correct / (batches * EVAL_BATCH)
+    return correct / (batches * size)
 
 
 def train(cfg: Config, *, progress: bool = True) -> Result:

@@ -137,3 +137,17 @@ def test_linen_example_learns():
     assert np.isfinite(losses).all() and len(losses) == 40
     assert losses[-10:].mean() < losses[:10].mean()
     assert set(state.params["rnn"]) >= {"weight_ih_l0", "weight_hh_l1", "bias_hh_l1"}
+
+
+def test_eval_batch_splits_over_any_device_count(clf):
+    """The held-out batch is split over the mesh like the training batch: any device count that
+    divides --batch-size works (6 devices crashed on the fixed 256 before)."""
+
+    class Mesh:  # only its size matters here
+        def __init__(self, size):
+            self.size = size
+
+    assert clf.eval_batch_size(None) == clf.EVAL_BATCH == 256
+    for devices in (1, 2, 3, 5, 6, 7, 8, 12):
+        size = clf.eval_batch_size(Mesh(devices))
+        assert size % devices == 0 and clf.EVAL_BATCH - devices < size <= clf.EVAL_BATCH

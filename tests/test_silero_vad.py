@@ -188,3 +188,9 @@ def test_load_weights_is_strict(shipped_safetensors):
     wrong = dict(shipped_safetensors, **{"conv2.bias": np.zeros(3)})
     with pytest.raises(ValueError, match=r"conv2.bias has shape \(3,\), expected \(64,\)"):
         vad.load_weights(model, wrong)
+
+
+def test_load_safetensors_without_the_package_says_so(monkeypatch):
+    monkeypatch.setattr(vad, "silero_data_dir", lambda: None)
+    with pytest.raises(FileNotFoundError, match=r"silero-vad is not installed \(pip install"):
+        vad.load_safetensors()
