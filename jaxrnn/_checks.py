@@ -113,9 +113,10 @@ def check_no_proj_size(name: str, kwargs) -> None:
 
 def check_cell_constructor(name: str, input_size, hidden_size, bias=True) -> None:
     """Validate a cell's constructor arguments (torch's cells check none and accept sizes of 0;
-    the messages are its layers')."""
+    the messages are its layers'). ``bias`` is not checked: as in torch's cells, its truth
+    decides (``RNNCell(10, 20, 'relu')`` has biases)."""
+    del bias
     _check_sizes(name, input_size, hidden_size, least=0)
-    _check_bool(name, "bias", bias)
 
 
 def _check_bool(name: str, arg: str, value) -> None:

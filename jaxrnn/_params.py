@@ -144,8 +144,16 @@ def torch_extra_repr(cls_name: str, config: Mapping) -> str:
     ``RNNCellBase``'s). Arguments absent from ``config`` are left out."""
     defaults = _REPR_DEFAULTS["cell" if cls_name.endswith("Cell") else "layer"]
     args = [str(config["input_size"]), str(config["hidden_size"])]
-    args += [f"{k}={config[k]}" for k, d in defaults.items() if k in config and config[k] != d]
+    args += [
+        f"{k}={config[k]}" for k, d in defaults.items() if k in config and _differs(config[k], d)
+    ]
     return ", ".join(args)
+
+
+def _differs(value, default) -> bool:
+    """Torch's test in ``extra_repr``: ``is not`` for the bool defaults (a cell's ``bias=1``
+    shows), ``!=`` for the numbers and strings."""
+    return value is not default if isinstance(default, bool) else value != default
 
 
 def torch_repr(cls_name: str, config: Mapping) -> str:

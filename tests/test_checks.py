@@ -560,3 +560,17 @@ def test_loop_options_are_checked(kwargs, pattern):
     _raises(ValueError, "GRU: " + pattern, m, jnp.ones((5, 2, 3)))
     lin = jrl.GRU(3, 4, **kwargs)
     _raises(ValueError, "GRU: " + pattern, lin.init, jax.random.key(0), jnp.ones((5, 2, 3)))
+
+
+@pytest.mark.parametrize("bias", ["relu", 1, 0, False, None])
+@pytest.mark.parametrize("cls", ["RNNCell", "GRUCell", "LSTMCell"])
+def test_cell_bias_is_taken_by_its_truth_as_torchs(cls, bias):
+    """torch's cells check no argument: ``RNNCell(10, 20, 'relu')`` (torch's own test samples
+    build it) has biases, ``bias=0`` none; the repr shows what was given, as torch's."""
+    theirs = getattr(torch.nn, cls)(10, 20, bias)
+    ours = getattr(jaxrnn, cls)(10, 20, bias, rngs=nnx.Rngs(0))
+    assert repr(ours) == repr(theirs)
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in theirs.named_parameters()]
+    linen = getattr(jrl, cls)(10, 20, bias)
+    variables = linen.init(jax.random.key(0), jnp.ones((2, 10)))
+    assert sorted(variables["params"]) == sorted(n for n, _ in theirs.named_parameters())
