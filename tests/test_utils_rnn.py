@@ -424,6 +424,13 @@ def test_packed_sequence_replace_asdict_and_casts_as_torch():
     assert ours.to("cpu", non_blocking=True) is ours and ours.to(device="cpu") is ours
     assert theirs.to(torch.device("cpu"), non_blocking=True) is theirs
     assert ours.is_cuda is theirs.is_cuda is False
+
+    def under_jit(x):  # traced data: the default backend answers
+        packed = jr.pack_padded_sequence(x, lengths, enforce_sorted=False)
+        assert packed.is_cuda is (jax.default_backend() == "gpu")
+        return packed.padded
+
+    jax.jit(under_jit)(X)
     assert ours.is_pinned() is theirs.is_pinned() is False
 
 

@@ -270,8 +270,11 @@ class PackedSequence:
 
     @property
     def is_cuda(self) -> bool:
-        """Whether the data is on a GPU, as torch's."""
-        return any(d.platform == "gpu" for d in getattr(self.padded, "devices", set)())
+        """Whether the data is on a GPU, as torch's (under ``jit``: whether JAX's default backend
+        is one, where a traced array will run)."""
+        if isinstance(self.padded, jax.core.Tracer):
+            return jax.default_backend() == "gpu"
+        return any(d.platform == "gpu" for d in self.padded.devices())
 
     def is_pinned(self) -> bool:
         """``False``: JAX has no pinned host memory for arrays like torch's."""
