@@ -778,6 +778,11 @@ def _device_from_name(name: str):
     return jax.devices("gpu" if platform == "cuda" else platform)[int(index or 0)]
 
 
+def is_torch_packed(x) -> bool:
+    """Whether ``x`` is torch's ``PackedSequence`` (without importing torch)."""
+    return type(x).__name__ == "PackedSequence" and type(x).__module__.startswith("torch")
+
+
 def check_is_packed(name: str, what: str, x, cls) -> None:
     if not isinstance(x, cls):
         raise TypeError(f"{name}: {what} must be a PackedSequence, got {type(x).__name__}")

@@ -304,7 +304,8 @@ _LAYER_DOC = """
 
     Inputs: input, {hx}
         * **input**: ``(L, N, H_in)``, ``(N, L, H_in)`` when ``batch_first=True``, or ``(L, H_in)``
-          unbatched; or a :class:`jaxrnn.utils.rnn.PackedSequence`.
+          unbatched; or a :class:`jaxrnn.utils.rnn.PackedSequence` (torch's own is taken too, by
+          its fields; ``output`` is then jaxrnn's).
         * **{hx}**: {hx_shape} Defaults to zeros.
 
     Outputs: output, {hn}

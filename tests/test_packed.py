@@ -398,3 +398,22 @@ def test_lengths_as_a_list_through_jit():
 
     for got in both(ours, jnp.asarray(x), [2, 5]):
         np.testing.assert_allclose(got, out_t.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_torchs_own_packed_sequence_is_taken():
+    """A torch PackedSequence (an equivalence test packs once for both libraries) runs through
+    the modules and pad_packed_sequence by its fields: torch's results, jaxrnn's PackedSequence."""
+    torch.manual_seed(0)
+    module = torch.nn.LSTM(3, 4, 2, bidirectional=True)
+    x = torch.randn(5, 3, 3)
+    packed = tr.pack_padded_sequence(x, [3, 5, 2], enforce_sorted=False)
+    out_t, (h_t, c_t) = module(packed)
+    out, (h_n, c_n) = jaxrnn.from_torch(module)(packed)
+    assert isinstance(out, PackedSequence)
+    np.testing.assert_allclose(out.data, out_t.data.detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(h_n, h_t.detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(c_n, c_t.detach().numpy(), rtol=1e-5, atol=1e-6)
+    padded, lengths = pad_packed_sequence(out_t)
+    want, want_lengths = tr.pad_packed_sequence(out_t)
+    np.testing.assert_allclose(padded, want.detach().numpy(), rtol=1e-6)
+    np.testing.assert_array_equal(lengths, want_lengths.numpy())

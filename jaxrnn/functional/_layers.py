@@ -194,6 +194,8 @@ def rnn(
     when ``training`` is true (needs ``dropout_key``).
     """
     name = name or {"RNN_TANH": "RNN", "RNN_RELU": "RNN"}.get(mode, mode)
+    if _checks.is_torch_packed(input):  # torch's own, from its fields (see PackedSequence)
+        input = _packing.PackedSequence(*input)
     if isinstance(input, _packing.PackedSequence):  # runs its padded view; see jaxrnn.utils.rnn
         forward = functools.partial(
             rnn,

@@ -365,7 +365,7 @@ def pad_packed_sequence(
     """Pads a packed batch back to a tensor, as torch's; the inverse of :func:`pack_padded_sequence`.
 
     Args:
-        sequence: a :class:`PackedSequence`.
+        sequence: a :class:`PackedSequence` (or torch's, read from its fields).
         batch_first: return ``(B, T, *)`` instead of ``(T, B, *)``.
         padding_value: the value at padded positions.
         total_length: pad to this length (``ValueError`` if a sequence is longer).
@@ -384,6 +384,8 @@ def pad_packed_sequence(
         ([[1.0, 1.0, 1.0], [1.0, -1.0, -1.0]], [3, 1])
     """
     name = "pad_packed_sequence"
+    if _checks.is_torch_packed(sequence):  # torch's own, from its fields
+        sequence = PackedSequence(*sequence)
     _checks.check_is_packed(name, "sequence", sequence, PackedSequence)
     padded, lengths = sequence.padded, sequence.lengths
     steps = padded.shape[0]
