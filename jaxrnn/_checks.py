@@ -351,10 +351,8 @@ def _float_dtype(name: str, arg: str, dtype):
     """``dtype`` as a floating JAX dtype: a JAX/numpy dtype, its name, or a torch dtype (read by
     its name, ``torch.float64`` -> float64); TypeError otherwise."""
     shown = dtype
-    if type(dtype).__module__ == "torch":
-        dtype = str(dtype).removeprefix("torch.")
     try:
-        resolved = jnp.dtype(dtype)
+        resolved = jnp.dtype(_torch_name(dtype))
     except TypeError:
         resolved = None
     if resolved is None or not jnp.issubdtype(resolved, jnp.floating):
@@ -500,6 +498,13 @@ def check_cell_call(name: str, mode: str, input, hx, input_size: int, hidden_siz
     return x, (tuple(states) if mode == "LSTM" else states[0]), batched
 
 
+def _from_torch(x):
+    """A torch tensor as a numpy array (without importing torch); anything else as it is."""
+    if hasattr(x, "detach") and hasattr(x, "cpu"):
+        return x.detach().cpu().numpy()
+    return x
+
+
 def _list_array(values):
     """A list (or other sequence) of lengths as one array: numpy, or JAX where an item is a JAX
     array or tracer (a list passed through ``jit`` arrives as a list of tracers)."""
@@ -515,8 +520,7 @@ def check_seq_lengths(name: str, seq_lengths, batch: int, seq_len: int, batched:
     outputs and ``h_n = h_0``, so empty slots of a fixed-size batch need no special case. Traced
     lengths cannot be checked: values above ``L`` then act as ``L`` and values below 0 as 0.
     """
-    if hasattr(seq_lengths, "detach") and hasattr(seq_lengths, "cpu"):  # torch.Tensor
-        seq_lengths = seq_lengths.detach().cpu().numpy()
+    seq_lengths = _from_torch(seq_lengths)
     if not hasattr(seq_lengths, "shape"):
         seq_lengths = _list_array(seq_lengths)
     if not jnp.issubdtype(seq_lengths.dtype, jnp.integer):
@@ -592,12 +596,9 @@ def check_pack_lengths(name: str, lengths, batch: int, steps: int, enforce_sorte
     with ``enforce_sorted``) and against the padded length ``steps`` (torch does not check it
     and reads past its input).
     """
-    if isinstance(lengths, (jax.Array, np.ndarray, np.generic)):
-        arr = lengths
-    elif hasattr(lengths, "detach") and hasattr(lengths, "cpu"):  # torch.Tensor
-        arr = lengths.detach().cpu().numpy()
-    else:
-        arr = _list_array(lengths)
+    arr = _from_torch(lengths)
+    if not isinstance(arr, (jax.Array, np.ndarray, np.generic)):  # a list or tuple
+        arr = _list_array(arr)
         if arr.size == 0:
             arr = arr.astype(np.int64)
     if jnp.issubdtype(arr.dtype, jnp.floating):  # torch casts them to int64 (truncating)
@@ -649,8 +650,7 @@ def check_total_length(name: str, total_length, longest: int | None, steps: int)
     """
     if total_length is None:
         return steps if longest is None else longest
-    if hasattr(total_length, "detach") and hasattr(total_length, "cpu"):  # torch.Tensor
-        total_length = total_length.detach().cpu().numpy()
+    total_length = _from_torch(total_length)
     if (
         isinstance(total_length, (np.ndarray, jax.Array))
         and not isinstance(total_length, jax.core.Tracer)
@@ -734,20 +734,13 @@ def check_to_arguments(name: str, args, kwargs):
             device = arg
         else:
             dtype = arg
-    if type(device).__module__ == "torch":  # torch.device('cuda', 1) -> 'cuda:1'
-        device = str(device)
-    if isinstance(device, str):
-        device = _device_from_name(device)
-    if type(dtype).__name__ == "device" and type(dtype).__module__ == "torch":
-        dtype = str(dtype)
-    if isinstance(dtype, str) and dtype.split(":")[0] in ("cpu", "cuda", "gpu", "tpu"):
-        dtype, device = None, _device_from_name(dtype)  # torch's to("cpu"), to("cuda:1")
+    if _is_device_name(_torch_name(dtype)):  # torch's to("cpu"), to(torch.device("cuda", 1))
+        dtype, device = None, dtype
+    device = check_device(name, device)
     if dtype is not None:
         shown = dtype
-        if type(dtype).__module__ == "torch":  # torch.float16 -> "float16"
-            dtype = str(dtype).removeprefix("torch.")
         try:
-            dtype = jnp.dtype(dtype)
+            dtype = jnp.dtype(_torch_name(dtype))
         except TypeError:
             raise TypeError(
                 f"{name}: expected a dtype or a JAX device/sharding, got {shown!r}"
@@ -760,9 +753,8 @@ def check_device(name: str, device):
     (``'cuda:1'``, ``torch.device``) as the JAX device."""
     if device is None or isinstance(device, (jax.Device, jax.sharding.Sharding)):
         return device
-    if type(device).__module__ == "torch":
-        device = str(device)
-    if isinstance(device, str) and device.split(":")[0] in ("cpu", "cuda", "gpu", "tpu"):
+    device = _torch_name(device)
+    if _is_device_name(device):
         try:
             return _device_from_name(device)
         except (RuntimeError, IndexError, ValueError) as e:
@@ -770,6 +762,16 @@ def check_device(name: str, device):
     raise TypeError(
         f"{name}: device must be a JAX device or sharding or a torch device string, got {device!r}"
     )
+
+
+def _torch_name(x):
+    """A torch dtype or device by its name (``torch.float16`` -> ``'float16'``,
+    ``torch.device('cuda', 1)`` -> ``'cuda:1'``); anything else as it is."""
+    return str(x).removeprefix("torch.") if type(x).__module__ == "torch" else x
+
+
+def _is_device_name(x) -> bool:
+    return isinstance(x, str) and x.split(":")[0] in ("cpu", "cuda", "gpu", "tpu")
 
 
 def _device_from_name(name: str):
@@ -805,9 +807,7 @@ def check_batch_sizes(name: str, batch_sizes, data_shape) -> np.ndarray:
             f"{name}: batch_sizes must be concrete (it fixes the padded shape); under jit, build "
             "the PackedSequence with pack_padded_sequence(padded, lengths) instead"
         )
-    if hasattr(batch_sizes, "detach") and hasattr(batch_sizes, "cpu"):
-        batch_sizes = batch_sizes.detach().cpu().numpy()
-    sizes = np.asarray(batch_sizes)
+    sizes = np.asarray(_from_torch(batch_sizes))
     if sizes.ndim != 1 or not (sizes.size == 0 or jnp.issubdtype(sizes.dtype, jnp.integer)):
         raise ValueError(
             f"{name}: batch_sizes must be a 1-D integer array, got shape {sizes.shape} and "

@@ -21,6 +21,12 @@ GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
 CLASS_MODES = {"RNN": ("RNN_TANH", "RNN_RELU"), "LSTM": ("LSTM",), "GRU": ("GRU",)}
 
 
+def torch_class(mode: str, cell: bool = False) -> str:
+    """Torch's class for a mode: ``'RNN_RELU'`` -> ``'RNN'``, with ``cell`` ``'RNNCell'``."""
+    cls = next(c for c, modes in CLASS_MODES.items() if mode in modes)
+    return cls + "Cell" if cell else cls
+
+
 def rnn_mode(nonlinearity: str) -> str:
     """Torch's mode string for ``nn.RNN`` with the given nonlinearity."""
     return "RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU"

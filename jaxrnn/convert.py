@@ -32,16 +32,18 @@ def to_numpy(value) -> np.ndarray:
     return np.array(value, copy=True)
 
 
-def _flat(tree: Mapping, path: tuple = ()) -> Iterator[tuple[tuple, Any]]:
+def _flat(tree: Mapping, path: tuple = (), sequences: bool = False) -> Iterator[tuple[tuple, Any]]:
     """``(key path, leaf)`` for every leaf of nested mappings, depth first, each mapping in its
-    iteration order.
+    iteration order; with ``sequences``, lists and tuples are walked too, their items keyed by
+    index (a loaded torch file's ``{'models': [sd0, sd1]}``).
 
     ``{'a': {'b': 1}, 'c': 2}`` gives ``(('a', 'b'), 1)`` then ``(('c',), 2)``; callers join the
     path as their format needs (``'.'`` for torch's names, ``'/'`` for Flax's).
     """
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            yield from _flat(value, path + (key,))
+    items = enumerate(tree) if isinstance(tree, (list, tuple)) else tree.items()
+    for key, value in items:
+        if isinstance(value, Mapping) or (sequences and isinstance(value, (list, tuple))):
+            yield from _flat(value, path + (key,), sequences)
         else:
             yield path + (key,), value
 

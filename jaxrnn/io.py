@@ -242,21 +242,9 @@ def _flatten(obj: Mapping) -> dict[str, np.ndarray]:
     index) joined with dots."""
     return {
         _dotted(path): convert.to_numpy(value)
-        for path, value in _leaves(obj)
+        for path, value in convert._flat(obj, sequences=True)
         if hasattr(value, "detach") and hasattr(value, "shape")  # a tensor
     }
-
-
-def _leaves(obj, path: tuple = ()):
-    """``(key path, leaf)`` for every leaf of nested mappings, lists and tuples."""
-    if isinstance(obj, Mapping):
-        for key, value in obj.items():
-            yield from _leaves(value, path + (key,))
-    elif isinstance(obj, (list, tuple)):
-        for index, value in enumerate(obj):
-            yield from _leaves(value, path + (index,))
-    else:
-        yield path, obj
 
 
 def _dotted(path: tuple) -> str:

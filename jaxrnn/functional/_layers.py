@@ -228,8 +228,8 @@ def rnn(
         cfg["proj_size"],
     )
     _checks.check_params(name, params, expected)
-    cls = "LSTM" if mode == "LSTM" else "GRU" if mode == "GRU" else "RNN"
-    _checks.check_no_unexpected_params(name, params, expected, _params.torch_repr(cls, cfg))
+    what = _params.torch_repr(_params.torch_class(mode), cfg)
+    _checks.check_no_unexpected_params(name, params, expected, what)
     x = _checks.as_array(name, "input", input)
     batched = _checks.check_layer_input(name, mode, x.shape, cfg["input_size"])
     num_layers, hidden_size, proj_size = cfg["num_layers"], cfg["hidden_size"], cfg["proj_size"]
@@ -371,9 +371,9 @@ def cell_forward(
     bias = any(params.get(k) is not None for k in ("bias_ih", "bias_hh"))
     expected = _params.cell_param_shapes(mode, input_size, hidden_size, bias)
     _checks.check_params(name, params, expected)
-    cls = "LSTMCell" if mode == "LSTM" else "GRUCell" if mode == "GRU" else "RNNCell"
     config = dict(input_size=input_size, hidden_size=hidden_size, bias=bias)
-    _checks.check_no_unexpected_params(name, params, expected, _params.torch_repr(cls, config))
+    what = _params.torch_repr(_params.torch_class(mode, cell=True), config)
+    _checks.check_no_unexpected_params(name, params, expected, what)
     x, state, batched = _checks.check_cell_call(name, mode, input, hx, input_size, hidden_size)
     compute = _checks.compute_dtype(name, dtype, x, params["weight_ih"])
     if not batched:
