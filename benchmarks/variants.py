@@ -14,7 +14,7 @@ faults per call after the timed rounds.
 
 Usage: ``python benchmarks/variants.py [EXPERIMENT ...] [--reps N] [--out FILE]``; experiments:
 ``activation-block``, ``bias-gradient``, ``inference-windows``, ``joint-inference``,
-``stacked-input`` (all by default).
+``step-major-gradients``, ``stacked-input`` (all by default).
 """
 
 from __future__ import annotations
@@ -91,6 +91,24 @@ EXPERIMENTS = {
             C.Workload("LSTM", 128, 64, 256, 512, 2),
         ],
         ("fwd",),
+    ),
+    "step-major-gradients": (
+        "a feature-major backward fills its gate-gradient buffers step-major from 2048 gate rows "
+        "for LSTM, 768 for GRU (_fused._STEP_MAJOR_GRADIENTS_FROM), against 2048 for both, and "
+        "against 1024 for LSTM",
+        {
+            "GRU from 2048": {"_fused._STEP_MAJOR_GRADIENTS_FROM": {"LSTM": 2048, "GRU": 2048}},
+            "LSTM from 1024": {"_fused._STEP_MAJOR_GRADIENTS_FROM": {"LSTM": 1024, "GRU": 768}},
+        },
+        [
+            C.Workload("GRU", 128, 64, 256, 512, 2),
+            C.Workload("GRU", 128, 32, 128, 256),
+            C.Workload("GRU", 128, 32, 128, 256, 2, True),
+            C.Workload("GRU", 128, 64, 128, 256, 2),
+            C.Workload("LSTM", 128, 32, 128, 256),
+            C.Workload("LSTM", 128, 32, 128, 256, 2, True),
+        ],
+        ("train",),
     ),
     "stacked-input": (
         "a feature-major layer above another reads its input feature-major, where the layer "

@@ -602,15 +602,16 @@ def test_unit_groups_refuse_projection_and_uneven_split():
         _fused_layer("GRU", weights, x, state0, None, 1, groups=4)
 
 
-@pytest.mark.parametrize("mode,hidden,batch", [("LSTM", 512, 8), ("GRU", 683, 32)])
+@pytest.mark.parametrize("mode,hidden,batch", [("LSTM", 512, 8), ("GRU", 256, 32)])
 def test_step_major_gradient_buffers_match_torch(mode, hidden, batch):
-    """Layers with ``_fused._STEP_MAJOR_GRADIENTS_FROM`` gate rows or more, where the feature-major
-    backward fills its gate-gradient buffers step-major, against torch (bidirectional, with
-    variable lengths and ``hx``)."""
+    """Layers with ``_fused._STEP_MAJOR_GRADIENTS_FROM[mode]`` gate rows or more, where the
+    feature-major backward fills its gate-gradient buffers step-major, against torch
+    (bidirectional, with variable lengths and ``hx``)."""
     gates = {"LSTM": 4, "GRU": 3}[mode]
     assert _fused.feature_major_default(mode, batch, hidden)
-    assert _fused.step_major_gradients_default(gates * hidden, True)
-    assert not _fused.step_major_gradients_default(gates * hidden - gates, True)
+    assert _fused.step_major_gradients_default(mode, gates * hidden, True)
+    assert not _fused.step_major_gradients_default(mode, gates * hidden - gates, True)
+    assert not _fused.step_major_gradients_default(mode, gates * hidden, False)
     _check_packed_against_torch(mode, dict(bidirectional=True), batch, hidden, 1e-4)
 
 

@@ -78,13 +78,16 @@ from jaxrnn.functional._fused_layout import _group_rows, _outputs_batch_major
 _FEATURE_MAJOR_FROM = {"LSTM": 8, "GRU": 32}
 _FEATURE_MAJOR_MIN_HIDDEN = 256
 
-# From this many gate rows (``G*H``) a feature-major backward fills its gate-gradient buffers
-# step-major, ``(L, G*H, N)``, one contiguous block per step, and transposes them once to
+# From this many gate rows (``G*H``, per mode) a feature-major backward fills its gate-gradient
+# buffers step-major, ``(L, G*H, N)``, one contiguous block per step, and transposes them once to
 # ``(G*H, L, N)`` for the weight-gradient matmuls. Below, it writes ``(G*H, L, N)`` directly, a
-# strided row per gate row and step, which is cheaper while those rows are few (interleaved A/B:
-# the transpose cost 0.5-3% on the H=256 workloads; at LSTM H=512, 2048 rows, the strided writes
-# were a tenth of the training step in profiles and step-major was 2.5-3.5% faster).
-_STEP_MAJOR_GRADIENTS_FROM = 2048
+# strided row per gate row and step, which is cheaper for LSTM while those rows are few
+# (interleaved A/B: the transpose cost 0.5-3% on the H=256 LSTM workloads; at LSTM H=512, 2048
+# rows, the strided writes were a tenth of the training step in profiles and step-major was
+# 2.5-3.5% faster). A GRU step reads and writes four blocks per step for three gates (its ``n``
+# gate's two sides), and step-major pays from its smallest feature-major layer on
+# (``benchmarks/variants.py step-major-gradients``).
+_STEP_MAJOR_GRADIENTS_FROM = {"LSTM": 2048, "GRU": 768}
 
 # Hidden-unit groups (``layer(unit_groups=...)``): one direction's step split into independent
 # products, each computing all gates of a group of units from the whole state, so that XLA runs
@@ -113,10 +116,15 @@ def feature_major_default(mode: str, batch: int, hidden: int) -> bool:
     )
 
 
-def step_major_gradients_default(gate_rows: int, feature_major: bool) -> bool:
+def step_major_gradients_default(mode: str, gate_rows: int, feature_major: bool) -> bool:
     """Whether a feature-major backward fills its gate-gradient buffers step-major: from
-    ``_STEP_MAJOR_GRADIENTS_FROM`` gate rows (``G*H``). Batch-major they are always step-major."""
-    return feature_major and gate_rows >= _STEP_MAJOR_GRADIENTS_FROM
+    ``_STEP_MAJOR_GRADIENTS_FROM[mode]`` gate rows (``G*H``). Batch-major they are always
+    step-major."""
+    return (
+        feature_major
+        and mode in _STEP_MAJOR_GRADIENTS_FROM
+        and gate_rows >= _STEP_MAJOR_GRADIENTS_FROM[mode]
+    )
 
 
 def input_feature_major(stacked: bool, feature_major: bool, hidden_out: int, batch: int) -> bool:
@@ -221,7 +229,7 @@ def layer(
         feature_major = feature_major_default(mode, x.shape[1], hidden)
     if step_major_gradients is None:
         gate_rows = weights[0]["weight_hh"].shape[0]
-        step_major_gradients = step_major_gradients_default(gate_rows, feature_major)
+        step_major_gradients = step_major_gradients_default(mode, gate_rows, feature_major)
     if unit_groups is None:
         unit_groups = unit_groups_default(mode, weights, x.shape[1], feature_major)
     groups = int(unit_groups)
