@@ -26,6 +26,24 @@ def _is_int(x) -> bool:
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
+def check_arguments(name: str, **arguments) -> None:
+    """Flags and numbers of the packing functions, as torch's argument parser checks them:
+    ``argument=(value, position, kind)`` with ``kind`` ``"bool"`` or ``"float"`` (a real number
+    or a 0-d array); a ``TypeError`` in torch's words otherwise."""
+    for arg, (value, position, kind) in arguments.items():
+        if kind == "bool":
+            ok = isinstance(value, (bool, np.bool_))
+        else:
+            ok = isinstance(value, numbers.Real) or (
+                hasattr(value, "dtype") and np.ndim(value) == 0 and value.dtype.kind in "biuf"
+            )
+        if not ok:
+            raise TypeError(
+                f"{name}(): argument '{arg}' (position {position}) must be {kind}, "
+                f"not {type(value).__name__}"
+            )
+
+
 def user_stacklevel() -> int:
     """The ``stacklevel`` that attributes a warning raised by this module's caller to the first
     frame outside jaxrnn, Flax and generated code (the user's line), however deep the call."""
@@ -124,12 +142,13 @@ def _check_bool(name: str, arg: str, value) -> None:
         raise TypeError(f"{name}: {arg} should be of type bool, got: {type(value).__name__}")
 
 
-def check_nonlinearity(name: str, nonlinearity) -> str:
-    """Torch's mode string for ``nonlinearity``, or torch's error for an unknown one."""
+def check_nonlinearity(name: str, nonlinearity, cell: bool = False) -> str:
+    """Torch's mode string for ``nonlinearity``, or torch's error for an unknown one: the
+    layer's ``ValueError``; for a ``cell``, whose torch twin fails in its forward with a
+    ``RuntimeError`` ("Unknown nonlinearity: ..."), one that is both."""
     if nonlinearity not in ("tanh", "relu"):
-        raise ValueError(
-            f"{name}: Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'."
-        )
+        error = TorchRuntimeError if cell else ValueError
+        raise error(f"{name}: Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
     return _params.rnn_mode(nonlinearity)
 
 
@@ -146,8 +165,13 @@ def _check_sizes(name, input_size, hidden_size, least: int = 1) -> None:
         if not _is_int(value):
             raise TypeError(f"{name}: {arg} should be of type int, got: {type(value).__name__}")
         if value < least:
-            what = "greater than zero" if least else "non-negative"
-            raise ValueError(f"{name}: {arg} must be {what}, got {value}")
+            if least:
+                raise ValueError(f"{name}: {arg} must be greater than zero, got {value}")
+            # a cell: torch's fails creating the weight, a RuntimeError
+            raise TorchRuntimeError(
+                f"{name}: {arg} must be non-negative, got {value} (Trying to create tensor with "
+                f"negative dimension {value})"
+            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,14 +194,27 @@ def as_array(name: str, what: str, x) -> jax.Array:
     return jnp.asarray(arr)
 
 
-class DtypeError(TypeError, ValueError):
-    """A non-floating input or state. A ``TypeError``, and a ``ValueError`` as torch's
-    "input dtype ... does not match weight dtype" is."""
+class DtypeError(TypeError, ValueError, RuntimeError):
+    """A non-floating input or state. A ``TypeError``, a ``ValueError`` as torch's "input dtype
+    ... does not match weight dtype" for a layer's input is, and a ``RuntimeError`` as torch's
+    error for an integer state or cell input is ("mat1 and mat2 must have the same dtype")."""
 
 
 class TorchRuntimeTypeError(TypeError, RuntimeError):
     """An argument of the wrong type where torch raises ``RuntimeError``: a ``TypeError`` that is
     also a ``RuntimeError``."""
+
+
+def _check_lstm_hx(name: str, hx, op: str) -> None:
+    """An LSTM's ``hx`` is a pair ``(h_0, c_0)``; a tuple of another length is torch's
+    ``RuntimeError`` ("lstm expects two hidden states"), anything else a ``TypeError``."""
+    if isinstance(hx, (tuple, list)) and len(hx) != 2:
+        raise TorchRuntimeTypeError(
+            f"{name}: {op} expects two hidden states: hx must be a tuple (h_0, c_0) of two "
+            f"arrays, got {_describe(hx)}"
+        )
+    if not isinstance(hx, (tuple, list)):
+        raise TypeError(f"{name}: hx must be a tuple (h_0, c_0) of two arrays, got {_describe(hx)}")
 
 
 class TorchRuntimeError(ValueError, RuntimeError):
@@ -304,20 +341,49 @@ def load_copy_error(name: str, key: str, model_shape, checkpoint_shape, exc) -> 
     )
 
 
-def dropout_stream(name: str, rngs, dropout: float):
-    """A fork of the ``dropout`` stream (NNX falls back to ``default``) of a module's ``rngs``,
-    for the dropout between layers (kept with ``dropout=0`` too, so that setting ``.dropout``
-    later works as in torch); ``None`` without one if ``dropout`` is 0, else a clear error."""
+def check_module_rngs(name: str, rngs, dropout: float = 0.0) -> None:
+    """A module constructor's ``rngs``: an ``nnx.Rngs`` with a ``params`` stream (NNX falls back
+    to ``default``) and, for ``dropout`` between layers, a ``dropout`` stream; checked before
+    anything is drawn, so that a refused constructor advances no stream."""
+    from flax import nnx
+
+    if not isinstance(rngs, nnx.Rngs):
+        raise TypeError(
+            f"{name}: rngs must be nnx.Rngs, e.g. rngs=nnx.Rngs(0), got {type(rngs).__name__}"
+        )
+    needs = {"params": "the weights need", "dropout": f"dropout={dropout} between layers needs"}
+    for stream, what in needs.items():
+        if stream == "dropout" and dropout == 0:
+            continue
+        if _stream(rngs, stream) is None:
+            raise ValueError(
+                f"{name}: {what} a '{stream}' (or 'default') stream in rngs, e.g. nnx.Rngs(0) "
+                "or nnx.Rngs(params=0, dropout=1)"
+            )
+
+
+def _stream(rngs, name: str):
+    """``rngs``' stream ``name`` (NNX falls back to ``default``), ``None`` where it has none."""
     try:
-        stream = rngs["dropout"]
+        return rngs[name]
     except (KeyError, AttributeError):
-        if dropout == 0:
-            return None
+        return None
+
+
+def dropout_stream(rngs):
+    """A fork of the ``dropout`` stream of a module's ``rngs`` (checked by
+    :func:`check_module_rngs`), for the dropout between layers; kept with ``dropout=0`` too, so
+    that setting ``.dropout`` later works as in torch; ``None`` where ``rngs`` has none."""
+    stream = _stream(rngs, "dropout")
+    return None if stream is None else stream.fork()
+
+
+def check_training_mode(name: str, mode) -> None:
+    """``module.train(mode)``: a bool, as torch's ``Module.train`` checks."""
+    if not isinstance(mode, bool):
         raise ValueError(
-            f"{name}: dropout={dropout} between layers needs a 'dropout' (or 'default') stream "
-            "in rngs, e.g. nnx.Rngs(0) or nnx.Rngs(params=0, dropout=1)"
-        ) from None
-    return stream.fork()
+            f"{name}.train: training mode is expected to be boolean, got {type(mode).__name__}"
+        )
 
 
 def check_dropout_source(name: str, dropout: float, source) -> None:
@@ -394,10 +460,7 @@ def check_layer_hidden(
     real_hidden = proj_size if proj_size > 0 else hidden_size
     lead = num_layers * num_directions
     if mode == "LSTM":
-        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-            raise TypeError(
-                f"{name}: hx must be a tuple (h_0, c_0) of two arrays, got {_describe(hx)}"
-            )
+        _check_lstm_hx(name, hx, "lstm")
         h0 = as_array(name, "h_0", hx[0])
         c0 = as_array(name, "c_0", hx[1])
         want = 3 if batched else 2
@@ -458,10 +521,7 @@ def check_cell_call(name: str, mode: str, input, hx, input_size: int, hidden_siz
     if hx is None:
         states = []
     elif mode == "LSTM":
-        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-            raise TypeError(
-                f"{name}: hx must be a tuple (h_0, c_0) of two arrays, got {_describe(hx)}"
-            )
+        _check_lstm_hx(name, hx, "lstm_cell")
         states = [as_array(name, f"hx[{i}]", h) for i, h in enumerate(hx)]
     else:
         if isinstance(hx, (tuple, list)):

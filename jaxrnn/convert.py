@@ -136,6 +136,12 @@ def match_state_dict(
         if key not in state_dict:
             continue
         value = to_numpy(state_dict[key])
+        if value.dtype.kind not in "biufc" and value.dtype.name != "bfloat16":  # None, str, ...
+            errors.append(
+                f'While copying the parameter named "{key}", expected torch.Tensor or '
+                f"Tensor-like object from checkpoint but received {type(state_dict[key])}"
+            )
+            continue
         if tuple(value.shape) != tuple(shape):
             errors.append(
                 f"size mismatch for {key}: copying a param with shape {_size(value.shape)} from "

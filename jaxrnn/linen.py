@@ -229,7 +229,7 @@ class RNNCell(_CellBase):
 
     @nn.nowrap
     def _mode(self) -> str:
-        return _checks.check_nonlinearity(type(self).__name__, self.nonlinearity)
+        return _checks.check_nonlinearity(type(self).__name__, self.nonlinearity, cell=True)
 
 
 class LSTMCell(_CellBase):

@@ -147,8 +147,14 @@ class _TorchParams(nnx.Module):
         name = type(self).__name__
         loaded = convert.match_state_dict(name, state_dict, self._shapes, strict)
         values = {}
+        kept = {}  # assign: the checkpoint's dtypes (float64 without x64: float32, one warning)
         for key, value in loaded.items():  # every value cast before any is assigned
-            dtype = None if assign else getattr(self, key)[...].dtype
+            dtype = getattr(self, key)[...].dtype
+            if assign:
+                if value.dtype.name not in kept:
+                    what = f"{name}.load_state_dict: the state dict"
+                    kept[value.dtype.name] = convert.jax_param_dtype(value.dtype.name, what)
+                dtype = kept[value.dtype.name]
             try:
                 values[key] = jnp.array(value, dtype=dtype)
             except (TypeError, ValueError) as e:
@@ -170,6 +176,7 @@ class _TorchParams(nnx.Module):
     def train(self, mode: bool = True, **attributes):
         """Training mode (dropout between layers active), as torch's ``module.train(mode)``;
         returns the module."""
+        _checks.check_training_mode(type(self).__name__, mode)
         if mode:
             super().train(**attributes)
         else:
@@ -220,6 +227,7 @@ class _RNNBase(_TorchParams):
         )
         dtype, param_dtype = _checks.check_dtypes(name, dtype, param_dtype)
         device = _checks.check_device(name, device)
+        _checks.check_module_rngs(name, rngs, float(dropout) if num_layers > 1 else 0.0)
         self.mode = mode
         self.input_size = input_size
         self.hidden_size = hidden_size
@@ -239,7 +247,7 @@ class _RNNBase(_TorchParams):
             mode, input_size, hidden_size, num_layers, bias, bidirectional, proj_size
         )
         self._create_params(shapes, hidden_size, rngs, param_dtype, device)
-        self.rngs = _checks.dropout_stream(name, rngs, self.dropout) if num_layers > 1 else None
+        self.rngs = _checks.dropout_stream(rngs) if num_layers > 1 else None
 
     def flatten_parameters(self) -> None:
         """A no-op, for code written for torch's cuDNN weight packing."""
@@ -518,6 +526,7 @@ class _CellBase(_TorchParams):
         _checks.check_cell_constructor(type(self).__name__, input_size, hidden_size, bias)
         dtype, param_dtype = _checks.check_dtypes(type(self).__name__, dtype, param_dtype)
         device = _checks.check_device(type(self).__name__, device)
+        _checks.check_module_rngs(type(self).__name__, rngs)
         self.mode = mode
         self.input_size = input_size
         self.hidden_size = hidden_size
@@ -582,7 +591,7 @@ class RNNCell(_CellBase):
         rngs: nnx.Rngs,
         **kwargs,
     ):
-        mode = _checks.check_nonlinearity(type(self).__name__, nonlinearity)
+        mode = _checks.check_nonlinearity(type(self).__name__, nonlinearity, cell=True)
         self.nonlinearity = nonlinearity
         super().__init__(mode, input_size, hidden_size, bias, rngs=rngs, **kwargs)
 

@@ -244,7 +244,7 @@ def test_cell_errors():
     lcell = jaxrnn.LSTMCell(3, 4, rngs=nnx.Rngs(0))
     _raises(
         TypeError,
-        "LSTMCell: hx must be a tuple \\(h_0, c_0\\)",
+        "LSTMCell: lstm_cell expects two hidden states: hx must be a tuple \\(h_0, c_0\\)",
         lcell,
         jnp.ones((2, 3)),
         (jnp.ones((2, 4)),),
@@ -574,3 +574,137 @@ def test_cell_bias_is_taken_by_its_truth_as_torchs(cls, bias):
     linen = getattr(jrl, cls)(10, 20, bias)
     variables = linen.init(jax.random.key(0), jnp.ones((2, 10)))
     assert sorted(variables["params"]) == sorted(n for n, _ in theirs.named_parameters())
+
+
+def _torch_error(call):
+    with pytest.raises(Exception) as theirs:
+        call()
+    return theirs.value
+
+
+@pytest.mark.parametrize(
+    "name,torch_call,ours",
+    [
+        (
+            "lstm-hx-3-tuple",
+            lambda: torch.nn.LSTM(3, 4)(torch.zeros(2, 1, 3), (torch.zeros(1, 1, 4),) * 3),
+            lambda: jaxrnn.LSTM(3, 4, rngs=nnx.Rngs(0))(
+                jnp.zeros((2, 1, 3)), (jnp.zeros((1, 1, 4)),) * 3
+            ),
+        ),
+        (
+            "lstmcell-hx-1-tuple",
+            lambda: torch.nn.LSTMCell(3, 4)(torch.zeros(1, 3), (torch.zeros(1, 4),)),
+            lambda: jaxrnn.LSTMCell(3, 4, rngs=nnx.Rngs(0))(
+                jnp.zeros((1, 3)), (jnp.zeros((1, 4)),)
+            ),
+        ),
+        (
+            "gru-int-hx",
+            lambda: torch.nn.GRU(3, 4)(torch.zeros(2, 1, 3), torch.zeros(1, 1, 4).long()),
+            lambda: jaxrnn.GRU(3, 4, rngs=nnx.Rngs(0))(
+                jnp.zeros((2, 1, 3)), jnp.zeros((1, 1, 4), jnp.int32)
+            ),
+        ),
+        (
+            "grucell-int-input",
+            lambda: torch.nn.GRUCell(3, 4)(torch.zeros(2, 3).long()),
+            lambda: jaxrnn.GRUCell(3, 4, rngs=nnx.Rngs(0))(jnp.ones((2, 3), jnp.int32)),
+        ),
+        (
+            "cell-negative-size",
+            lambda: torch.nn.GRUCell(-1, 4),
+            lambda: jaxrnn.GRUCell(-1, 4, rngs=nnx.Rngs(0)),
+        ),
+        (
+            "rnncell-unknown-nonlinearity",  # torch's fails in its forward, ours at construction
+            lambda: torch.nn.RNNCell(3, 4, nonlinearity="sigmoid")(torch.zeros(1, 3)),
+            lambda: jaxrnn.RNNCell(3, 4, nonlinearity="sigmoid", rngs=nnx.Rngs(0)),
+        ),
+    ],
+    ids=lambda c: c if isinstance(c, str) else "",
+)
+def test_errors_where_torch_raises_runtime_error_are_runtime_errors(name, torch_call, ours):
+    """Where torch raises ``RuntimeError``, ours is one too (and a ``ValueError`` or
+    ``TypeError``), naming the module; torch's words appear where they are not an accident of
+    its implementation (``mat1 and mat2 ...``, ``Trying to create tensor ...``)."""
+    theirs = _torch_error(torch_call)
+    assert type(theirs) is RuntimeError
+    with pytest.raises(RuntimeError) as got:
+        ours()
+    assert isinstance(got.value, (ValueError, TypeError))
+    assert re.match(r"(LSTM|LSTMCell|GRU|GRUCell|RNNCell): ", str(got.value))
+    if "expects two hidden states" in str(theirs):
+        assert str(theirs) in str(got.value)
+
+
+def test_linen_cell_unknown_nonlinearity_is_a_runtime_error_too():
+    cell = jrl.RNNCell(3, 4, nonlinearity="sigmoid")
+    with pytest.raises(RuntimeError, match="RNNCell: Unknown nonlinearity 'sigmoid'"):
+        cell.init(jax.random.key(0), jnp.zeros((1, 3)))
+
+
+@pytest.mark.parametrize("rngs", [0, jax.random.key(0), None, "x"])
+@pytest.mark.parametrize("cls,args", [("LSTM", (2, 4)), ("GRUCell", (2, 4))])
+def test_rngs_must_be_nnx_rngs(cls, args, rngs):
+    with pytest.raises(TypeError, match=f"{cls}: rngs must be nnx.Rngs"):
+        getattr(jaxrnn, cls)(*args, rngs=rngs)
+
+
+def test_rngs_without_params_stream_is_named():
+    with pytest.raises(ValueError, match="GRU: the weights need a 'params' .* stream"):
+        jaxrnn.GRU(2, 4, rngs=nnx.Rngs(dropout=0))
+
+
+def test_refused_constructor_draws_nothing():
+    """The rngs are checked before the weights are drawn: a refused constructor (no dropout
+    stream for dropout between layers) leaves the caller's streams where they were."""
+    rngs = nnx.Rngs(params=0)
+    with pytest.raises(ValueError, match="LSTM: dropout=0.5 between layers needs a 'dropout'"):
+        jaxrnn.LSTM(2, 4, 2, dropout=0.5, rngs=rngs)
+    assert int(rngs.params.count[...]) == 0
+    a = jaxrnn.LSTM(2, 4, 2, rngs=rngs)
+    b = jaxrnn.LSTM(2, 4, 2, rngs=nnx.Rngs(params=0))
+    np.testing.assert_array_equal(a.weight_hh_l1[...], b.weight_hh_l1[...])
+
+
+@pytest.mark.parametrize("mode", [None, 1, "eval"])
+def test_train_mode_must_be_a_bool_as_torchs(mode):
+    theirs = _torch_error(lambda: torch.nn.LSTM(3, 4).train(mode))
+    m = jaxrnn.LSTM(3, 4, rngs=nnx.Rngs(0))
+    with pytest.raises(type(theirs)) as ours:
+        m.train(mode)
+    assert str(theirs) in str(ours.value) and str(ours.value).startswith("LSTM.train: ")
+    assert m.training  # unchanged
+
+
+@pytest.mark.parametrize("bad", [None, "abc", {"a": 1}])
+def test_load_state_dict_of_a_non_array_value_has_torchs_message(bad):
+    sd = dict(torch.nn.LSTM(3, 4).state_dict())
+    sd["bias_ih_l0"] = bad
+    theirs = _torch_error(lambda: torch.nn.LSTM(3, 4).load_state_dict(sd))
+    m = jaxrnn.LSTM(3, 4, rngs=nnx.Rngs(0))
+    before = m.state_dict()
+    for strict in (True, False):
+        with pytest.raises(RuntimeError) as ours:
+            m.load_state_dict(sd, strict=strict)
+        assert str(theirs) in str(ours.value)
+    for key, value in m.state_dict().items():
+        np.testing.assert_array_equal(value, before[key])
+
+
+def test_load_state_dict_assign_warns_once_for_float64_without_x64():
+    sd = torch.nn.LSTM(3, 4).double().state_dict()
+    m = jaxrnn.LSTM(3, 4, rngs=nnx.Rngs(0))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        m.load_state_dict(sd, assign=True)
+    if jax.config.jax_enable_x64:
+        assert m.weight_ih_l0[...].dtype == jnp.float64
+    else:
+        assert [str(w.message) for w in caught] == [
+            "LSTM.load_state_dict: the state dict is float64 but jax_enable_x64 is off; its "
+            "parameters are loaded as float32"
+        ]
+        assert m.weight_ih_l0[...].dtype == jnp.float32
+    np.testing.assert_allclose(m.weight_ih_l0[...], sd["weight_ih_l0"].float().numpy())

@@ -488,3 +488,54 @@ def test_torch_sort_order_matches_torch_on_many_inputs():
         for values in (rng.integers(1, 4, n), rng.integers(1, n + 1, n), np.full(n, 2)):
             expected = torch.sort(torch.tensor(values), descending=True)[1].numpy()
             np.testing.assert_array_equal(sort_descending_indices(values), expected)
+
+
+def _packing_calls(lib, arrays):
+    x = arrays(4, 3, 2)
+    packed = lib.pack_padded_sequence(x, [4, 2, 1])
+    return {
+        "pack-batch_first": lambda v: lib.pack_padded_sequence(x, [4, 2, 1], batch_first=v),
+        "pad_packed-batch_first": lambda v: lib.pad_packed_sequence(packed, batch_first=v),
+        "pad_packed-padding_value": lambda v: lib.pad_packed_sequence(packed, padding_value=v),
+        "pad-batch_first": lambda v: lib.pad_sequence([arrays(3, 2)], batch_first=v),
+        "pad-padding_value": lambda v: lib.pad_sequence([arrays(3, 2)], padding_value=v),
+    }
+
+
+@pytest.mark.parametrize("bad", ["x", None])
+@pytest.mark.parametrize(
+    "call",
+    [
+        "pack-batch_first",
+        "pad_packed-batch_first",
+        "pad_packed-padding_value",
+        "pad-batch_first",
+        "pad-padding_value",
+    ],
+)
+def test_packing_arguments_are_type_checked_as_torchs(call, bad):
+    """torch's argument parser refuses a non-bool ``batch_first`` and a non-number
+    ``padding_value`` with a ``TypeError`` naming the argument (its internal function names
+    aside); ours names the public function. A truthy string was taken as ``True`` before."""
+    with pytest.raises(TypeError) as theirs:
+        _packing_calls(tr, torch.zeros)[call](bad)
+    with pytest.raises(TypeError) as ours:
+        _packing_calls(jr, lambda *s: jnp.zeros(s))[call](bad)
+    arg = re.search(r"argument '\w+' \(position \d\) must be \w+, not \w+", str(theirs.value))
+    assert arg is not None
+    arg_name = arg.group(0).split("'")[1]
+    assert f"argument '{arg_name}'" in str(ours.value)
+    assert str(ours.value).endswith(f"not {type(bad).__name__}")
+    assert str(ours.value).split("(")[0] in (
+        "pack_padded_sequence",
+        "pad_packed_sequence",
+        "pad_sequence",
+    )
+
+
+def test_packing_arguments_take_numpy_and_zero_d_values():
+    x = jnp.ones((3, 2, 1))
+    packed = jr.pack_padded_sequence(x, [3, 1], batch_first=np.bool_(False))
+    padded, _ = jr.pad_packed_sequence(packed, padding_value=jnp.asarray(-1.0))
+    assert padded[2, 1, 0] == -1.0
+    assert jr.pad_sequence([jnp.ones(2), jnp.ones(1)], padding_value=np.int64(5))[1, 1] == 5

@@ -334,6 +334,7 @@ def pack_padded_sequence(
         ([2, 2, 1, 1], (6, 3))
     """
     name = "pack_padded_sequence"
+    _checks.check_arguments(name, batch_first=(batch_first, 3, "bool"))
     x = _checks.check_pack_input(name, _to_array(input))
     if batch_first:
         x = jnp.swapaxes(x, 0, 1)
@@ -384,6 +385,9 @@ def pad_packed_sequence(
         ([[1.0, 1.0, 1.0], [1.0, -1.0, -1.0]], [3, 1])
     """
     name = "pad_packed_sequence"
+    _checks.check_arguments(
+        name, batch_first=(batch_first, 2, "bool"), padding_value=(padding_value, 3, "float")
+    )
     if _checks.is_torch_packed(sequence):  # torch's own, from its fields
         sequence = PackedSequence(*sequence)
     _checks.check_is_packed(name, "sequence", sequence, PackedSequence)
@@ -420,6 +424,11 @@ def pad_sequence(
         >>> pad_sequence([jnp.ones(3), jnp.ones(1)], batch_first=True).tolist()
         [[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]]
     """
+    _checks.check_arguments(
+        "pad_sequence",
+        batch_first=(batch_first, 2, "bool"),
+        padding_value=(padding_value, 3, "float"),
+    )
     arrays = _checks.check_pad_sequences("pad_sequence", sequences, padding_side, convert=_to_array)
     steps = max(a.shape[0] for a in arrays)
     dtype = arrays[0].dtype
@@ -442,6 +451,7 @@ def unpad_sequence(padded_sequences, lengths, batch_first: bool = False) -> list
     gives an empty sequence and ``2.5`` three steps); one length per sequence.
     """
     name = "unpad_sequence"
+    _checks.check_arguments(name, batch_first=(batch_first, 3, "bool"))
     padded = _to_array(padded_sequences)
     values = _concrete(_to_array(lengths))
     _checks.check_concrete_lengths(name, "a list of sequences", values is not None)
