@@ -89,6 +89,59 @@ def test_jit_grad_checkpoint_remat_match_torch(mode, remat, checkpoint):
     assert_close(g_x, t_gx, 2e-5, 2e-5, what="grad input")
 
 
+@pytest.mark.parametrize(
+    "mode,remat,hidden,hx",
+    [
+        ("LSTM", False, H, "sharded"),
+        ("GRU", False, H, None),
+        ("RNN_TANH", False, H, "replicated"),
+        ("LSTM", True, H, None),
+        ("GRU", False, 256, "replicated"),  # the feature-major loops, two unit groups
+    ],
+)
+def test_shard_map_matches_torch(mode, remat, hidden, hx):
+    """Inside ``jax.shard_map`` (its default ``check_vma``) the loops' carries vary over the
+    mesh axis as the sharded batch does, whether ``h_0`` is the default zeros, replicated or
+    sharded; the weights' gradients come back summed over the shards, as JAX does for any
+    replicated value used with sharded data. One device makes a mesh with the same types (the
+    error it raised before, "carry input and carry output must have equal types", needs no
+    more). Bidirectional 2-layer, variable lengths, against torch."""
+    from jax.sharding import Mesh
+    from jax.sharding import PartitionSpec as P
+
+    rng = np.random.default_rng(1)
+    tmod = torch_layer(mode, IN, hidden, num_layers=2, bidirectional=True)
+    x = rng.standard_normal((T, N, IN)).astype(np.float32)
+    lengths = np.array([T, 4, 1])
+    w_out = rng.standard_normal((T, N, 2 * hidden)).astype(np.float32)
+    h0 = None
+    if hx is not None:
+        h0 = rng.standard_normal((4, N, hidden)).astype(np.float32)
+        h0 = (h0, np.ones_like(h0)) if mode == "LSTM" else h0
+    t_out, t_hn, t_gp, t_gx = _torch_grads(tmod, x, h0, lengths=lengths, w_out=w_out)
+
+    loss = _loss(mode, w_out, seq_lengths=lengths, remat=remat)
+    mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
+    h_spec = P(None, "data") if hx == "sharded" else P()
+
+    def step(params, x, h0):
+        (value, aux), grads = jax.value_and_grad(loss, (0, 1), has_aux=True)(params, x, h0)
+        return jax.lax.psum(value, "data"), aux, grads
+
+    sharded = jax.shard_map(
+        step,
+        mesh=mesh,
+        in_specs=(P(), P(None, "data"), h_spec),
+        out_specs=(P(), (P(None, "data"), P(None, "data")), (P(), P(None, "data"))),
+    )
+    params = jaxrnn.state_dict_to_params(tmod.state_dict())
+    _, (out, h_n), (g_p, g_x) = jax.jit(sharded)(params, x, h0)
+    assert_close(out, t_out, what="output")
+    assert_close(h_n, t_hn, what="h_n")
+    assert_close(g_p, t_gp, 2e-5, 2e-5, what="grad params")
+    assert_close(g_x, t_gx, 2e-5, 2e-5, what="grad input")
+
+
 @pytest.mark.parametrize("remat", [False, True])
 def test_forward_mode_needs_remat(remat):
     """The fused path's backward is a ``custom_vjp``: ``jax.jvp`` raises there (as documented),

@@ -25,6 +25,7 @@ from jaxrnn.functional._fused_layout import (
     _put_block,
     _shifted,
     _split_state,
+    _zeros,
 )
 
 # Each bias gradient as a matrix-vector product of the gate-gradient buffer with ones rather than
@@ -155,9 +156,9 @@ def _backward(spec, weights, x, state0, mask, out, saved, cts):
             ]
         bufs = {"grads": grads}
         if per_gate_writes:  # one scratch per group
-            bufs["step"] = [jnp.zeros((num_gates * sub, batch), cell_like.dtype)] * groups
+            bufs["step"] = [_zeros((num_gates * sub, batch), cell_like)] * groups
         if w["weight_hr"] is not None:
-            bufs["dh"] = jnp.zeros((seq_len, *h_like.shape), h_like.dtype)
+            bufs["dh"] = _zeros((seq_len, *h_like.shape), h_like)
         dc0 = jnp.split(_loop(dc_last[d], fm), groups, axis=0 if fm else 1) if lstm else None
         dc0 = dc0 or [None] * groups
         # the activations of the first step the backward reaches (the last the direction ran)

@@ -27,6 +27,7 @@ from jaxrnn.functional._fused_layout import (
     _put_out,
     _put_rows,
     _split_state,
+    _zeros,
 )
 
 # Steps per loop iteration of a bidirectional layer's inference forward (at least): XLA:CPU's
@@ -308,7 +309,7 @@ def _forward(spec, weights, x, state0, mask, save):
 
     def empty(like, features):
         shape = (seq_len, features, like.shape[-1]) if fm else (seq_len, like.shape[0], features)
-        return jnp.zeros(shape, like.dtype)
+        return _zeros(shape, like)
 
     init = []
     for d, w in enumerate(weights):
@@ -319,7 +320,7 @@ def _forward(spec, weights, x, state0, mask, save):
         width = h0[0].shape[_features(h0[0], fm)]  # h features per group
         out_bm = _outputs_batch_major(fm, groups * width, x.shape[1])
         shape = (x.shape[1], groups * width) if out_bm else (groups * width, x.shape[1])
-        bufs = {"h": jnp.zeros((seq_len, *shape), h0[0].dtype)}
+        bufs = {"h": _zeros((seq_len, *shape), h0[0])}
         if save_gates:
             bufs["gates"] = [
                 [

@@ -51,7 +51,13 @@ def _gate_buffer(seq_len, rows, like, fm, step_major):
         shape = (seq_len, rows, batch) if step_major else (rows, seq_len, batch)
     else:
         shape = (seq_len, batch, rows)
-    return jnp.zeros(shape, like.dtype)
+    return _zeros(shape, like)
+
+
+def _zeros(shape, like):
+    """Zeros of ``like``'s dtype that vary over the mesh axes ``like`` varies over inside
+    ``jax.shard_map`` (a loop's carries must keep their type; ``jnp.zeros`` would not vary)."""
+    return lax.full_like(like, 0, shape=shape)
 
 
 def _block_start(row, t, fm, step_major):

@@ -54,6 +54,31 @@ def scan_direction(
     )
 
 
+def _mesh_axes(a) -> frozenset:
+    """The mesh axes ``a`` varies over inside ``jax.shard_map`` (none outside, or for ``None``)."""
+    if a is None:
+        return frozenset()
+    t = jax.typeof(a)
+    axes = getattr(t, "vma", None)  # newer JAX
+    if axes is None:
+        axes = getattr(getattr(t, "manual_axis_type", None), "varying", frozenset())
+    return frozenset(axes)
+
+
+def _varying_as(state, *refs):
+    """``state`` cast to vary over every mesh axis that any of ``refs`` varies over: inside
+    ``jax.shard_map`` a loop's carry must have the same type before and after a step, and the
+    step makes it vary as the input, the weights, the mask and the dropout key do (zeros or a
+    replicated ``h_0`` would not). Outside ``shard_map``: ``state`` unchanged."""
+    axes = frozenset().union(*(_mesh_axes(r) for r in refs))
+
+    def cast(s):
+        missing = tuple(sorted(axes - _mesh_axes(s)))
+        return lax.pcast(s, missing, to="varying") if missing else s
+
+    return jax.tree.map(cast, state) if axes else state
+
+
 def run_layer(
     mode: str,
     ps,
@@ -271,6 +296,13 @@ def rnn(
     compute = _checks.compute_dtype(name, dtype, x, params["weight_ih_l0"])
     x = x.astype(compute)
     state = jax.tree.map(lambda s: s.astype(compute), state)
+    # inside shard_map, everything the loops carry or differentiate varies as the step does (the
+    # weights too: their cotangents from the fused backward vary, and JAX sums them back where
+    # a weight came in replicated, as for any replicated value used with sharded data)
+    refs = (x, mask, dropout_key, *params.values(), *jax.tree.leaves(state))
+    state = _varying_as(state, *refs)
+    params = _varying_as(dict(params), *refs)
+    x = _varying_as(x, *refs)
     if mask is not None:  # padding never reaches the cell, so NaN there cannot leak anywhere
         x = jnp.where(mask, x, jnp.zeros((), compute))
 
