@@ -188,6 +188,16 @@ class _TorchParams(nnx.Module):
         super().eval(**attributes)
         return self
 
+    def set_view(self, deterministic: bool | None = None):
+        """Used by ``nnx.view`` (Flax 0.12): ``nnx.view(model, deterministic=True)`` gives a view
+        in evaluation mode (no dropout between layers), as for ``nnx.Dropout``.
+
+        Args:
+          deterministic: if True, disables the dropout between layers.
+        """
+        if deterministic is not None:
+            self.deterministic = bool(deterministic)
+
 
 class _RNNBase(_TorchParams):
     mode: str

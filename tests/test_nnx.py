@@ -44,6 +44,28 @@ def test_dropout_is_active_in_train_mode_only():
     np.testing.assert_array_equal(m(x, rngs=k)[0], m(x, rngs=k)[0])
 
 
+def test_nnx_view_sets_evaluation_mode_as_for_flax_dropout():
+    """``nnx.view(model, deterministic=True)`` (Flax 0.12) switches jaxrnn layers to evaluation
+    mode inside a bigger model, as it does ``nnx.Dropout`` (it silently kept their dropout on
+    before); the view gives torch's eval-mode outputs and the original stays in training mode."""
+
+    class Model(nnx.Module):
+        def __init__(self, rngs):
+            self.rnn = jaxrnn.GRU(3, 8, 3, dropout=0.5, rngs=rngs)
+            self.drop = nnx.Dropout(0.2, rngs=rngs)
+
+    model = Model(nnx.Rngs(0))
+    t = torch.nn.GRU(3, 8, 3, dropout=0.5).eval()
+    model.rnn.load_state_dict(t.state_dict())
+    view = nnx.view(model, deterministic=True)
+    assert view.drop.deterministic and not view.rnn.training and model.rnn.training
+    x = np.random.default_rng(0).standard_normal((6, 4, 3)).astype(np.float32)
+    assert_close(view.rnn(x)[0], t(torch.from_numpy(x))[0].detach().numpy())
+    train_view = nnx.view(view, deterministic=False)
+    assert train_view.rnn.training and not np.allclose(train_view.rnn(x)[0], view.rnn(x)[0])
+    assert not nnx.view(jaxrnn.LSTMCell(3, 4, rngs=nnx.Rngs(0)), deterministic=True).training
+
+
 def test_dropout_one_in_train_mode_matches_torch_exactly():
     """With p=1 torch's train-mode dropout is deterministic (every unit between layers is zeroed),
     so a train-mode jaxrnn module must give torch's outputs and final states."""
