@@ -378,6 +378,16 @@ def dropout_stream(rngs):
     return None if stream is None else stream.fork()
 
 
+def check_remat_length(name: str, seq_len) -> None:
+    """``remat=`` chunks the sequence: its length must be a number, not ``jax.export``'s
+    symbolic dimension (a symbolic batch is fine)."""
+    if not isinstance(seq_len, numbers.Integral):
+        raise ValueError(
+            f"{name}: remat needs a concrete sequence length to chunk it, got the symbolic "
+            f"length {seq_len!r}; export with a fixed length, or without remat"
+        )
+
+
 def check_training_mode(name: str, mode) -> None:
     """``module.train(mode)``: a bool, as torch's ``Module.train`` checks."""
     if not isinstance(mode, bool):

@@ -452,3 +452,41 @@ def test_linen_layers_under_flax_introspection_and_lifted_transforms():
             xs[0],
             deterministic=False,
         )
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH"])
+def test_export_with_symbolic_time_and_batch_matches_torch(mode):
+    """``jax.export`` with ``symbolic_shape("t, b, I")``: the fused path's tuning compares sizes,
+    so symbolic ones take the plain scan; the exported program, called with other sizes than any
+    traced, gives torch's outputs (2-layer bidirectional, variable lengths)."""
+    from jax import export
+
+    rng = np.random.default_rng(2)
+    tmod = torch_layer(mode, IN, H, num_layers=2, bidirectional=True)
+    m = jaxrnn.from_torch(tmod)
+    graphdef, params, rest = nnx.split(m, nnx.Param, ...)
+    fn = jax.jit(lambda p, x, n: nnx.merge(graphdef, p, rest)(x, seq_lengths=n)[0])
+    t, b = export.symbolic_shape("t, b")
+    exported = export.export(fn)(
+        params,
+        jax.ShapeDtypeStruct((t, b, IN), jnp.float32),
+        jax.ShapeDtypeStruct((b,), jnp.int32),
+    )
+    for steps, lengths in ((T, [T, 4, 1]), (4, [2, 4, 4, 1, 3])):
+        x = rng.standard_normal((steps, len(lengths), IN)).astype(np.float32)
+        w_out = np.zeros((steps, len(lengths), 2 * H), np.float32)
+        want = _torch_grads(tmod, x, lengths=np.array(lengths), w_out=w_out)[0]
+        assert_close(exported.call(params, x, np.array(lengths, np.int32)), want, what="output")
+
+
+def test_remat_with_a_symbolic_length_says_so():
+    from jax import export
+
+    m = jaxrnn.GRU(IN, H, remat=True, rngs=nnx.Rngs(0))
+    graphdef, params, rest = nnx.split(m, nnx.Param, ...)
+    fn = jax.jit(lambda p, x: nnx.merge(graphdef, p, rest)(x)[0])
+    spec = jax.ShapeDtypeStruct(export.symbolic_shape(f"t, b, {IN}"), jnp.float32)
+    with pytest.raises(ValueError, match="GRU: remat needs a concrete sequence length"):
+        export.export(fn)(params, spec)
+    spec = jax.ShapeDtypeStruct(export.symbolic_shape(f"{T}, b, {IN}"), jnp.float32)
+    export.export(fn)(params, spec)  # a symbolic batch alone is fine

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
+from jax import export as _export
 from jax import lax
 
 from jaxrnn import _checks, _params
@@ -98,11 +99,16 @@ def run_layer(
 
     Without ``remat`` this is the fused whole-layer path (:mod:`jaxrnn.functional._fused`: both
     directions in one loop, weight and input gradients as matmuls over all steps); with it, one
-    rematerialised :func:`scan_direction` per direction. ``stacked``: ``x`` is the output of the
+    rematerialised :func:`scan_direction` per direction. Symbolic sizes (``jax.export`` with
+    ``symbolic_shape``), which the fused path's tuning cannot compare, take the plain
+    :func:`scan_direction` too (``remat`` then needs a concrete sequence length). ``stacked``: ``x`` is the output of the
     layer below (see :func:`jaxrnn.functional._fused.layer`). ``name`` names the module in
     errors.
     """
-    if not remat:
+    symbolic = any(_export.is_symbolic_dim(d) for d in x.shape)
+    if symbolic and remat:
+        _checks.check_remat_length(name, x.shape[0])
+    if not remat and not symbolic:
         reverse = [d == 1 for d in range(len(ps))]
         try:
             return _fused.layer(
