@@ -69,7 +69,8 @@ class _TorchParams(nnx.Module):
         return _params.torch_extra_repr(type(self).__name__, self._config())
 
     def __repr__(self) -> str:
-        """Torch's repr, e.g. ``LSTM(10, 20, num_layers=2)`` (``nnx.display`` shows the state)."""
+        """Torch's repr, e.g. ``LSTM(10, 20, num_layers=2)``; the state: ``nnx.state(module)``, or
+        ``nnx.display`` where treescope renders it (IPython)."""
         return _params.torch_repr(type(self).__name__, self._config())
 
     def __str__(self) -> str:  # print(module), as torch's
