@@ -101,9 +101,9 @@ def run_layer(
     directions in one loop, weight and input gradients as matmuls over all steps); with it, one
     rematerialised :func:`scan_direction` per direction. Symbolic sizes (``jax.export`` with
     ``symbolic_shape``), which the fused path's tuning cannot compare, take the plain
-    :func:`scan_direction` too (``remat`` then needs a concrete sequence length). ``stacked``: ``x`` is the output of the
-    layer below (see :func:`jaxrnn.functional._fused.layer`). ``name`` names the module in
-    errors.
+    :func:`scan_direction` too (``remat`` then needs a concrete sequence length). ``stacked``:
+    ``x`` is the output of the layer below (see :func:`jaxrnn.functional._fused.layer`).
+    ``name`` names the module in errors.
     """
     symbolic = any(_export.is_symbolic_dim(d) for d in x.shape)
     if symbolic and remat:
