@@ -127,6 +127,7 @@ class _TorchParams(nnx.Module):
         ``destination`` and returned, if given; ``keep_vars`` changes nothing: the values are
         copies either way); keywords only, as torch's documented signature."""
         del keep_vars
+        _checks.check_prefix(f"{type(self).__name__}.state_dict", prefix)
         values = convert.params_to_state_dict(self.torch_params(), prefix)
         if destination is None:
             return values

@@ -708,3 +708,10 @@ def test_load_state_dict_assign_warns_once_for_float64_without_x64():
         ]
         assert m.weight_ih_l0[...].dtype == jnp.float32
     np.testing.assert_allclose(m.weight_ih_l0[...], sd["weight_ih_l0"].float().numpy())
+
+
+@pytest.mark.parametrize("method", ["state_dict", "named_parameters"])
+def test_prefix_errors_name_the_method(method):
+    m = jaxrnn.GRU(3, 4, rngs=nnx.Rngs(0))
+    with pytest.raises(TypeError, match=f"GRU.{method}: prefix must be a str, got NoneType"):
+        dict(getattr(m, method)(prefix=None))
