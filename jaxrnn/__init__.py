@@ -23,6 +23,8 @@ from jaxrnn.nnx import LSTM as LSTM
 from jaxrnn.nnx import RNN as RNN
 from jaxrnn.nnx import GRUCell as GRUCell
 from jaxrnn.nnx import LSTMCell as LSTMCell
+from jaxrnn.nnx import RNNBase as RNNBase
 from jaxrnn.nnx import RNNCell as RNNCell
+from jaxrnn.nnx import RNNCellBase as RNNCellBase
 
 __version__ = "0.1.0"

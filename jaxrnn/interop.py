@@ -142,8 +142,8 @@ class FlaxCellAdapter(nnx.RNNCellBase):
         (2, 5, 4)
     """
 
-    def __init__(self, cell: _jrx._CellBase):
-        _checks.check_adapted_cell("FlaxCellAdapter", cell, _jrx._CellBase, "a jaxrnn NNX cell")
+    def __init__(self, cell: _jrx.RNNCellBase):
+        _checks.check_adapted_cell("FlaxCellAdapter", cell, _jrx.RNNCellBase, "a jaxrnn NNX cell")
         self.cell = cell
 
     def __call__(self, carry, inputs):

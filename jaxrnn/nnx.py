@@ -201,7 +201,11 @@ class _TorchParams(nnx.Module):
             self.deterministic = bool(deterministic)
 
 
-class _RNNBase(_TorchParams):
+class RNNBase(_TorchParams):
+    """The base of :class:`RNN`, :class:`LSTM` and :class:`GRU`, as ``torch.nn.RNNBase``
+    (``isinstance(m, jaxrnn.RNNBase)``); its constructor takes the ``mode`` first
+    (``'LSTM'``, ``'GRU'``, ``'RNN_TANH'`` or ``'RNN_RELU'``), as torch's."""
+
     mode: str
 
     def __init__(
@@ -362,7 +366,7 @@ _LAYER_DOC = """
 """
 
 
-class RNN(_RNNBase):
+class RNN(RNNBase):
     """Elman RNN, ``torch.nn.RNN``: ``h_t = tanh(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)``
     (``relu`` with ``nonlinearity='relu'``).
 
@@ -407,7 +411,7 @@ class RNN(_RNNBase):
         )
 
 
-class LSTM(_RNNBase):
+class LSTM(RNNBase):
     """Long short-term memory, ``torch.nn.LSTM``.
 
     ``i, f, g, o = σ, σ, tanh, σ (x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)`` (gate order
@@ -453,7 +457,7 @@ class LSTM(_RNNBase):
         )
 
 
-class GRU(_RNNBase):
+class GRU(RNNBase):
     """Gated recurrent unit, ``torch.nn.GRU``.
 
     ``r = σ(x W_ir^T + b_ir + h W_hr^T + b_hr)``, ``z = σ(x W_iz^T + b_iz + h W_hz^T + b_hz)``,
@@ -519,7 +523,11 @@ LSTM.__doc__ += _LAYER_DOC.format(
 )
 
 
-class _CellBase(_TorchParams):
+class RNNCellBase(_TorchParams):
+    """The base of :class:`RNNCell`, :class:`LSTMCell` and :class:`GRUCell`, as
+    ``torch.nn.RNNCellBase`` (``isinstance(m, jaxrnn.RNNCellBase)``); its constructor takes the
+    ``mode`` first."""
+
     mode: str
 
     def __init__(
@@ -581,7 +589,7 @@ _CELL_DOC = """
 """
 
 
-class RNNCell(_CellBase):
+class RNNCell(RNNCellBase):
     """``torch.nn.RNNCell``: ``h' = tanh(x W_ih^T + b_ih + h W_hh^T + b_hh)`` (or relu).
 
     Example:
@@ -608,7 +616,7 @@ class RNNCell(_CellBase):
         super().__init__(mode, input_size, hidden_size, bias, rngs=rngs, **kwargs)
 
 
-class LSTMCell(_CellBase):
+class LSTMCell(RNNCellBase):
     """``torch.nn.LSTMCell``: one LSTM step, gate order i, f, g, o.
 
     Example:
@@ -627,7 +635,7 @@ class LSTMCell(_CellBase):
         super().__init__("LSTM", input_size, hidden_size, bias, rngs=rngs, **kwargs)
 
 
-class GRUCell(_CellBase):
+class GRUCell(RNNCellBase):
     """``torch.nn.GRUCell``: one GRU step, gate order r, z, n, ``b_hn`` inside ``r * (...)``.
 
     Example:

@@ -357,3 +357,21 @@ def test_torch_factory_arguments(make):
         make(param_dtype=torch.int64)
     with pytest.raises(TypeError, match=f"{name}: dtype must be a floating-point dtype"):
         make(dtype="int32")
+
+
+def test_base_classes_as_torchs():
+    """``isinstance`` checks written against ``torch.nn.RNNBase``/``RNNCellBase`` port to
+    ``jaxrnn.RNNBase``/``RNNCellBase``; an unknown keyword names the base, as torch's does."""
+    z = nnx.Rngs(0)
+    for name in ("RNN", "LSTM", "GRU"):
+        assert isinstance(getattr(torch.nn, name)(2, 3), torch.nn.RNNBase)
+        assert isinstance(getattr(jaxrnn, name)(2, 3, rngs=z), jaxrnn.RNNBase)
+        assert not isinstance(getattr(jaxrnn, name + "Cell")(2, 3, rngs=z), jaxrnn.RNNBase)
+        assert isinstance(getattr(jaxrnn, name + "Cell")(2, 3, rngs=z), jaxrnn.RNNCellBase)
+    with pytest.raises(TypeError) as theirs:
+        torch.nn.LSTM(2, 3, foo=1)
+    with pytest.raises(TypeError) as ours:
+        jaxrnn.LSTM(2, 3, foo=1, rngs=z)
+    assert str(ours.value) == str(theirs.value)
+    m = jaxrnn.RNNBase("GRU", 2, 3, rngs=z)
+    assert m.state_dict().keys() == torch.nn.RNNBase("GRU", 2, 3).state_dict().keys()
