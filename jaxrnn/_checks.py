@@ -449,9 +449,17 @@ def compute_dtype(name: str, dtype, *operands):
 def check_dtypes(name: str, dtype, param_dtype):
     """A constructor's ``(dtype, param_dtype)``: floating dtypes (torch's read by name), ``dtype``
     may be ``None`` (the operands' promotion)."""
+    param_dtype = _float_dtype(name, "param_dtype", param_dtype)
     if dtype is not None:
+        if type(dtype).__module__ == "torch":  # torch's dtype= means what param_dtype= does here
+            warnings.warn(
+                f"{name}: dtype={dtype} sets the computation dtype (Flax's meaning), the "
+                f"parameters stay {param_dtype.name}; torch's dtype= (the parameters') is "
+                f"param_dtype= here, e.g. param_dtype={dtype}",
+                stacklevel=user_stacklevel(),
+            )
         dtype = _float_dtype(name, "dtype", dtype)
-    return dtype, _float_dtype(name, "param_dtype", param_dtype)
+    return dtype, param_dtype
 
 
 def check_layer_hidden(

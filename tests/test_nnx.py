@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -348,7 +350,8 @@ def test_torch_factory_arguments(make):
         assert all(p.devices() == {cpu} for p in m.parameters())
         for k, v in make().state_dict().items():  # the same values, placed there
             np.testing.assert_array_equal(m.state_dict()[k], v)
-    m = make(param_dtype=torch.float16, dtype=torch.float32)
+    with pytest.warns(UserWarning, match="dtype=torch.float32 sets the computation dtype"):
+        m = make(param_dtype=torch.float16, dtype=torch.float32)
     assert all(p.dtype == jnp.float16 for p in m.parameters()) and m.dtype == jnp.float32
     name = type(make()).__name__
     with pytest.raises(TypeError, match=f"{name}: device must be a JAX device or sharding"):
@@ -375,3 +378,56 @@ def test_base_classes_as_torchs():
     assert str(ours.value) == str(theirs.value)
     m = jaxrnn.RNNBase("GRU", 2, 3, rngs=z)
     assert m.state_dict().keys() == torch.nn.RNNBase("GRU", 2, 3).state_dict().keys()
+
+
+def test_torch_dtype_as_dtype_warns_that_it_is_the_computation_dtype():
+    """torch's ``dtype=`` sets the parameters' dtype; here ``dtype=`` is Flax's computation dtype
+    and ``param_dtype=`` the parameters'. A torch dtype passed as ``dtype=`` (a torch signature
+    copied over) warns, naming ``param_dtype=``; a JAX dtype does not."""
+    with pytest.warns(UserWarning, match=r"param_dtype= here, e.g. param_dtype=torch.float64"):
+        m = jaxrnn.LSTM(4, 3, dtype=torch.float64, rngs=nnx.Rngs(0))
+    assert m.weight_ih_l0[...].dtype == jnp.float32
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        jaxrnn.LSTM(4, 3, dtype=jnp.bfloat16, param_dtype=torch.bfloat16, rngs=nnx.Rngs(0))
+
+
+def test_porting_a_small_torch_model_as_the_readme_shows():
+    """The README's recipe for a whole torch model: Flax layers take torch's weights by
+    assignment (``nnx.Embed.embedding = weight``, ``nnx.Linear.kernel = weight.T``), the
+    recurrent layer by ``from_torch``; eager calls take torch tensors as input."""
+
+    class TorchNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embedding = torch.nn.Embedding(50, 8)
+            self.gru = torch.nn.GRU(8, 16, batch_first=True)
+            self.fc = torch.nn.Linear(16, 3)
+
+        def forward(self, tokens):
+            output, h_n = self.gru(self.embedding(tokens))
+            return self.fc(h_n[-1])
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.embedding = nnx.Embed(50, 8, rngs=rngs)
+            self.gru = jaxrnn.GRU(8, 16, batch_first=True, rngs=rngs)
+            self.fc = nnx.Linear(16, 3, rngs=rngs)
+
+        def __call__(self, tokens):
+            output, h_n = self.gru(self.embedding(tokens))
+            return self.fc(h_n[-1])
+
+    torch.manual_seed(0)
+    t = TorchNet()
+    m = Net(nnx.Rngs(0))
+    m.embedding.embedding[...] = jnp.asarray(t.embedding.weight.detach().numpy())
+    m.fc.kernel[...] = jnp.asarray(t.fc.weight.detach().numpy().T)
+    m.fc.bias[...] = jnp.asarray(t.fc.bias.detach().numpy())
+    m.gru = jaxrnn.from_torch(t.gru)
+    tokens = torch.randint(0, 50, (4, 6))
+    want = t(tokens).detach().numpy()
+    assert_close(m(jnp.asarray(tokens.numpy())), want)
+    x = torch.randn(6, 4, 8)
+    assert_close(m.gru(x)[0], t.gru(x)[0].detach().numpy())  # a torch tensor, eagerly
+    assert m.gru.weight_ih_l0.shape == tuple(t.gru.weight_ih_l0.size())
