@@ -196,6 +196,7 @@ class _CellBase(_LinenBase):
         _checks.check_cell_constructor(
             type(self).__name__, self.input_size, self.hidden_size, self.bias
         )
+        self._mode()  # an unknown nonlinearity fails here, as the NNX twin's constructor does
         super().__post_init__()
 
     @nn.compact
