@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from jaxrnn import io
@@ -85,7 +86,10 @@ def convert(input: str, output: str, prefix: str = "") -> str:
     state_dict = io.load_state_dict_file(input)
     what = ""
     if prefix:
-        what = " " + io.recurrent_layer(state_dict, prefix).describe()
+        try:
+            what = " " + io.recurrent_layer(state_dict, prefix).describe()
+        except ValueError as e:
+            raise ValueError(f"{input}: {e}") from None
         state_dict = state_dict_to_params(state_dict, prefix)
     io.save_state_dict_file(state_dict, output)
     return f"wrote {output}: {len(state_dict)} arrays{what}"
@@ -99,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
             print(inspect(args.file, args.json))
         else:
             print(convert(args.input, args.output, args.prefix))
+        sys.stdout.flush()
+    except BrokenPipeError:  # `python -m jaxrnn inspect big.pt | head`: the reader has enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (OSError, ValueError, TypeError, ImportError) as e:
         message = " ".join(line.strip() for line in str(e).splitlines())
         print(f"jaxrnn: error: {message}", file=sys.stderr)

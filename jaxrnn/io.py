@@ -75,10 +75,12 @@ def load_state_dict_file(path: str | os.PathLike, prefix: str = "") -> dict[str,
         return state_dict
     picked = convert.state_dict_to_params(state_dict, prefix)
     if not picked:
-        layers = [layer.prefix for layer in find_recurrent_layers(state_dict) if not layer.error]
+        layers = [
+            repr(layer.prefix) for layer in find_recurrent_layers(state_dict) if not layer.error
+        ]
         raise ValueError(
             f"{path}: no key starts with prefix {prefix!r}; recurrent layers in the file: "
-            f"{layers or 'none'}"
+            f"{_listed(layers)}"
         )
     return picked
 
@@ -111,6 +113,9 @@ def _file_kind(path: str) -> str:
         return "torch"
     kind = _sniff(path)
     if kind is None:
+        other = _what_else(path)
+        if other:
+            raise ValueError(f"{path}: {other}")
         raise ValueError(
             f"{path}: unsupported checkpoint suffix {suffix!r}, and the file is not a PyTorch, "
             f".safetensors or .npz file either; expected {_SUPPORTED}"
@@ -142,6 +147,44 @@ def _sniff(path: str) -> str | None:
     return None
 
 
+def _listed(items: list[str], most: int = 10) -> str:
+    """``items`` joined for a message: the first ``most``, then how many more."""
+    if not items:
+        return "none"
+    more = f", ... and {len(items) - most} more" if len(items) > most else ""
+    return ", ".join(items[:most]) + more
+
+
+def _what_else(path: str) -> str | None:
+    """What a file that is no checkpoint is instead, where its first bytes say: a Git LFS pointer
+    (the repository's placeholder for a large file), or a web page (a download link that
+    returned one)."""
+    with open(path, "rb") as f:
+        head = f.read(256).lstrip().lower()
+    if head.startswith(b"version https://git-lfs"):
+        return "a Git LFS pointer, not the checkpoint itself (fetch it: git lfs pull)"
+    if head.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head")):
+        return "a web page (HTML), not a checkpoint (did a download link return a page?)"
+    return None
+
+
+def _check_zip_members(path: str) -> None:
+    """A zip-format PyTorch file whose members fail their CRC check is damaged: ``torch.load``
+    does not check, and would return tensors with garbage in them."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return  # not a readable zip: torch.load says what is wrong with it
+    if bad is not None:
+        raise ValueError(
+            f"{path}: corrupt checkpoint: its member {bad!r} fails its CRC check (a damaged "
+            "download or copy?)"
+        )
+
+
 def _safetensors(action: str, path: str):
     """``safetensors.numpy``, or a ModuleNotFoundError saying what needs it."""
     try:
@@ -158,6 +201,9 @@ def _load_safetensors(path: str) -> dict[str, np.ndarray]:
     try:
         return dict(load_file(path))
     except Exception as e:  # SafetensorError, OSError, ... : one message for all
+        other = _what_else(path)
+        if other:
+            raise ValueError(f"{path}: {other}") from e
         raise ValueError(
             f"{path}: not a valid .safetensors file (corrupt or truncated?): {e}"
         ) from e
@@ -189,17 +235,21 @@ def _torch(action: str, path: str):
 
 def _load_torch(path: str) -> dict[str, np.ndarray]:
     torch = _torch("reading", path)
+    _check_zip_members(path)
     try:
         with warnings.catch_warnings():  # torch's advice to call torch.jit.load: done below
             warnings.filterwarnings("ignore", message=".*looks like a TorchScript archive")
+            warnings.filterwarnings("ignore", message=".*Detected pickle protocol")
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         with open(path, "rb") as f:
             head = f.read(2)
         # a zip (torch.save's format) or a pickle (PROTO opcode) that holds more than tensors;
-        # anything else is not a checkpoint at all
+        # anything else is not a checkpoint at all (torch's message would advise
+        # weights_only=False, which is no help for a file that is not a checkpoint)
         if "Weights only load failed" not in str(e) or head[:1] not in (b"P", b"\x80"):
-            raise ValueError(f"{path}: not a readable PyTorch checkpoint: {e}") from e
+            other = _what_else(path) or "not a PyTorch checkpoint (neither a zip nor a pickle)"
+            raise ValueError(f"{path}: {other}") from e
         detail = next((line.strip() for line in str(e).splitlines() if "Unsupported" in line), "")
         raise ValueError(
             f"{path}: refusing to load: this file needs arbitrary Python objects unpickled, "
@@ -218,13 +268,14 @@ def _load_torch(path: str) -> dict[str, np.ndarray]:
         except Exception as e2:
             raise _unreadable(path, e2) from e2
     except Exception as e:  # KeyError/EOFError (pickle), ...
-        raise _unreadable(path, e) from e
-    if not isinstance(obj, Mapping):
+        other = _what_else(path)
+        raise (ValueError(f"{path}: {other}") if other else _unreadable(path, e)) from e
+    if not isinstance(obj, (Mapping, list, tuple)):
         raise ValueError(
             f"{path}: expected a state dict (a mapping of names to tensors), got "
             f"{type(obj).__name__}"
         )
-    flat = _flatten(obj)
+    flat = _flatten(path, obj)
     if not flat:
         raise ValueError(f"{path}: the file holds no tensors")
     return flat
@@ -237,14 +288,25 @@ def _unreadable(path: str, e: Exception) -> ValueError:
     )
 
 
-def _flatten(obj: Mapping) -> dict[str, np.ndarray]:
-    """The tensors of a loaded PyTorch object, named by key path (list and tuple items by
-    index) joined with dots."""
-    return {
-        _dotted(path): convert.to_numpy(value)
-        for path, value in convert._flat(obj, sequences=True)
-        if hasattr(value, "detach") and hasattr(value, "shape")  # a tensor
-    }
+def _flatten(path: str, obj) -> dict[str, np.ndarray]:
+    """The tensors of a loaded PyTorch object (a mapping, or a list or tuple of them), named
+    by key path (list and tuple items by index) joined with dots. Two tensors under one name
+    (``{'a.w': t, 'a': {'w': u}}``), or a tensor numpy cannot hold (sparse, float8), are a
+    ``ValueError`` naming the file and the key."""
+    flat = {}
+    for keys, value in convert._flat(obj, sequences=True):
+        if not (hasattr(value, "detach") and hasattr(value, "shape")):  # not a tensor
+            continue
+        name = _dotted(keys)
+        if name in flat:
+            raise ValueError(f"{path}: two tensors are named {name!r} once flattened with dots")
+        try:
+            flat[name] = convert.to_numpy(value)
+        except (TypeError, RuntimeError) as e:
+            raise ValueError(
+                f"{path}: {name}: cannot read this tensor as an array ({str(e).splitlines()[0]})"
+            ) from e
+    return flat
 
 
 def _dotted(path: tuple) -> str:
@@ -361,9 +423,10 @@ class RecurrentLayer(NamedTuple):
     error: str | None = None
 
     def describe(self) -> str:
-        """Torch's repr of the module, e.g. ``'LSTM(40, 64, num_layers=2, bidirectional=True)'``."""
+        """Torch's repr of the module, e.g. ``'LSTM(40, 64, num_layers=2, bidirectional=True)'``
+        (for keys that are not one, why, on one line)."""
         if self.error is not None:
-            return f"not a recurrent layer: {self.error}"
+            return "not a recurrent layer: " + " ".join(self.error.split())
         return _params.torch_repr(self.cls, self.config)
 
 
@@ -391,9 +454,7 @@ def recurrent_layer(state_dict: Mapping, prefix: str = "") -> RecurrentLayer:
             if params
             else f"no key starts with {prefix!r}; recurrent layers in the state dict"
         )
-        raise ValueError(
-            f"no recurrent layer at {where}: {what}: {', '.join(found) if found else 'none'}"
-        )
+        raise ValueError(f"no recurrent layer at {where}: {what}: {_listed(found)}")
     try:
         return _infer(prefix, params)
     except ValueError as e:

@@ -146,6 +146,44 @@ def test_errors_exit_1_with_one_line(capsys, checkpoint, tmp_path, argv, message
     assert code == 1 and out == ""
     assert err.startswith("jaxrnn: error: ") and message.format(tmp=tmp_path) in err
     assert len(err.strip().splitlines()) == 1
+    if argv[0] == "convert" and "--prefix" in argv:  # the file the layer was looked for in
+        assert argv[1] in err
+
+
+def test_many_layers_are_listed_briefly_and_broken_ones_on_one_row(capsys, tmp_path):
+    """A wrong prefix in a file of 30 layers lists ten and counts the rest; a layer with a
+    missing key is one row of the table."""
+    many = torch.nn.ModuleList(torch.nn.GRU(2, 3) for _ in range(30)).state_dict()
+    torch.save(many, tmp_path / "many.pt")
+    code, _, err = run(
+        capsys, "convert", str(tmp_path / "many.pt"), str(tmp_path / "o.pt"), "--prefix", "nothere."
+    )
+    assert code == 1 and "... and 20 more" in err and len(err) < 1000
+    broken = torch.nn.LSTM(2, 3, bidirectional=True).state_dict()
+    del broken["bias_hh_l0_reverse"]
+    torch.save(broken, tmp_path / "broken.pt")
+    code, out, _ = run(capsys, "inspect", str(tmp_path / "broken.pt"))
+    assert code == 0
+    rows = out.strip().splitlines()
+    assert len(rows) == 2
+    assert rows[1].strip().startswith("'' ") and rows[1].endswith(
+        "not a recurrent layer: Error(s) in loading state_dict for LSTM: "
+        'Missing key(s) in state_dict: "bias_hh_l0_reverse".'
+    )
+
+
+def test_output_closed_early_exits_quietly(checkpoint):
+    """``python -m jaxrnn inspect FILE | head -1``: no 'Broken pipe' error, status 0."""
+    _, path = checkpoint
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jaxrnn", "inspect", path],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    proc.stdout.close()  # the reader goes away before the report is written
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert b"Broken pipe" not in err
 
 
 def test_bad_usage_exits_2(capsys):

@@ -507,8 +507,72 @@ def test_corrupt_files(model, tmp_path, fmt, damage):
     data = {"truncated": data[: len(data) // 2], "garbage": b"not a checkpoint" * 7, "empty": b""}
     with open(path, "wb") as f:
         f.write(data[damage])
-    with pytest.raises(ValueError, match=rf"{path}: not a (valid|readable)"):
+    with pytest.raises(ValueError, match=rf"{path}: not a (valid|readable|PyTorch)") as e:
         jaxrnn.load_state_dict_file(path)
+    assert "weights_only" not in str(e.value)  # torch's advice, no help for a non-checkpoint
+
+
+def test_damaged_zip_member_is_caught_by_its_crc(model, tmp_path):
+    """torch.load does not check the zip members' CRCs: 200 bytes overwritten inside a tensor's
+    data loaded as garbage weights. A genuine file (zip, legacy, TorchScript) passes."""
+    path = str(tmp_path / "model.pt")
+    torch.save(model.state_dict(), path)
+    data = bytearray(open(path, "rb").read())
+    sizes = sorted(((v.numel(), k) for k, v in model.state_dict().items()), reverse=True)
+    blob = model.state_dict()[sizes[0][1]].numpy().tobytes()  # the largest tensor's bytes
+    at = bytes(data).index(blob[:64]) + 16
+    data[at : at + 200] = os.urandom(200)
+    with open(path, "wb") as f:
+        f.write(data)
+    with pytest.raises(ValueError, match=rf"{path}: corrupt checkpoint: its member .* CRC"):
+        jaxrnn.load_state_dict_file(path)
+    for kind in ("zip", "legacy", "script"):
+        good = str(tmp_path / f"{kind}.pt")
+        if kind == "script":
+            with warnings.catch_warnings():  # torch.jit's deprecation notes
+                warnings.simplefilter("ignore", DeprecationWarning)
+                torch.jit.save(torch.jit.script(torch.nn.LSTM(3, 4)), good)
+        else:
+            torch.save(model.state_dict(), good, _use_new_zipfile_serialization=kind == "zip")
+        assert jaxrnn.load_state_dict_file(good)
+
+
+@pytest.mark.parametrize(
+    "content,what",
+    [
+        (b"version https://git-lfs.github.com/spec/v1\noid sha256:ab\nsize 12\n", "Git LFS"),
+        (b"<!DOCTYPE html><html><body>Virus scan warning</body></html>", "web page"),
+    ],
+)
+@pytest.mark.parametrize("name", ["model.pt", "model.bin", "model.safetensors", "model"])
+def test_pointer_and_web_page_saved_as_checkpoint_say_so(tmp_path, content, what, name):
+    path = str(tmp_path / name)
+    with open(path, "wb") as f:
+        f.write(content)
+    with pytest.raises(ValueError, match=what) as e:
+        jaxrnn.load_state_dict_file(path)
+    assert "weights_only" not in str(e.value)
+
+
+def test_unreadable_tensor_and_name_collision_name_the_key(tmp_path):
+    lstm = torch.nn.LSTM(3, 4)
+    path = str(tmp_path / "f8.pt")
+    torch.save({**lstm.state_dict(), "q": torch.zeros(2, dtype=torch.float8_e4m3fn)}, path)
+    with pytest.raises(ValueError, match=rf"{path}: q: cannot read this tensor"):
+        jaxrnn.load_state_dict_file(path)
+    path = str(tmp_path / "collide.pt")
+    torch.save({"a.w": torch.ones(2), "a": {"w": torch.zeros(2)}}, path)
+    with pytest.raises(ValueError, match="two tensors are named 'a.w'"):
+        jaxrnn.load_state_dict_file(path)
+
+
+def test_top_level_list_of_state_dicts_is_flattened(tmp_path):
+    lstm = torch.nn.LSTM(3, 4)
+    path = str(tmp_path / "list.pt")
+    torch.save([lstm.state_dict(), {"lr": 0.1}], path)
+    sd = jaxrnn.load_state_dict_file(path)
+    assert set(sd) == {f"0.{k}" for k in lstm.state_dict()}
+    assert jaxrnn.find_recurrent_layers(sd)[0].prefix == "0."
 
 
 def test_npz_with_pickled_objects_is_refused(tmp_path):
