@@ -406,6 +406,15 @@ def check_dropout_source(name: str, dropout: float, source) -> None:
         )
 
 
+def check_linen_dropout_rng(name: str, dropout: float, has_rng: bool) -> None:
+    """A Linen layer applied with dropout between layers has a ``dropout`` rng."""
+    if not has_rng:
+        raise ValueError(
+            f"{name}: dropout={dropout} with deterministic=False needs a 'dropout' rng: "
+            "apply(variables, x, rngs={'dropout': key}), or deterministic=True for no dropout"
+        )
+
+
 def check_loop_options(name: str, unroll, remat) -> None:
     """``unroll``: a positive int (steps per loop iteration); ``remat``: a bool, or a positive int
     (the chunk length)."""
@@ -446,12 +455,12 @@ def compute_dtype(name: str, dtype, *operands):
     return _float_dtype(name, "dtype", dtype)
 
 
-def check_dtypes(name: str, dtype, param_dtype):
+def check_dtypes(name: str, dtype, param_dtype, warn: bool = True):
     """A constructor's ``(dtype, param_dtype)``: floating dtypes (torch's read by name), ``dtype``
-    may be ``None`` (the operands' promotion)."""
+    may be ``None`` (the operands' promotion). ``warn``: about a torch dtype as ``dtype=``."""
     param_dtype = _float_dtype(name, "param_dtype", param_dtype)
     if dtype is not None:
-        if type(dtype).__module__ == "torch":  # torch's dtype= means what param_dtype= does here
+        if warn and type(dtype).__module__ == "torch":  # torch's dtype= is param_dtype= here
             warnings.warn(
                 f"{name}: dtype={dtype} sets the computation dtype (Flax's meaning), the "
                 f"parameters stay {param_dtype.name}; torch's dtype= (the parameters') is "

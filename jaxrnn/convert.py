@@ -275,9 +275,17 @@ def to_torch(module):
 
     cls_name = next((c for c in _TORCH_CLASSES if isinstance(module, getattr(jaxrnn, c))), None)
     if cls_name is None:
+        linen = type(module).__module__ == "jaxrnn.linen"  # its weights live in variables
         raise TypeError(
             "to_torch expects a jaxrnn.RNN, LSTM, GRU, RNNCell, LSTMCell or GRUCell, "
-            f"got {type(module).__name__}"
+            f"got {type(module).__module__}.{type(module).__name__}"
+            + (
+                " (a Linen module holds no weights: load "
+                "jaxrnn.to_torch_tensors(jaxrnn.params_to_state_dict(variables['params'])) into "
+                "the torch module with load_state_dict)"
+                if linen
+                else ""
+            )
         )
     state_dict = to_torch_tensors(module.state_dict())
     args = dict(input_size=module.input_size, hidden_size=module.hidden_size, bias=module.bias)

@@ -41,9 +41,23 @@ def _uniform(bound: float):
 class _LinenBase(nn.Module):
     """Shared machinery: parameters under torch's names, the call into the functional core."""
 
+    @property
+    def mode(self) -> str:
+        """Torch's mode string: ``'LSTM'``, ``'GRU'``, ``'RNN_TANH'`` or ``'RNN_RELU'``."""
+        return self._mode()
+
+    @nn.nowrap
+    def _check_dtypes(self):
+        """The dtypes, at construction as the NNX twins check them (warning about a torch dtype
+        as ``dtype=`` once, not for every clone Flax makes in ``init``/``apply``)."""
+        warn = not isinstance(self.parent, Scope)
+        _checks.check_dtypes(type(self).__name__, self.dtype, self.param_dtype, warn=warn)
+
     def _torch_params(self, shapes) -> dict[str, jax.Array]:
         init = _uniform(_params.init_bound(self.hidden_size))
-        _, param_dtype = _checks.check_dtypes(type(self).__name__, self.dtype, self.param_dtype)
+        _, param_dtype = _checks.check_dtypes(
+            type(self).__name__, self.dtype, self.param_dtype, warn=False
+        )
         return {k: self.param(k, init, shape, param_dtype) for k, shape in shapes.items()}
 
 
@@ -52,12 +66,14 @@ class _LayerBase(_LinenBase):
     def _mode(self) -> str:
         raise NotImplementedError
 
-    @property
-    def mode(self) -> str:
-        """Torch's mode string: ``'LSTM'``, ``'GRU'``, ``'RNN_TANH'`` or ``'RNN_RELU'``."""
-        return self._mode()
+    @nn.nowrap
+    def _proj_size(self) -> int:
+        return getattr(self, "proj_size", None) or 0
 
     def __post_init__(self):
+        if self._mode() != "LSTM" and getattr(self, "proj_size", None) is not None:
+            _checks.check_no_proj_size(type(self).__name__, {"proj_size": self.proj_size})
+        self._check_dtypes()
         _checks.check_constructor(
             type(self).__name__,
             self._mode(),
@@ -68,7 +84,7 @@ class _LayerBase(_LinenBase):
             self.batch_first,
             self.dropout,
             self.bidirectional,
-            getattr(self, "proj_size", 0),
+            self._proj_size(),
             warn=not isinstance(self.parent, Scope),  # torch's warning once, not per clone
         )
         super().__post_init__()
@@ -90,7 +106,7 @@ class _LayerBase(_LinenBase):
                 self.num_layers,
                 self.bias,
                 self.bidirectional,
-                getattr(self, "proj_size", 0),
+                self._proj_size(),
             )
         )
         if deterministic is None and self.deterministic is None:
@@ -100,6 +116,9 @@ class _LayerBase(_LinenBase):
         training = not deterministic
         key = None
         if training and self.dropout > 0 and self.num_layers > 1:
+            _checks.check_linen_dropout_rng(
+                type(self).__name__, self.dropout, self.has_rng("dropout")
+            )
             key = self.make_rng("dropout")
         return F.rnn(
             params,
@@ -136,6 +155,7 @@ class RNN(_LayerBase):
     unroll: int = 1
     remat: bool | int = False
     deterministic: bool | None = None
+    proj_size: int | None = None  # refused (any value), as torch's: LSTM only
 
     @nn.nowrap
     def _mode(self) -> str:
@@ -181,6 +201,7 @@ class GRU(_LayerBase):
     unroll: int = 1
     remat: bool | int = False
     deterministic: bool | None = None
+    proj_size: int | None = None  # refused (any value), as torch's: LSTM only
 
     @nn.nowrap
     def _mode(self) -> str:
@@ -197,6 +218,7 @@ class _CellBase(_LinenBase):
             type(self).__name__, self.input_size, self.hidden_size, self.bias
         )
         self._mode()  # an unknown nonlinearity fails here, as the NNX twin's constructor does
+        self._check_dtypes()
         super().__post_init__()
 
     @nn.compact

@@ -715,3 +715,58 @@ def test_prefix_errors_name_the_method(method):
     m = jaxrnn.GRU(3, 4, rngs=nnx.Rngs(0))
     with pytest.raises(TypeError, match=f"GRU.{method}: prefix must be a str, got NoneType"):
         dict(getattr(m, method)(prefix=None))
+
+
+@pytest.mark.parametrize("cls", ["GRU", "RNN"])
+@pytest.mark.parametrize("proj_size", [0, 2])
+def test_linen_proj_size_on_gru_and_rnn_is_torchs_value_error(cls, proj_size):
+    with pytest.raises(ValueError) as theirs:
+        getattr(torch.nn, cls)(3, 4, proj_size=proj_size)
+    with pytest.raises(ValueError) as ours:
+        getattr(jrl, cls)(3, 4, proj_size=proj_size)
+    assert str(ours.value) == f"{cls}: {theirs.value}"
+
+
+@pytest.mark.parametrize(
+    "make,pattern",
+    [
+        (lambda: jrl.LSTM(3, 4, dtype=jnp.int32), "LSTM: dtype must be a floating-point dtype"),
+        (
+            lambda: jrl.GRUCell(3, 4, param_dtype="int8"),
+            "GRUCell: param_dtype must be a floating-point dtype",
+        ),
+    ],
+)
+def test_linen_dtypes_are_checked_at_construction_as_nnx(make, pattern):
+    with pytest.raises(TypeError, match=pattern):
+        make()
+
+
+def test_linen_torch_dtype_warning_once_per_construction():
+    x = jnp.ones((5, 2, 3))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        m = jrl.LSTM(3, 4, dtype=torch.bfloat16)
+        variables = m.init(jax.random.key(0), x)
+        m.apply(variables, x)
+        m.apply(variables, x)
+    assert [str(w.message)[:40] for w in caught] == ["LSTM: dtype=torch.bfloat16 sets the comp"]
+
+
+def test_linen_dropout_without_rng_names_the_module():
+    m = jrl.LSTM(3, 4, 2, dropout=0.5)
+    x = jnp.ones((5, 2, 3))
+    variables = m.init(jax.random.key(0), x)
+    with pytest.raises(ValueError, match="LSTM: dropout=0.5 with deterministic=False needs a"):
+        m.apply(variables, x, deterministic=False)
+    m.apply(variables, x, deterministic=False, rngs={"dropout": jax.random.key(1)})
+
+
+def test_linen_cells_have_torchs_mode():
+    assert [jrl.GRUCell(3, 4).mode, jrl.LSTMCell(3, 4).mode] == ["GRU", "LSTM"]
+    assert jrl.RNNCell(3, 4, nonlinearity="relu").mode == "RNN_RELU"
+
+
+def test_to_torch_of_a_linen_module_says_where_its_weights_are():
+    with pytest.raises(TypeError, match=r"got jaxrnn.linen.LSTM \(a Linen module holds no"):
+        jaxrnn.to_torch(jrl.LSTM(3, 4))
