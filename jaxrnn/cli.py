@@ -2,6 +2,7 @@
 
     python -m jaxrnn inspect FILE [--json]          list the recurrent layers in FILE
     python -m jaxrnn convert IN OUT [--prefix P]    rewrite IN as OUT (format from the suffix)
+    python -m jaxrnn convert IN OUT --strip W       every array under the wrapper prefix W
 
 Formats: .pt/.pth/.bin/.ckpt (read with torch.load(weights_only=True)), .safetensors, .npz.
 """
@@ -42,6 +43,13 @@ def _parser() -> argparse.ArgumentParser:
         help="keep only the recurrent layer under this key prefix (e.g. 'encoder.lstm.') and "
         "strip the prefix, so the output loads into a bare torch.nn.LSTM/GRU/RNN or cell",
     )
+    p.add_argument(
+        "--strip",
+        default="",
+        help="keep every array under this prefix and strip it: a wrapper's ('module.' of "
+        "DataParallel, '_orig_mod.' of torch.compile, 'state_dict.' of a Lightning checkpoint), "
+        "so the output loads into the unwrapped model",
+    )
     return parser
 
 
@@ -81,9 +89,10 @@ def inspect(path: str, as_json: bool = False) -> str:
     return "\n".join(lines)
 
 
-def convert(input: str, output: str, prefix: str = "") -> str:
-    """``python -m jaxrnn convert``: read ``input``, write ``output``; returns a summary line."""
-    state_dict = io.load_state_dict_file(input)
+def convert(input: str, output: str, prefix: str = "", strip: str = "") -> str:
+    """``python -m jaxrnn convert``: read ``input``, write ``output``; returns a summary line.
+    ``strip``: keep the arrays under that prefix, without it (before ``prefix`` applies)."""
+    state_dict = io.load_state_dict_file(input, prefix=strip)
     what = ""
     if prefix:
         try:
@@ -102,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "inspect":
             print(inspect(args.file, args.json))
         else:
-            print(convert(args.input, args.output, args.prefix))
+            print(convert(args.input, args.output, args.prefix, args.strip))
         sys.stdout.flush()
     except BrokenPipeError:  # `python -m jaxrnn inspect big.pt | head`: the reader has enough
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -203,3 +203,26 @@ def test_python_dash_m(checkpoint):
     )
     assert result.returncode == 0, result.stderr
     assert repr(model.encoder) in result.stdout
+
+
+@pytest.mark.parametrize("wrapper", ["module.", "_orig_mod.", "state_dict."])
+def test_convert_strip_unwraps_a_whole_model(capsys, tmp_path, wrapper):
+    """``--strip`` drops a wrapper's prefix (DataParallel, torch.compile, a Lightning
+    checkpoint, whose optimizer state it leaves out): the output loads into the bare model."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.GRU(3, 4))
+    wrapped = {wrapper + k: v for k, v in net.state_dict().items()}
+    if wrapper == "state_dict.":
+        wrapped = {"state_dict": net.state_dict(), "optimizer_states": [{"m": torch.ones(3)}]}
+    torch.save(wrapped, tmp_path / "in.ckpt")
+    out = tmp_path / "out.safetensors"
+    code, stdout, err = run(
+        capsys, "convert", str(tmp_path / "in.ckpt"), str(out), "--strip", wrapper
+    )
+    assert code == 0, err
+    bare = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.GRU(3, 4))
+    bare.load_state_dict(load_file(out), strict=True)
+    for key, value in net.state_dict().items():
+        torch.testing.assert_close(bare.state_dict()[key], value, rtol=0, atol=0)
+    code, _, err = run(capsys, "convert", str(tmp_path / "in.ckpt"), str(out), "--strip", "x.")
+    assert code == 1 and "no key starts with prefix 'x.'" in err
