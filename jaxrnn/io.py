@@ -259,6 +259,12 @@ def _load_torch(path: str) -> dict[str, np.ndarray]:
             ".safetensors."
         ) from None
     except RuntimeError as e:
+        if _is_export_archive(path):
+            raise ValueError(
+                f"{path}: a torch.export archive (.pt2): torch.export.load reads its weights with "
+                "pickle allowed, which could run code from the file, so jaxrnn does not; save "
+                "torch.save(model.state_dict(), path) or a .safetensors file instead"
+            ) from None
         if "TorchScript" not in str(e):  # zip errors etc.
             raise _unreadable(path, e) from e
         try:  # torch.jit.save's archive: compiled TorchScript, no Python from the file runs
@@ -279,6 +285,17 @@ def _load_torch(path: str) -> dict[str, np.ndarray]:
     if not flat:
         raise ValueError(f"{path}: the file holds no tensors")
     return flat
+
+
+def _is_export_archive(path: str) -> bool:
+    """Whether the file is ``torch.export.save``'s archive (a zip with ``archive_format``)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(n.rsplit("/", 1)[-1] == "archive_format" for n in archive.namelist())
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return False
 
 
 def _unreadable(path: str, e: Exception) -> ValueError:

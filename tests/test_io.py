@@ -751,3 +751,15 @@ def test_save_argument_checks_and_missing_safetensors(tmp_path, monkeypatch):
     with pytest.raises(ModuleNotFoundError, match=f"writing {path} needs the safetensors"):
         jaxrnn.save_state_dict_file({"a": np.zeros(2)}, path)
     assert os.listdir(tmp_path) == []
+
+
+def test_torch_export_archive_is_named_and_not_unpickled(tmp_path):
+    """``torch.export.load`` unpickles with ``weights_only=False``: jaxrnn names the format and
+    refuses, as for other pickles that could run code (it called the file corrupt before)."""
+    path = str(tmp_path / "m.pt2")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.export.export(torch.nn.LSTM(3, 4), (torch.zeros(2, 1, 3),))
+        torch.export.save(program, path)
+    with pytest.raises(ValueError, match=rf"{path}: a torch.export archive \(.pt2\)"):
+        jaxrnn.load_state_dict_file(path)
