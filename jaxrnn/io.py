@@ -113,9 +113,7 @@ def _file_kind(path: str) -> str:
         return "torch"
     kind = _sniff(path)
     if kind is None:
-        other = _what_else(path)
-        if other:
-            raise ValueError(f"{path}: {other}")
+        _check_what_else(path)
         raise ValueError(
             f"{path}: unsupported checkpoint suffix {suffix!r}, and the file is not a PyTorch, "
             f".safetensors or .npz file either; expected {_SUPPORTED}"
@@ -128,17 +126,11 @@ def _sniff(path: str) -> str | None:
     (``np.savez``), any other zip (``torch.save``; ``torch.load`` judges it), a pickle
     (``torch.save``'s legacy format), or an 8-byte header length followed by a JSON header
     (safetensors)."""
-    import zipfile
-
     with open(path, "rb") as f:
         head = f.read(9)
         size = os.fstat(f.fileno()).st_size
-    if head[:4] == b"PK\x03\x04":
-        try:
-            with zipfile.ZipFile(path) as archive:
-                names = archive.namelist()
-        except (zipfile.BadZipFile, OSError):
-            return "torch"  # a damaged zip: torch.load says what is wrong with it
+    if head[:4] == b"PK\x03\x04":  # a damaged zip too: torch.load says what is wrong with it
+        names = _zip_names(path)
         return "npz" if names and all(n.endswith(".npy") for n in names) else "torch"
     if head[:1] == b"\x80":  # pickle protocol 2+
         return "torch"
@@ -155,17 +147,29 @@ def _listed(items: list[str], most: int = 10) -> str:
     return ", ".join(items[:most]) + more
 
 
-def _what_else(path: str) -> str | None:
-    """What a file that is no checkpoint is instead, where its first bytes say: a Git LFS pointer
-    (the repository's placeholder for a large file), or a web page (a download link that
-    returned one)."""
+def _check_what_else(path: str) -> None:
+    """A ``ValueError`` saying what a file that is no checkpoint is instead, where its first
+    bytes say: a Git LFS pointer (the repository's placeholder for a large file), or a web page
+    (a download link that returned one); nothing otherwise."""
     with open(path, "rb") as f:
         head = f.read(256).lstrip().lower()
     if head.startswith(b"version https://git-lfs"):
-        return "a Git LFS pointer, not the checkpoint itself (fetch it: git lfs pull)"
+        raise ValueError(f"{path}: a Git LFS pointer, not the checkpoint itself (git lfs pull)")
     if head.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head")):
-        return "a web page (HTML), not a checkpoint (did a download link return a page?)"
-    return None
+        raise ValueError(
+            f"{path}: a web page (HTML), not a checkpoint (did a download link return a page?)"
+        )
+
+
+def _zip_names(path: str) -> list[str] | None:
+    """The member names of a zip file, ``None`` if it is not a readable zip."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.namelist()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return None
 
 
 def _check_zip_members(path: str) -> None:
@@ -201,9 +205,7 @@ def _load_safetensors(path: str) -> dict[str, np.ndarray]:
     try:
         return dict(load_file(path))
     except Exception as e:  # SafetensorError, OSError, ... : one message for all
-        other = _what_else(path)
-        if other:
-            raise ValueError(f"{path}: {other}") from e
+        _check_what_else(path)
         raise ValueError(
             f"{path}: not a valid .safetensors file (corrupt or truncated?): {e}"
         ) from e
@@ -248,8 +250,10 @@ def _load_torch(path: str) -> dict[str, np.ndarray]:
         # anything else is not a checkpoint at all (torch's message would advise
         # weights_only=False, which is no help for a file that is not a checkpoint)
         if "Weights only load failed" not in str(e) or head[:1] not in (b"P", b"\x80"):
-            other = _what_else(path) or "not a PyTorch checkpoint (neither a zip nor a pickle)"
-            raise ValueError(f"{path}: {other}") from e
+            _check_what_else(path)
+            raise ValueError(
+                f"{path}: not a PyTorch checkpoint (neither a zip nor a pickle)"
+            ) from e
         detail = next((line.strip() for line in str(e).splitlines() if "Unsupported" in line), "")
         raise ValueError(
             f"{path}: refusing to load: this file needs arbitrary Python objects unpickled, "
@@ -274,8 +278,8 @@ def _load_torch(path: str) -> dict[str, np.ndarray]:
         except Exception as e2:
             raise _unreadable(path, e2) from e2
     except Exception as e:  # KeyError/EOFError (pickle), ...
-        other = _what_else(path)
-        raise (ValueError(f"{path}: {other}") if other else _unreadable(path, e)) from e
+        _check_what_else(path)
+        raise _unreadable(path, e) from e
     if not isinstance(obj, (Mapping, list, tuple)):
         raise ValueError(
             f"{path}: expected a state dict (a mapping of names to tensors), got "
@@ -289,13 +293,7 @@ def _load_torch(path: str) -> dict[str, np.ndarray]:
 
 def _is_export_archive(path: str) -> bool:
     """Whether the file is ``torch.export.save``'s archive (a zip with ``archive_format``)."""
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return any(n.rsplit("/", 1)[-1] == "archive_format" for n in archive.namelist())
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
-        return False
+    return any(n.rsplit("/", 1)[-1] == "archive_format" for n in _zip_names(path) or [])
 
 
 def _unreadable(path: str, e: Exception) -> ValueError:

@@ -306,9 +306,7 @@ def rnn(
     # weights too: their cotangents from the fused backward vary, and JAX sums them back where
     # a weight came in replicated, as for any replicated value used with sharded data)
     refs = (x, mask, dropout_key, *params.values(), *jax.tree.leaves(state))
-    state = _varying_as(state, *refs)
-    params = _varying_as(dict(params), *refs)
-    x = _varying_as(x, *refs)
+    state, params, x = _varying_as((state, dict(params), x), *refs)
     if mask is not None:  # padding never reaches the cell, so NaN there cannot leak anywhere
         x = jnp.where(mask, x, jnp.zeros((), compute))
 
