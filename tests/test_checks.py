@@ -340,6 +340,11 @@ def test_functional_params_with_a_gap_are_refused():
     )
     # the model itself still runs, and so does a full one
     assert F.lstm(params, x)[0].shape == (2, 1, 4)
+    t = torch.nn.LSTM(3, 4)
+    t.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in params.items()})
+    np.testing.assert_allclose(
+        F.lstm(params, x)[0], t(torch.from_numpy(np.asarray(x)))[0].detach().numpy(), atol=1e-6
+    )
 
 
 def test_raw_cells_check_their_structure():
@@ -354,6 +359,11 @@ def test_raw_cells_check_their_structure():
         F.gru_cell({"weight_ih": np.zeros((12, 3))}, jnp.ones((2, 3)), jnp.zeros((2, 4)))
     h, c = F.lstm_cell(p, jnp.ones((2, 3)), (jnp.zeros((2, 4)), jnp.zeros((2, 4))))
     assert h.shape == c.shape == (2, 4)
+    t = torch.nn.LSTMCell(3, 4)
+    t.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in p.items()})
+    th, tc = t(torch.ones(2, 3), (torch.zeros(2, 4), torch.zeros(2, 4)))
+    np.testing.assert_allclose(h, th.detach().numpy(), atol=1e-6)
+    np.testing.assert_allclose(c, tc.detach().numpy(), atol=1e-6)
 
 
 def test_functional_dropout_rate_is_checked_as_torchs():

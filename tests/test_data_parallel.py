@@ -164,3 +164,59 @@ def test_two_processes_give_the_single_device_curve(report):
         assert r["processes"] == 2 and r["devices"] == 8 and r["local_devices"] == 4
         np.testing.assert_allclose(r["losses"], report["single"], rtol=1e-5, atol=1e-6)
         assert abs(r["accuracy"] - report["accuracy"][0]) <= 2 / 256
+
+
+SHARD_MAP_SCRIPT = r"""
+import json
+import jax, jax.numpy as jnp, numpy as np, torch
+from jax.sharding import Mesh, PartitionSpec as P
+import jaxrnn
+
+torch.manual_seed(0)
+tmod = torch.nn.GRU(3, 8, 2, bidirectional=True)
+params = jaxrnn.state_dict_to_params(tmod.state_dict())
+x = np.random.default_rng(0).standard_normal((5, 8, 3)).astype(np.float32)
+lengths = np.array([5, 4, 3, 2, 1, 5, 4, 3])
+
+def loss(p, x, n):
+    return jnp.sum(jaxrnn.functional.gru(p, x, seq_lengths=n)[0] ** 2)
+
+mesh = Mesh(np.array(jax.devices()), ("data",))
+sharded = jax.jit(jax.shard_map(
+    lambda p, x, n: jax.grad(loss)(p, x, n), mesh=mesh,
+    in_specs=(P(), P(None, "data"), P("data")), out_specs=P(),
+))(params, x, lengths)
+xt = torch.tensor(x)
+packed = torch.nn.utils.rnn.pack_padded_sequence(xt, torch.tensor(lengths), enforce_sorted=False)
+out, _ = torch.nn.utils.rnn.pad_packed_sequence(tmod(packed)[0], total_length=5)
+(out ** 2).sum().backward()
+print("RESULT " + json.dumps({
+    "devices": jax.device_count(),
+    "err": max(float(np.abs(np.asarray(sharded[k]) - p.grad.numpy()).max())
+               for k, p in tmod.named_parameters()),
+}))
+"""
+
+
+def test_gradients_inside_shard_map_are_summed_over_the_shards():
+    """Four simulated devices, the batch split in four, weights replicated: the gradients that
+    ``jax.grad`` returns inside ``jax.shard_map`` are the whole batch's, torch's on the same
+    batch (JAX sums the cotangent of a replicated value used with sharded data)."""
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (
+        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+    ).strip()
+    env["JAX_PLATFORMS"] = "cpu"
+    proc = subprocess.run(
+        [sys.executable, "-c", SHARD_MAP_SCRIPT],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))
+    result = json.loads(line[len("RESULT ") :])
+    assert result["devices"] == 4
+    assert result["err"] < 1e-4

@@ -320,6 +320,8 @@ def test_reset_parameters_draws_torchs_init_again(make, torch_cls):
         assert v.dtype == dtype and v.shape == before[k].shape
         assert not np.array_equal(v, before[k])
         assert np.abs(np.asarray(v, np.float32)).max() <= 1 / np.sqrt(ours.hidden_size) + 1e-6
+    ours_bound = max(np.abs(np.asarray(v, np.float32)).max() for v in after.values())
+    assert ours_bound > 0.9 / np.sqrt(ours.hidden_size)  # the whole range, as torch's draws
     # torch's own draws come close to the same bound (all parameters share it)
     assert 0.9 / np.sqrt(ours.hidden_size) < theirs_bound <= 1 / np.sqrt(ours.hidden_size)
     np.random.seed(0)

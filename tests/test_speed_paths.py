@@ -737,8 +737,9 @@ def test_benchmark_training_step_stays_under_the_mmap_threshold(mode, weighted):
 def test_saturated_gates_in_the_activation_block_agree_in_absolute_terms():
     """The training step's activation block (a one-direction LSTM, H >= 256, B >= 8) computes
     the sigmoid from tanh: exact to ~3e-8 absolute, exactly 0 below about -17 (README,
-    "Dtypes"). With the output gate at -20, torch's outputs are ~1e-10; ours under grad are 0,
-    within that absolute bound, and the plain forward keeps them relatively exact."""
+    "Dtypes"). With the output gate at about -20, torch's outputs are ~1e-10; ours under grad
+    are 0 or a few 1e-9, within that absolute bound, and the plain forward keeps them relatively
+    exact."""
     torch.manual_seed(0)
     module = torch.nn.LSTM(4, 256)
     with torch.no_grad():

@@ -424,6 +424,12 @@ def test_linen_layers_under_flax_introspection_and_lifted_transforms():
     variables = Model().init(jax.random.key(0), x)
     _, state = Model().apply(variables, x, capture_intermediates=True)
     assert "intermediates" in state
+    lstm_out = state["intermediates"]["LSTM_0"]["__call__"][0][0]  # the LSTM's own output
+    assert lstm_out.shape == (5, 2, 4)
+    assert_close(
+        nn.Dense(2).apply({"params": variables["params"]["Dense_0"]}, lstm_out),
+        Model().apply(variables, x),
+    )
 
     members = 3
     ensemble = nn.vmap(
@@ -489,4 +495,7 @@ def test_remat_with_a_symbolic_length_says_so():
     with pytest.raises(ValueError, match="GRU: remat needs a concrete sequence length"):
         export.export(fn)(params, spec)
     spec = jax.ShapeDtypeStruct(export.symbolic_shape(f"{T}, b, {IN}"), jnp.float32)
-    export.export(fn)(params, spec)  # a symbolic batch alone is fine
+    exported = export.export(fn)(params, spec)  # a symbolic batch alone is fine
+    t = jaxrnn.to_torch(m)
+    x = np.random.default_rng(3).standard_normal((T, 2, IN)).astype(np.float32)
+    assert_close(exported.call(params, x), t(torch.from_numpy(x))[0].detach().numpy())
