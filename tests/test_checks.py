@@ -340,7 +340,7 @@ def test_functional_params_with_a_gap_are_refused():
     )
     # the model itself still runs, and so does a full one
     assert F.lstm(params, x)[0].shape == (2, 1, 4)
-    t = torch.nn.LSTM(3, 4)
+    t = torch.nn.LSTM(3, 4, 2)
     t.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in params.items()})
     np.testing.assert_allclose(
         F.lstm(params, x)[0], t(torch.from_numpy(np.asarray(x)))[0].detach().numpy(), atol=1e-6

@@ -65,16 +65,21 @@ print("RESULT " + json.dumps({
 """
 
 
-@pytest.fixture(scope="module")
-def report():
+def _cpu_devices_env(count: int) -> dict:
+    """This process's environment for a JAX process with ``count`` simulated CPU devices."""
     env = dict(os.environ)
     env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+        env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={count}"
     ).strip()
     env["JAX_PLATFORMS"] = "cpu"
+    return env
+
+
+def _run_result(script: str, devices: int, *args: str) -> dict:
+    """Run ``script`` in a process with ``devices`` CPU devices; its ``RESULT {json}`` line."""
     proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(ROOT / "examples" / "train_classifier.py")],
-        env=env,
+        [sys.executable, "-c", script, *args],
+        env=_cpu_devices_env(devices),
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -83,6 +88,11 @@ def report():
     assert proc.returncode == 0, proc.stderr[-4000:]
     line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))
     return json.loads(line[len("RESULT ") :])
+
+
+@pytest.fixture(scope="module")
+def report():
+    return _run_result(SCRIPT, 8, str(ROOT / "examples" / "train_classifier.py"))
 
 
 def test_runs_on_eight_devices_with_replicated_params_and_a_sharded_batch(report):
@@ -131,11 +141,7 @@ def test_two_processes_give_the_single_device_curve(report):
     with socket.socket() as s:  # a free port for the coordinator
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
-    ).strip()
-    env["JAX_PLATFORMS"] = "cpu"
+    env = _cpu_devices_env(4)
     script = str(ROOT / "examples" / "train_classifier.py")
     procs = [
         subprocess.Popen(
@@ -202,21 +208,6 @@ def test_gradients_inside_shard_map_are_summed_over_the_shards():
     """Four simulated devices, the batch split in four, weights replicated: the gradients that
     ``jax.grad`` returns inside ``jax.shard_map`` are the whole batch's, torch's on the same
     batch (JAX sums the cotangent of a replicated value used with sharded data)."""
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
-    ).strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    proc = subprocess.run(
-        [sys.executable, "-c", SHARD_MAP_SCRIPT],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))
-    result = json.loads(line[len("RESULT ") :])
+    result = _run_result(SHARD_MAP_SCRIPT, 4)
     assert result["devices"] == 4
     assert result["err"] < 1e-4
