@@ -4,8 +4,10 @@ For every workload (``T, B, I, H, layers``) and mode (``fwd``: inference forward
 training step, value and gradient of ``sum(output * w)`` with respect to the parameters) it builds
 the three contenders from the same torch weights, checks their outputs, losses and (jaxrnn's)
 gradients equal torch's, then times them interleaved in one process (``--reps`` rounds,
-contenders in rotating order; milliseconds are medians, the ratios the median of per-round
-ratios, which cancels the machine's drift between rounds). torch runs at its best thread count
+contenders in rotating order, each timed call right after an untimed call of the same contender,
+``--warm-calls``, so that each is timed in its steady state rather than with the caches and threads
+the previous library left; milliseconds are medians, the ratios the median of per-round ratios,
+which cancels the machine's drift between rounds). torch runs at its best thread count
 for the workload (1 or all cores, chosen by a short trial and reported). GFLOP/s count the
 matmul FLOPs (x3 for forward + backward) and are compared to this machine's float32 GEMM rate
 measured at the start (best of JAX and torch on a 2048^2 matmul), for every contender: the same
@@ -108,15 +110,28 @@ def best_torch_threads(fn, reps: int = 3) -> int:
     return min(times, key=times.get)
 
 
-def interleaved_rounds(fns: dict, reps: int) -> dict:
+# Untimed calls of a contender right before each of its timed calls (--warm-calls): in a round
+# each contender otherwise starts right after another library's call, with its weights and
+# buffers evicted from the caches and its threads asleep, while a training or inference loop
+# calls the same step back to back. Measured on this VM (a script outside the repository, 9
+# rounds each way): timed cold, the rows moved by up to 20% (the LSTM 512,4,64,128 forward:
+# torch 2.75 -> 2.22 ms warm, jaxrnn 2.29 -> 2.29; the RNN 128,32,128,256 forward: jaxrnn 4.59
+# -> 3.94, Flax 4.20 -> 4.01), depending on whose call came before.
+WARM_CALLS = 1
+
+
+def interleaved_rounds(fns: dict, reps: int, warm: int = WARM_CALLS) -> dict:
     """Seconds per callable and round, ``{name: [t_0, ..., t_reps-1]}``; each round runs all of
-    them once, in rotating order, after one untimed warm-up call each."""
+    them in rotating order, each timed call right after ``warm`` untimed calls of the same
+    callable (after one untimed warm-up call each before the first round)."""
     names = list(fns)
     for fn in fns.values():
         fn()
     times = {k: [] for k in names}
     for r in range(reps):
         for k in names[r % len(names) :] + names[: r % len(names)]:
+            for _ in range(warm):
+                fns[k]()
             times[k].append(_time(fns[k]))
     return times
 
@@ -134,7 +149,9 @@ def ratio(times: dict, num: str, den: str) -> float:
     return float(np.median(np.asarray(times[num]) / np.asarray(times[den])))
 
 
-def run_workload(w: Workload, reps: int, with_flax: bool, peak: float, options: dict) -> list[dict]:
+def run_workload(
+    w: Workload, reps: int, with_flax: bool, peak: float, options: dict, warm: int = WARM_CALLS
+) -> list[dict]:
     contenders, tmod = build(w, with_flax=with_flax, compiler_options=options)
     check_against_torch(contenders)
     rows = []
@@ -142,7 +159,7 @@ def run_workload(w: Workload, reps: int, with_flax: bool, peak: float, options: 
         attr = "fwd" if mode == "fwd" else "train"
         threads = best_torch_threads(getattr(contenders[0], attr))
         torch.set_num_threads(threads)
-        rounds = interleaved_rounds({c.name: getattr(c, attr) for c in contenders}, reps)
+        rounds = interleaved_rounds({c.name: getattr(c, attr) for c in contenders}, reps, warm)
         ms = {k: float(np.median(v)) * 1e3 for k, v in rounds.items()}
         flops = w.flops(mode != "fwd")
         gflops = flops / (ms["jaxrnn"] / 1e3) / 1e9
@@ -230,6 +247,13 @@ def main(argv=None) -> None:
     parser.add_argument("--reps", type=int, default=None, help="timed runs per contender")
     parser.add_argument("--only", default=None, help="workloads whose name contains this")
     parser.add_argument("--no-flax", action="store_true", help="skip the flax contender")
+    parser.add_argument(
+        "--warm-calls",
+        type=int,
+        default=WARM_CALLS,
+        help="untimed calls of a contender right before each timed one (0: timed right after "
+        "another contender's call)",
+    )
     parser.add_argument("--out", default=None, help="results file (default: results/<date>-...)")
     parser.add_argument(
         "--compiler-options",
@@ -239,6 +263,8 @@ def main(argv=None) -> None:
     )
     args = parser.parse_args(argv)
     options = jaxrnn.cpu_compiler_options() if args.compiler_options == "recommended" else {}
+    if args.warm_calls < 0:
+        parser.error(f"--warm-calls must be 0 or more, got {args.warm_calls}")
     reps = args.reps or (5 if args.quick else 7)
     workloads = [w for w, quick in WORKLOADS if quick or not args.quick]
     if args.only:
@@ -257,7 +283,8 @@ def main(argv=None) -> None:
         f"- compiler options of both JAX contenders: {options} (--compiler-options "
         f"{args.compiler_options})",
         f"- float32 GEMM rate (2048^2): {peak:.0f} GFLOP/s ({peak_who})",
-        f"- {reps} interleaved rounds: ms are medians, torch/jaxrnn and flax/jaxrnn the median "
+        f"- {reps} interleaved rounds, each timed call after {args.warm_calls} untimed call(s) of "
+        "the same contender: ms are medians, torch/jaxrnn and flax/jaxrnn the median "
         "of the per-round ratios (> 1: jaxrnn is faster); all contenders checked equal to torch "
         "first",
         "",
@@ -267,7 +294,7 @@ def main(argv=None) -> None:
     rows = []
     for w in workloads:
         t0 = time.perf_counter()
-        new = run_workload(w, reps, not args.no_flax, peak, options)
+        new = run_workload(w, reps, not args.no_flax, peak, options, args.warm_calls)
         rows.extend(new)
         for r in new:
             print(

@@ -7,7 +7,7 @@ For each workload the script builds jaxrnn once per variant (``jax.clear_caches(
 fused layer's inner ``jax.jit`` caches its trace by shape, so without it every variant would reuse
 the first one's program), checks that the variants' outputs, losses and gradients agree, and times
 the inference forward and the training step (value and gradient of ``sum(output * w)``)
-interleaved, float32, compiled with ``jaxrnn.cpu_compiler_options()``. It prints the medians, each
+interleaved (each timed call after an untimed one of the same variant, as ``run.py``), float32, compiled with ``jaxrnn.cpu_compiler_options()``. It prints the medians, each
 variant's ratio to the default (median of the per-round ratios, > 1: the default is faster) and the
 compiled temporary memory of the forward or training step timed (XLA's, per variant) and the page
 faults per call after the timed rounds.
@@ -30,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _contenders as C  # noqa: E402
-from run import interleaved_rounds, machine, ratio  # noqa: E402
+from run import WARM_CALLS, interleaved_rounds, machine, ratio  # noqa: E402
 
 import jaxrnn  # noqa: E402
 
@@ -204,7 +204,8 @@ def main(argv=None) -> None:
         "# jaxrnn tuning constants, A/B",
         "",
         f"- machine: {machine()}; jax {jax.__version__}; compiler options {options}",
-        f"- {args.reps} interleaved rounds; ratios > 1: the default is faster",
+        f"- {args.reps} interleaved rounds, each timed call after {WARM_CALLS} untimed call(s) of "
+        "the same variant; ratios > 1: the default is faster",
         "",
     ]
     print("\n".join(lines), flush=True)
