@@ -92,6 +92,24 @@ EXPERIMENTS = {
         ],
         ("fwd",),
     ),
+    "products-first": (
+        "each backward step starts with the recurrent products of the step before "
+        "(_fused_backward._PRODUCTS_FIRST; with unit groups one product per group of its "
+        "columns of W_hh with all groups' gate gradients), against ending with them",
+        {"products last": {"_fused_backward._PRODUCTS_FIRST": False}},
+        [
+            C.Workload("LSTM", 128, 32, 128, 256, 2, True),
+            C.Workload("GRU", 128, 32, 128, 256, 2, True),
+            C.Workload("LSTM", 128, 32, 128, 256),
+            C.Workload("GRU", 128, 32, 128, 256),
+            C.Workload("LSTM", 128, 16, 128, 256),
+            C.Workload("LSTM", 512, 4, 64, 128),
+            C.Workload("RNN_TANH", 128, 32, 128, 256),
+            C.Workload("LSTM", 128, 64, 256, 512, 2),
+            C.Workload("GRU", 128, 64, 256, 512, 2),
+        ],
+        ("train",),
+    ),
     "step-major-gradients": (
         "a feature-major backward fills its gate-gradient buffers step-major from 2048 gate rows "
         "for LSTM, 768 for GRU (_fused._STEP_MAJOR_GRADIENTS_FROM), against 2048 for both, and "

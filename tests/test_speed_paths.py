@@ -245,6 +245,27 @@ def test_tuning_alternatives_equal_autodiff_of_plain_scan(retraced, mode, fm, bl
     _assert_fused_equals_plain(rng, mode, 1, True, 0, True, 1, feature_major=fm, step_major=False)
 
 
+@pytest.mark.parametrize("products_first", [True, False], ids=["products_first", "products_last"])
+@pytest.mark.parametrize(
+    "mode,dirs,groups,fm",
+    [("GRU", 2, 1, True), ("LSTM", 1, 3, True), ("GRU", 1, 3, False), ("RNN_TANH", 1, 3, False)],
+    ids=["gru_bidirectional", "lstm_unit_groups", "gru_unit_groups_batch_major", "rnn_unit_groups"],
+)
+def test_backward_products_first_or_last_equal_autodiff_of_plain_scan(
+    retraced, products_first, mode, dirs, groups, fm
+):
+    """Both forms of the backward step that ``benchmarks/variants.py products-first`` times: each
+    step starting with the recurrent products of the step before (with unit groups, one product
+    per group of its columns of ``W_hh`` with all groups' gate gradients), or ending with them
+    (``_fused_backward._PRODUCTS_FIRST``); masked, with the GRU's gradient that bypasses
+    ``W_hh``: outputs and gradients as autodiff of the plain scan."""
+    retraced(_fused_backward, "_PRODUCTS_FIRST", products_first)
+    rng = np.random.default_rng(11)
+    _assert_fused_equals_plain(
+        rng, mode, dirs, True, 0, True, 1, feature_major=fm, step_major=False, groups=groups
+    )
+
+
 @pytest.mark.parametrize("masked", [False, True], ids=["full", "masked"])
 def test_one_direction_lstm_inference_with_hoisted_projections_equals_plain_scan(retraced, masked):
     """A one-direction feature-major LSTM's inference forward above

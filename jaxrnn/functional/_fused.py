@@ -21,8 +21,9 @@ whole previous ``h`` with its own rows of the weights (reordered group-major onc
 ``_fused_layout._group_rows``), so a step is two independent products and two independent gate
 updates, which XLA runs on two threads; one product of that size ran on one thread, or was split
 inside the matmul library with the second thread waking up late every step. The backward mirrors it:
-each group multiplies its own gate gradients by its rows of ``W_hh`` (a partial gradient of the
-whole previous ``h``), and the groups' partial products are summed.
+each backward step starts with one product per group, its columns of ``W_hh`` times all groups'
+gate gradients of the step before (``_fused_backward._PRODUCTS_FIRST``), then the group's gate
+arithmetic.
 
 For LSTM from a batch of 8 and GRU from 32 (``_FEATURE_MAJOR_FROM``), with 256 hidden units or more
 (``_FEATURE_MAJOR_MIN_HIDDEN``), the loops keep the state feature-major, ``(H, N)``, so that step is

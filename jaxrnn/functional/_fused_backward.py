@@ -35,6 +35,16 @@ from jaxrnn.functional._fused_layout import (
 # smaller layers level.
 _BIAS_GRADIENT_AS_PRODUCT = True
 
+# Whether each backward step starts with the recurrent products of the step before (``W_hh^T``
+# times the gate gradients it carried over) instead of ending with them (see _backward).
+# Interleaved A/B, training steps (``benchmarks/variants.py products-first``,
+# results/2026-12-07-amd-epyc-2-cores-variants-products-first.md): GRU 128,32,128,256 1.17x,
+# bidirectional 2-layer 1.05x, LSTM 128,32,128,256 1.06x, 128,16,128,256 1.08-1.11x in three runs
+# (0.88x in one taken while the machine ran at half speed), 2-layer H=512 and B=4 level; the
+# bidirectional 2-layer LSTM 128,32,128,256 0.97-0.98x in five runs (its one-layer form 1.05x,
+# the 2-layer one at B=16 1.12x and B=64 1.04x; not explained).
+_PRODUCTS_FIRST = True
+
 
 def _cell_backward(mode, dh, dc, acts, c_t, c_prev, h_t, h_prev, w_hr_t, fm, precision):
     """Gradients of one step given those reaching the new state (already masked).
@@ -95,11 +105,9 @@ def _backward(spec, weights, x, state0, mask, out, saved, cts):
     # the forward's buffers of saved activations: step t's activations are read from them, then
     # overwritten by step t's gradients. The loop reads each step's activations after writing
     # the previous step's gradients and carries them, so that XLA updates the buffers in place
-    # (read in the same step as the write, it copied the whole buffer every step). With unit
-    # groups, each group's gate gradients times its rows of ``W_hh`` is a partial gradient of the
-    # whole previous ``h``, independent of the other groups'; the partials are then summed
-    # (interleaved A/B: 3-8% faster training steps than one product per group of the previous
-    # ``h``, which needs every group's gate gradients first).
+    # (read in the same step as the write, it copied the whole buffer every step). The gate
+    # gradients times ``W_hh`` (the gradient of the previous ``h``) start the next step
+    # (``_PRODUCTS_FIRST``, see below).
     # Feature-major, the gates are written one by one into a scratch (in place): fusing a
     # concatenation into the gate arithmetic makes XLA:CPU emit it as scalar code, which only
     # pays off at small batches. The buffers copy from the finished scratch, so that XLA does
@@ -137,6 +145,38 @@ def _backward(spec, weights, x, state0, mask, out, saved, cts):
             out.append(_put_block(buf, value, 0, t, fm, step_major))
         return out
 
+    # A step that ends with its recurrent products runs on one thread from its start to its
+    # products: XLA:CPU starts each iteration of a loop on one thread and hands work to another
+    # only behind a matmul (or when more than 8 operations are ready at once), so two directions'
+    # (or unit groups') gate arithmetic ran one after the other (profiles: about 60 us per step
+    # of a bidirectional H=256, B=32 layer on one thread while the other waited). Starting each
+    # step with the products of the step before (its gate gradients carried over) puts every
+    # direction's chain behind a matmul of its own, as the forward's steps are. With unit groups
+    # the products are then one per group, of its columns of W_hh with all groups' gate
+    # gradients ("joined"), so that no sum over the groups stands between a product and its
+    # group's arithmetic; ending the step with them, each group's rows of W_hh times its own
+    # gate gradients, summed, was 3-8% faster than the joined form (a join either way). A/B
+    # (``benchmarks/variants.py products-first``): see ``_PRODUCTS_FIRST``.
+    has_extra = gru or mask is not None  # dh_direct, or the gradient masked steps hand on
+    joined = _PRODUCTS_FIRST and groups > 1
+
+    def recurrent_dh(w_back, width, rec, extra):
+        """Per group the gradient of the previous ``h``: the products of ``W_hh`` with the gate
+        gradients ``rec`` (per group), plus ``extra`` (per group, or None)."""
+        if joined:
+            all_gates = jnp.concatenate(rec, axis=0 if fm else -1)
+            out = [_lin(w_back[r], all_gates, fm, precision) for r in range(groups)]
+        else:
+            partials = [_lin(w_back[g], rec[g], fm, precision) for g in range(groups)]
+            out = [
+                sum(
+                    lax.slice_in_dim(p, r * width, (r + 1) * width, axis=0 if fm else 1)
+                    for p in partials
+                )
+                for r in range(groups)
+            ]
+        return out if extra is None else [o + e for o, e in zip(out, extra)]
+
     init, loop_in = [], []
     for d, w in enumerate(weights):
         states = _split_state(mode, state0, d, fm, groups)
@@ -164,12 +204,23 @@ def _backward(spec, weights, x, state0, mask, out, saved, cts):
         # the activations of the first step the backward reaches (the last the direction ran)
         first = 0 if rev[d] else seq_len - 1
         acts0 = [read_acts(g, first, sub) for g in (saved[d]["gates"] or grads)]
-        init.append(([jnp.zeros_like(h_like)] * groups, dc0, bufs, acts0))
+        if _PRODUCTS_FIRST:  # the gate gradients of the step before (none yet) and the rest
+            rows = (num_gates * sub, batch) if fm else (batch, num_gates * sub)
+            rec0 = None if per_gate_writes else [_zeros(rows, cell_like)] * groups
+            extra0 = [jnp.zeros_like(h_like)] * groups if has_extra else None
+            init.append(((rec0, extra0), dc0, bufs, acts0))
+        else:
+            init.append(([jnp.zeros_like(h_like)] * groups, dc0, bufs, acts0))
         # the transposed products of the backward, as _lin takes them: per group, its rows of
-        # W_hh
+        # W_hh (joined: its columns, which multiply all groups' gate gradients)
         w_hh = w["weight_hh"]
         rows = num_gates * sub
-        w_back = [lax.slice_in_dim(w_hh, g * rows, (g + 1) * rows) for g in range(groups)]
+        if joined:
+            w_back = [
+                lax.slice_in_dim(w_hh, g * width, (g + 1) * width, axis=1) for g in range(groups)
+            ]
+        else:
+            w_back = [lax.slice_in_dim(w_hh, g * rows, (g + 1) * rows) for g in range(groups)]
         w_back = [wb.T if fm else wb for wb in w_back]
         w_hr_back = None if w["weight_hr"] is None else (w["weight_hr"].T if fm else w["weight_hr"])
         loop_in.append(
@@ -182,6 +233,9 @@ def _backward(spec, weights, x, state0, mask, out, saved, cts):
             t = s if rev[d] else seq_len - 1 - s
             cs, hs_saved = saved[d]["c"], saved[d]["h"]  # h batch-major if out_bm
             states, dhs_d, w_back, w_hr_back, sub, width = loop_in[d]
+            if _PRODUCTS_FIRST:
+                rec, extra = dhs_g
+                dhs_g = recurrent_dh(w_back, width, bufs["step"] if rec is None else rec, extra)
             if mask is not None:
                 m = _at(mask_loop, t)
                 zero = jnp.zeros((), dhs_g[0].dtype)
@@ -239,19 +293,16 @@ def _backward(spec, weights, x, state0, mask, out, saved, cts):
             if per_gate_writes:
                 bufs["step"] = scratch
             bufs["grads"] = grads
-            partials = [_lin(w_back[g], scratch[g], fm, precision) for g in range(groups)]
-            dh_prev_g = []
-            for r in range(groups):
-                dh_prev = sum(
-                    lax.slice_in_dim(p, r * width, (r + 1) * width, axis=0 if fm else 1)
-                    for p in partials
-                )
-                if dh_direct_g[r] is not None:
-                    dh_prev = dh_prev + dh_direct_g[r]
-                if mask is not None:
-                    dh_prev = dh_prev + handed_on[r]
-                dh_prev_g.append(dh_prev)
-            new_carry.append((dh_prev_g, dc_prev_g, bufs, acts_next))
+            # the gradient of the previous h that does not go through W_hh
+            terms = [dh_direct_g] if dh_direct_g[0] is not None else []
+            terms += [handed_on] if mask is not None else []
+            extra = [sum(parts) for parts in zip(*terms)] if has_extra else None
+            if _PRODUCTS_FIRST:  # the products start the next step
+                rec = None if per_gate_writes else scratch
+                new_carry.append(((rec, extra), dc_prev_g, bufs, acts_next))
+            else:
+                dh_prev_g = recurrent_dh(w_back, width, scratch, extra)
+                new_carry.append((dh_prev_g, dc_prev_g, bufs, acts_next))
         return new_carry, None
 
     carry, _ = lax.scan(body, init, jnp.arange(seq_len), unroll=unroll)
@@ -265,6 +316,10 @@ def _backward(spec, weights, x, state0, mask, out, saved, cts):
     dweights, dx = [], None
     dh0, dc0 = [], []
     for d, (w, (dh0_g, dc0_g, bufs, _)) in enumerate(zip(weights, carry)):
+        if _PRODUCTS_FIRST:  # the products of the last step reached (the first in time)
+            rec, extra = dh0_g
+            _, _, w_back, _, _, width = loop_in[d]
+            dh0_g = recurrent_dh(w_back, width, bufs["step"] if rec is None else rec, extra)
         sub = w["weight_hh"].shape[0] // num_gates // groups
         h_before = _shifted(hs[d], h0[d], rev[d])  # (L, N, H_out)
         parts = {"weight_hh": [], "weight_ih": [], "bias_hh": [], "bias_ih": []}
