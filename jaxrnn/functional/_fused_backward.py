@@ -40,7 +40,7 @@ _BIAS_GRADIENT_AS_PRODUCT = True
 # Interleaved A/B, training steps (``benchmarks/variants.py products-first``,
 # results/2026-12-07-amd-epyc-2-cores-variants-products-first.md): GRU 128,32,128,256 1.17x,
 # bidirectional 2-layer 1.05x, LSTM 128,32,128,256 1.06x, 128,16,128,256 1.08-1.11x in three runs
-# (0.88x in one taken while the machine ran at half speed), 2-layer H=512 and B=4 level; the
+# (0.88x in one taken while the VM ran 1.6x slower), 2-layer H=512 and B=4 level; the
 # bidirectional 2-layer LSTM 128,32,128,256 0.97-0.98x in five runs (its one-layer form 1.05x,
 # the 2-layer one at B=16 1.12x and B=64 1.04x; not explained).
 _PRODUCTS_FIRST = True
