@@ -161,27 +161,27 @@ def _check_what_else(path: str) -> None:
         )
 
 
-def _zip_names(path: str) -> list[str] | None:
-    """The member names of a zip file, ``None`` if it is not a readable zip."""
+def _zip_read(path: str, read):
+    """``read(archive)`` of the zip file at ``path``, ``None`` if it is not a readable zip."""
     import zipfile
 
     try:
         with zipfile.ZipFile(path) as archive:
-            return archive.namelist()
+            return read(archive)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError):
         return None
 
 
+def _zip_names(path: str) -> list[str] | None:
+    """The member names of a zip file, ``None`` if it is not a readable zip."""
+    return _zip_read(path, lambda archive: archive.namelist())
+
+
 def _check_zip_members(path: str) -> None:
     """A zip-format PyTorch file whose members fail their CRC check is damaged: ``torch.load``
-    does not check, and would return tensors with garbage in them."""
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as archive:
-            bad = archive.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
-        return  # not a readable zip: torch.load says what is wrong with it
+    does not check, and would return tensors with garbage in them (a file that is not a
+    readable zip passes: torch.load says what is wrong with it)."""
+    bad = _zip_read(path, lambda archive: archive.testzip())
     if bad is not None:
         raise ValueError(
             f"{path}: corrupt checkpoint: its member {bad!r} fails its CRC check (a damaged "

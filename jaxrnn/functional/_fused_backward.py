@@ -205,8 +205,8 @@ def _backward(spec, weights, x, state0, mask, out, saved, cts):
         first = 0 if rev[d] else seq_len - 1
         acts0 = [read_acts(g, first, sub) for g in (saved[d]["gates"] or grads)]
         if _PRODUCTS_FIRST:  # the gate gradients of the step before (none yet) and the rest
-            rows = (num_gates * sub, batch) if fm else (batch, num_gates * sub)
-            rec0 = None if per_gate_writes else [_zeros(rows, cell_like)] * groups
+            step_shape = (num_gates * sub, batch) if fm else (batch, num_gates * sub)
+            rec0 = None if per_gate_writes else [_zeros(step_shape, cell_like)] * groups
             extra0 = [jnp.zeros_like(h_like)] * groups if has_extra else None
             init.append(((rec0, extra0), dc0, bufs, acts0))
         else:
