@@ -244,9 +244,22 @@ def infer_module_config(params: Mapping) -> tuple[str, dict]:
     w_hr = params.get("weight_hr_l0") if layered else None
     if w_hr is not None and len(w_hr.shape) != 2:
         raise ValueError(f"weight_hr_l0 must be 2-D, got shape {tuple(w_hr.shape)}")
+    if w_hr is not None and w_hh[1] != w_hr.shape[0]:  # a projection feeds weight_hh_l0
+        raise ValueError(
+            f"weight_hr_l0 {tuple(w_hr.shape)} does not fit {hh} {w_hh}: an LSTM's projection to "
+            f"proj_size P has shape (P, hidden_size) and {hh} then has P columns (a stray "
+            "weight_hr_l0 in the state dict?)"
+        )
     hidden_size = int(w_hr.shape[1] if w_hr is not None else w_hh[1])
     gates, rest = divmod(w_ih[0], hidden_size) if hidden_size else (0, 1)
     cls = GATE_CLASSES.get(gates) if rest == 0 else None
+    projected = w_ih[0] == w_hh[0] and w_hh[0] % 4 == 0 and 0 < w_hh[1] < w_hh[0] // 4
+    if cls is None and layered and w_hr is None and projected:
+        raise ValueError(
+            f"missing parameter weight_hr_l0: {hh} {w_hh} has fewer columns than the layer has "
+            f"hidden units, as an LSTM with a projection has (proj_size={w_hh[1]}, hidden_size="
+            f"{w_hh[0] // 4}); its weight_hr_l0 (projection) is not in the state dict"
+        )
     if cls is None:
         source = f"weight_hr_l0 {tuple(w_hr.shape)}" if w_hr is not None else f"{hh} {w_hh}"
         raise ValueError(

@@ -244,16 +244,11 @@ def _load_torch(path: str) -> dict[str, np.ndarray]:
             warnings.filterwarnings("ignore", message=".*Detected pickle protocol")
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        with open(path, "rb") as f:
-            head = f.read(2)
         # a zip (torch.save's format) or a pickle (PROTO opcode) that holds more than tensors;
         # anything else is not a checkpoint at all (torch's message would advise
         # weights_only=False, which is no help for a file that is not a checkpoint)
-        if "Weights only load failed" not in str(e) or head[:1] not in (b"P", b"\x80"):
-            _check_what_else(path)
-            raise ValueError(
-                f"{path}: not a PyTorch checkpoint (neither a zip nor a pickle)"
-            ) from e
+        if "Weights only load failed" not in str(e) or _sniff(path) != "torch":
+            raise _not_torch(path) or _unreadable(path, e) from e
         detail = next((line.strip() for line in str(e).splitlines() if "Unsupported" in line), "")
         raise ValueError(
             f"{path}: refusing to load: this file needs arbitrary Python objects unpickled, "
@@ -270,7 +265,7 @@ def _load_torch(path: str) -> dict[str, np.ndarray]:
                 "torch.save(model.state_dict(), path) or a .safetensors file instead"
             ) from None
         if "TorchScript" not in str(e):  # zip errors etc.
-            raise _unreadable(path, e) from e
+            raise _not_torch(path) or _unreadable(path, e) from e
         try:  # torch.jit.save's archive: compiled TorchScript, no Python from the file runs
             with warnings.catch_warnings():  # deprecated in favour of torch.export, still read
                 warnings.filterwarnings("ignore", message=".*torch.jit.load. is deprecated")
@@ -278,8 +273,7 @@ def _load_torch(path: str) -> dict[str, np.ndarray]:
         except Exception as e2:
             raise _unreadable(path, e2) from e2
     except Exception as e:  # KeyError/EOFError (pickle), ...
-        _check_what_else(path)
-        raise _unreadable(path, e) from e
+        raise _not_torch(path) or _unreadable(path, e) from e
     if not isinstance(obj, (Mapping, list, tuple)):
         raise ValueError(
             f"{path}: expected a state dict (a mapping of names to tensors), got "
@@ -296,10 +290,31 @@ def _is_export_archive(path: str) -> bool:
     return any(n.rsplit("/", 1)[-1] == "archive_format" for n in _zip_names(path) or [])
 
 
+def _not_torch(path: str) -> ValueError | None:
+    """Why a file ``torch.load`` could not read is no PyTorch checkpoint at all, where its
+    content says so (empty, a Git LFS pointer, a web page, another format under a PyTorch
+    suffix, neither a zip nor a pickle); ``None`` for a zip or a pickle (then it is damaged)."""
+    if os.path.getsize(path) == 0:
+        return ValueError(f"{path}: not a PyTorch checkpoint: the file is empty")
+    _check_what_else(path)
+    kind = _sniff(path)
+    if kind in ("safetensors", "npz"):
+        return ValueError(
+            f"{path}: not a PyTorch checkpoint: the file is a .{kind} file under a PyTorch "
+            f"suffix (the suffix decides how it is read; rename it to .{kind})"
+        )
+    if kind is None:
+        return ValueError(f"{path}: not a PyTorch checkpoint (neither a zip nor a pickle)")
+    return None
+
+
 def _unreadable(path: str, e: Exception) -> ValueError:
+    detail = str(e).splitlines()[0] if str(e) else ""
+    if not detail and isinstance(e, EOFError):
+        detail = "the file ends early"
     return ValueError(
         f"{path}: not a readable PyTorch checkpoint (corrupt or truncated?): "
-        f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        f"{type(e).__name__}: {detail}"
     )
 
 
@@ -394,11 +409,32 @@ def _to_state_dict(obj, prefix: str) -> dict[str, np.ndarray]:
                 "save_state_dict_file: expected a jaxrnn or Flax NNX module or a mapping of "
                 f"arrays, got {type(obj).__name__}"
             )
-        flat = nnx.to_flat_state(nnx.state(obj, nnx.Param))
+        flat = sorted(nnx.to_flat_state(nnx.state(obj, nnx.Param)), key=lambda i: _rank(obj, i[0]))
         sd = {prefix + _dotted(path): convert.to_numpy(v.get_value()) for path, v in flat}
     _checks.check_numeric_arrays("save_state_dict_file", sd)
     # ascontiguousarray alone turns 0-d arrays (e.g. BatchNorm.num_batches_tracked) into (1,)
     return {k: np.ascontiguousarray(v).reshape(np.shape(v)) for k, v in sd.items()}
+
+
+def _rank(module, path) -> tuple:
+    """Where an NNX module's parameter at ``path`` comes in torch's order: a module's own
+    parameters before those of its submodules, each in the order the module assigned them
+    (torch's registration order; a jaxrnn layer creates its parameters in torch's order), list
+    items by index. NNX's own order is alphabetical."""
+    rank, node = [], module
+    for depth, part in enumerate(path):
+        own = depth == len(path) - 1  # a parameter of this module, not of a submodule
+        names = list(vars(node)) if hasattr(node, "__dict__") else []
+        if str(part) in names:
+            rank.append((not own, names.index(str(part))))
+            node = getattr(node, str(part))
+        elif isinstance(part, int) and isinstance(node, (list, tuple)):
+            rank.append((not own, part))
+            node = node[part]
+        else:  # a structure of another kind: NNX's order from here on
+            rank.append((True, len(names)))
+            break
+    return tuple(rank)
 
 
 def _save_torch(state_dict: Mapping[str, np.ndarray], path: str) -> None:

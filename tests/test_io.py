@@ -293,14 +293,14 @@ def test_export_loads_into_torch_strict(tmp_path, fmt, kind):
 def test_export_nnx_model_uses_attribute_paths(tmp_path):
     class JaxModel(nnx.Module):
         def __init__(self):
-            self.gru = jaxrnn.GRU(3, 4, rngs=nnx.Rngs(0))
+            self.gru = jaxrnn.GRU(3, 4, 2, rngs=nnx.Rngs(0))
             self.cells = nnx.List([jaxrnn.RNNCell(4, 2, rngs=nnx.Rngs(1))])
             self.scale = nnx.Param(jnp.arange(2.0))
 
     class TorchModel(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.gru = torch.nn.GRU(3, 4)
+            self.gru = torch.nn.GRU(3, 4, 2)
             self.cells = torch.nn.ModuleList([torch.nn.RNNCell(4, 2)])
             self.scale = torch.nn.Parameter(torch.zeros(2))
 
@@ -321,6 +321,10 @@ def test_export_nnx_model_uses_attribute_paths(tmp_path):
     sources["scale"] = jax_model.scale[...]
     loaded = target.state_dict()
     assert set(loaded) == set(sources)
+    # in torch's order (NNX's own is alphabetical): a module's own parameters first, attributes
+    # as assigned, each layer's as torch's (safetensors files keep no order; .pt files do)
+    jaxrnn.save_state_dict_file(jax_model, str(tmp_path / "model.pt"))
+    assert list(jaxrnn.load_state_dict_file(str(tmp_path / "model.pt"))) == list(loaded)
     for key, value in sources.items():
         np.testing.assert_array_equal(loaded[key].detach().numpy(), np.asarray(value), err_msg=key)
     assert not np.array_equal(np.asarray(sources["gru.bias_ih_l0"]), sources["gru.bias_hh_l0"])
@@ -512,6 +516,34 @@ def test_corrupt_files(model, tmp_path, fmt, damage):
     assert "weights_only" not in str(e.value)  # torch's advice, no help for a non-checkpoint
 
 
+@pytest.mark.parametrize(
+    "content,name,message",
+    [
+        # "h" is a pickle opcode: torch.load read it as one (KeyError: 101)
+        ("text", "model.pt", "not a PyTorch checkpoint \\(neither a zip nor a pickle\\)"),
+        ("empty", "model.pt", "not a PyTorch checkpoint: the file is empty"),
+        ("safetensors", "model.bin", "not a PyTorch checkpoint: the file is a .safetensors file"),
+        ("npz", "model.pt", "not a PyTorch checkpoint: the file is a .npz file"),
+        ("legacy, truncated", "model.pt", "not a readable .* EOFError: the file ends early"),
+    ],
+)
+def test_pytorch_suffix_with_other_content_says_what_it_is(model, tmp_path, content, name, message):
+    path = str(tmp_path / name)
+    if content in ("safetensors", "npz"):
+        write(model.state_dict(), str(tmp_path / f"m.{content}"))
+        os.replace(tmp_path / f"m.{content}", path)
+    elif content == "legacy, truncated":
+        torch.save(model.state_dict(), path, _use_new_zipfile_serialization=False)
+        data = open(path, "rb").read()
+        with open(path, "wb") as f:
+            f.write(data[:20])  # within the pickle: torch's EOFError says nothing
+    else:
+        with open(path, "wb") as f:
+            f.write(b"hello world\n" if content == "text" else b"")
+    with pytest.raises(ValueError, match=rf"{path}: {message}"):
+        jaxrnn.load_state_dict_file(path)
+
+
 def test_damaged_zip_member_is_caught_by_its_crc(model, tmp_path):
     """torch.load does not check the zip members' CRCs: 200 bytes overwritten inside a tensor's
     data loaded as garbage weights. A genuine file (zip, legacy, TorchScript) passes."""
@@ -631,6 +663,19 @@ def _lstm_sd(**changes):
                 "weight_hr_l0": np.zeros((1, 2)),
             },
             r"weight_hr_l0 \(a projection\) is only supported for LSTM, not GRU",
+        ),
+        (  # a projected LSTM's checkpoint without its projection
+            {
+                k: v.numpy()
+                for k, v in torch.nn.LSTM(3, 8, 2, proj_size=4).state_dict().items()
+                if k != "weight_hr_l0"
+            },
+            r"missing parameter weight_hr_l0: weight_hh_l0 \(32, 4\) has fewer columns .*"
+            r"proj_size=4, hidden_size=8",
+        ),
+        (  # a plain LSTM's with a stray projection
+            _lstm_sd(weight_hr_l0=np.zeros((3, 4))),
+            r"weight_hr_l0 \(3, 4\) does not fit weight_hh_l0 \(16, 4\).*\(a stray weight_hr_l0",
         ),
     ],
 )
