@@ -75,6 +75,13 @@ def check_constructor(
     its order (dropout, bias, batch_first, sizes, num_layers, proj_size); also the types torch
     leaves unchecked (``num_layers``, ``proj_size``, ``bidirectional``: a bool or an int, as torch
     takes any truthy value)."""
+    try:  # torch converts first: float(None) is its TypeError, float("x") its ValueError
+        float(dropout)
+    except (TypeError, ValueError) as e:
+        raise type(e)(
+            f"{name}: dropout should be a number in range [0, 1] representing the probability of "
+            f"an element being zeroed, got {dropout!r} ({e})"
+        ) from None
     if (
         not isinstance(dropout, numbers.Number)
         or isinstance(dropout, bool)
@@ -183,7 +190,7 @@ def as_array(name: str, what: str, x) -> jax.Array:
     if isinstance(x, (jax.Array, np.ndarray, np.generic)):
         arr = x
     elif hasattr(x, "__array__") and hasattr(x, "shape"):  # e.g. a torch tensor
-        arr = np.asarray(x)
+        arr = np.asarray(_from_torch(x))
     else:
         raise TypeError(f"{name}: {what} must be an array, got {type(x).__name__}")
     if not jnp.issubdtype(arr.dtype, jnp.floating):
@@ -586,9 +593,16 @@ def check_cell_call(name: str, mode: str, input, hx, input_size: int, hidden_siz
 
 
 def _from_torch(x):
-    """A torch tensor as a numpy array (without importing torch); anything else as it is."""
+    """A torch tensor as a numpy array (without importing torch): detached (a tensor that
+    requires grad too), on the CPU, bfloat16 as ``ml_dtypes.bfloat16`` (which torch's ``numpy()``
+    refuses); anything else as it is. The array may share the tensor's memory."""
     if hasattr(x, "detach") and hasattr(x, "cpu"):
-        return x.detach().cpu().numpy()
+        tensor = x.detach().cpu()
+        if str(tensor.dtype) == "torch.bfloat16":
+            import ml_dtypes
+
+            return tensor.float().numpy().astype(ml_dtypes.bfloat16)
+        return tensor.numpy()
     return x
 
 

@@ -7,6 +7,7 @@ the keys under a prefix, copy the arrays. torch is imported lazily and only by
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -22,14 +23,7 @@ def to_numpy(value) -> np.ndarray:
     The copy matters: ``tensor.numpy()`` shares memory with the tensor, so a torch model that
     keeps training in place would otherwise change the converted weights.
     """
-    if hasattr(value, "detach") and hasattr(value, "cpu"):  # torch.Tensor, without importing torch
-        tensor = value.detach().cpu()
-        if str(tensor.dtype) == "torch.bfloat16":
-            import ml_dtypes
-
-            return tensor.float().numpy().astype(ml_dtypes.bfloat16)
-        return np.array(tensor.numpy(), copy=True)
-    return np.array(value, copy=True)
+    return np.array(_checks._from_torch(value), copy=True)
 
 
 def _flat(tree: Mapping, path: tuple = (), sequences: bool = False) -> Iterator[tuple[tuple, Any]]:
@@ -135,11 +129,13 @@ def match_state_dict(
     for key, shape in expected.items():
         if key not in state_dict:
             continue
-        value = to_numpy(state_dict[key])
-        if value.dtype.kind not in "biufc" and value.dtype.name != "bfloat16":  # None, str, ...
+        raw = state_dict[key]
+        # an array (torch, numpy, JAX) of numbers; not a list, a number, None, a string, ...
+        value = to_numpy(raw) if hasattr(raw, "shape") and hasattr(raw, "dtype") else None
+        if value is None or (value.dtype.kind not in "biufc" and value.dtype.name != "bfloat16"):
             errors.append(
                 f'While copying the parameter named "{key}", expected torch.Tensor or '
-                f"Tensor-like object from checkpoint but received {type(state_dict[key])}"
+                f"Tensor-like object from checkpoint but received {type(raw)}"
             )
             continue
         if tuple(value.shape) != tuple(shape):
@@ -242,11 +238,21 @@ def from_torch(module, *, rngs=None, **kwargs):
     if "param_dtype" not in kwargs:
         args["param_dtype"] = _param_dtype(module)
     args.update(kwargs)
-    out = getattr(jaxrnn, cls_name)(**args, rngs=rngs)
+    with _converted_dropout_warning():
+        out = getattr(jaxrnn, cls_name)(**args, rngs=rngs)
     out.load_state_dict(module.state_dict())
     if not module.training:
         out.eval()
     return out
+
+
+@contextlib.contextmanager
+def _converted_dropout_warning():
+    """Silences the "dropout option adds dropout after all but last recurrent layer" warning
+    while a converted copy is built: the original's construction gave it already."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="dropout option adds dropout after all but last")
+        yield
 
 
 def to_torch(module):
@@ -301,7 +307,8 @@ def to_torch(module):
     if cls_name in ("RNN", "RNNCell"):
         args["nonlinearity"] = module.nonlinearity
     dtype = next(iter(state_dict.values())).dtype
-    out = getattr(torch.nn, cls_name)(**args, dtype=dtype)
+    with _converted_dropout_warning():
+        out = getattr(torch.nn, cls_name)(**args, dtype=dtype)
     out.load_state_dict(state_dict)
     out.train(module.training)
     return out

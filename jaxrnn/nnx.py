@@ -172,8 +172,13 @@ class _TorchParams(nnx.Module):
 
     @property
     def training(self) -> bool:
-        """Torch's flag: ``True`` in training mode (dropout active), see :meth:`eval`."""
+        """Torch's flag: ``True`` in training mode (dropout active), see :meth:`eval`; assigning
+        it (``module.training = False``) is ``module.train(False)``."""
         return not self.deterministic
+
+    @training.setter
+    def training(self, mode: bool) -> None:
+        self.train(mode)
 
     def train(self, mode: bool = True, **attributes):
         """Training mode (dropout between layers active), as torch's ``module.train(mode)``;

@@ -101,6 +101,12 @@ def test_constructor_errors_agree_with_torch():
         with pytest.raises(ValueError) as j_err:
             jaxrnn.LSTM(**kw, rngs=R)
         assert str(t_err.value) in str(j_err.value)
+    # dropout of the wrong type: torch's float(dropout) decides between TypeError and ValueError
+    for dropout in (None, "abc", "0.5", [0.5]):
+        theirs = _torch_error(lambda: torch.nn.LSTM(3, 4, 2, dropout=dropout))  # noqa: B023
+        for make in (jaxrnn.LSTM, jrl.LSTM):
+            with pytest.raises(type(theirs), match="LSTM: dropout should be a number"):
+                make(3, 4, 2, dropout=dropout, **({"rngs": R} if make is jaxrnn.LSTM else {}))
 
 
 def test_dropout_single_layer_warns_like_torch():
@@ -119,6 +125,20 @@ def test_dropout_single_layer_warns_like_torch():
         assert w.category is theirs[0].category
         assert str(w.message) == str(theirs[0].message)
         assert w.filename == __file__
+
+
+def test_conversions_do_not_repeat_the_dropout_warning():
+    """``from_torch``/``to_torch`` of a 1-layer module with dropout: the original's construction
+    warned; the copy does not again (under ``-W error`` the conversion itself would fail)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t = torch.nn.GRU(3, 4, dropout=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = jaxrnn.from_torch(t)
+        assert repr(jaxrnn.to_torch(m)) == repr(m) == repr(t)
+    with pytest.warns(UserWarning, match="dropout option adds dropout"):  # still for a new one
+        jaxrnn.GRU(3, 4, dropout=0.5, rngs=R)
 
 
 @pytest.fixture(scope="module")
@@ -341,9 +361,9 @@ def test_functional_params_with_a_gap_are_refused():
     # the model itself still runs, and so does a full one
     assert F.lstm(params, x)[0].shape == (2, 1, 4)
     t = torch.nn.LSTM(3, 4, 2)
-    t.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in params.items()})
+    t.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in params.items()})
     np.testing.assert_allclose(
-        F.lstm(params, x)[0], t(torch.from_numpy(np.asarray(x)))[0].detach().numpy(), atol=1e-6
+        F.lstm(params, x)[0], t(torch.from_numpy(np.array(x)))[0].detach().numpy(), atol=1e-6
     )
 
 
@@ -688,10 +708,10 @@ def test_train_mode_must_be_a_bool_as_torchs(mode):
     assert m.training  # unchanged
 
 
-@pytest.mark.parametrize("bad", [None, "abc", {"a": 1}])
+@pytest.mark.parametrize("bad", [None, "abc", {"a": 1}, "list", 0.5])
 def test_load_state_dict_of_a_non_array_value_has_torchs_message(bad):
     sd = dict(torch.nn.LSTM(3, 4).state_dict())
-    sd["bias_ih_l0"] = bad
+    sd["bias_ih_l0"] = [0.0] * 16 if bad == "list" else bad  # a list of the right length too
     theirs = _torch_error(lambda: torch.nn.LSTM(3, 4).load_state_dict(sd))
     m = jaxrnn.LSTM(3, 4, rngs=nnx.Rngs(0))
     before = m.state_dict()

@@ -226,6 +226,9 @@ def test_torch_attributes_and_repr(make):
     assert (m.eval() is m, m.training) == (t.eval() is t, t.training)
     assert (m.train() is m, m.training) == (t.train() is t, t.training)
     assert (m.train(False) is m, m.training) == (t.train(False) is t, t.training)
+    for mode in (True, False):  # torch's flag is an attribute; assigning it is train(mode)
+        m.training, t.training = mode, mode
+        assert m.training == t.training == (not m.deterministic) == mode
     if not hasattr(t, "_all_weights"):
         return
     assert m._all_weights == t._all_weights
@@ -433,3 +436,19 @@ def test_porting_a_small_torch_model_as_the_readme_shows():
     x = torch.randn(6, 4, 8)
     assert_close(m.gru(x)[0], t.gru(x)[0].detach().numpy())  # a torch tensor, eagerly
     assert m.gru.weight_ih_l0.shape == tuple(t.gru.weight_ih_l0.size())
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRUCell"])
+def test_torch_tensors_that_require_grad_are_taken_as_input_and_hx(kind):
+    """A torch tensor out of a torch layer, or one made with ``requires_grad=True`` (which
+    ``numpy()`` refuses), is taken as input and as ``hx``, as a plain tensor is; the values
+    are the tensor's."""
+    torch.manual_seed(0)
+    t = getattr(torch.nn, kind)(3, 4)
+    m = jaxrnn.from_torch(t)
+    x = torch.nn.Linear(3, 3)(torch.randn(5, 2, 3) if kind == "LSTM" else torch.randn(2, 3))
+    h = torch.randn(*((1, 2, 4) if kind == "LSTM" else (2, 4)), requires_grad=True)
+    hx = (h, torch.randn(1, 2, 4)) if kind == "LSTM" else h
+    assert x.requires_grad and h.requires_grad
+    got, want = m(x, hx), t(x, hx)
+    assert_close(got, jax.tree.map(lambda v: v.detach().numpy(), want))

@@ -41,9 +41,7 @@ def _to_array(x):
     """A JAX array (or tracer) from a JAX/numpy array, a torch tensor or a nested list."""
     if isinstance(x, jax.Array):
         return x
-    if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch.Tensor, without importing torch
-        x = x.detach().cpu().numpy()
-    return jnp.asarray(x)
+    return jnp.asarray(_checks._from_torch(x))
 
 
 def _placed(a, device):
