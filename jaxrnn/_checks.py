@@ -44,6 +44,48 @@ def check_arguments(name: str, **arguments) -> None:
             )
 
 
+# C++ names of torch's dtypes, as its overflow error prints them
+_TORCH_C_TYPES = {
+    "uint8": "uint8_t",
+    "int8": "int8_t",
+    "int16": "int16_t",
+    "int32": "int",
+    "int64": "int64_t",
+    "float16": "c10::Half",
+    "bfloat16": "c10::BFloat16",
+    "float32": "float",
+    "float64": "double",
+}
+
+
+def check_fill_value(name: str, value, dtype, unsigned_wrap: bool = False):
+    """A padding value as torch converts it to ``dtype``: outside an integer dtype's range, or
+    finite and beyond a float dtype's largest, it is torch's ``RuntimeError`` ("value cannot be
+    converted to type uint8_t without overflow"). ``unsigned_wrap`` (torch's
+    ``pad_packed_sequence``, c10's ``overflows``): an unsigned dtype takes negative integers
+    (not floats) down to minus its largest, wrapped around. Returns the value to fill with (a traced one
+    unchecked)."""
+    dtype = jnp.dtype(dtype)
+    floating = jnp.issubdtype(dtype, jnp.floating)
+    if isinstance(value, jax.core.Tracer) or dtype.name not in _TORCH_C_TYPES:  # bool: any value
+        return value
+    number = int(value) if isinstance(value, numbers.Integral) else float(value)
+    info = jnp.finfo(dtype) if floating else jnp.iinfo(dtype)
+    if floating:
+        overflow = np.isfinite(number) and abs(number) > float(info.max)
+    else:
+        overflow = not info.min <= number <= info.max
+        wraps = isinstance(number, int) and -int(info.max) <= number < 0
+        if overflow and unsigned_wrap and info.min == 0 and wraps:
+            return np.array(int(number), np.int64).astype(dtype)
+    if overflow:
+        raise TorchRuntimeError(
+            f"{name}: value cannot be converted to type {_TORCH_C_TYPES[dtype.name]} without "
+            f"overflow (padding_value={value!r} for {dtype.name})"
+        )
+    return value
+
+
 def user_stacklevel() -> int:
     """The ``stacklevel`` that attributes a warning raised by this module's caller to the first
     frame outside jaxrnn, Flax and generated code (the user's line), however deep the call."""
@@ -702,11 +744,13 @@ def check_pack_lengths(name: str, lengths, batch: int, steps: int, enforce_sorte
         arr = _list_array(arr)
         if arr.size == 0:
             arr = arr.astype(np.int64)
-    if jnp.issubdtype(arr.dtype, jnp.floating):  # torch casts them to int64 (truncating)
+    if jnp.issubdtype(arr.dtype, jnp.floating) or arr.dtype == np.bool_:
+        # torch casts them to int64 (floats truncated, booleans 0 and 1)
         arr = arr.astype(jnp.int32 if isinstance(arr, jax.Array) else np.int64)
     if not jnp.issubdtype(arr.dtype, jnp.integer):
         raise TypeError(
-            f"{name}: 'lengths' argument should be integers or floats, got dtype {arr.dtype}"
+            f"{name}: 'lengths' argument should be integers, floats or booleans, got dtype "
+            f"{arr.dtype}"
         )
     if arr.ndim != 1:
         raise TorchRuntimeError(

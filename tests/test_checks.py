@@ -380,7 +380,7 @@ def test_raw_cells_check_their_structure():
     h, c = F.lstm_cell(p, jnp.ones((2, 3)), (jnp.zeros((2, 4)), jnp.zeros((2, 4))))
     assert h.shape == c.shape == (2, 4)
     t = torch.nn.LSTMCell(3, 4)
-    t.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in p.items()})
+    t.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in p.items()})
     th, tc = t(torch.ones(2, 3), (torch.zeros(2, 4), torch.zeros(2, 4)))
     np.testing.assert_allclose(h, th.detach().numpy(), atol=1e-6)
     np.testing.assert_allclose(c, tc.detach().numpy(), atol=1e-6)

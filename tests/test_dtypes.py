@@ -229,7 +229,7 @@ def test_low_precision_parameters_promote_with_float32_input():
     sd = gru.state_dict()
     assert all(v.dtype == jnp.bfloat16 for v in sd.values())
     tgru = torch.nn.GRU(IN, H)
-    tgru.load_state_dict({k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in sd.items()})
+    tgru.load_state_dict({k: torch.from_numpy(np.array(v, np.float32)) for k, v in sd.items()})
     x = np.random.default_rng(5).standard_normal((T, N, IN)).astype(np.float32)
     out, h_n = nnx.jit(lambda m, x: m(x))(gru, jnp.asarray(x))
     assert out.dtype == h_n.dtype == jnp.float32

@@ -322,7 +322,7 @@ def _corrupt_lengths(kind, n, t):
 def _to_torch(value):
     """torch's view of the same values: float arrays as float32 tensors, structure kept."""
     if isinstance(value, np.ndarray) or isinstance(value, np.generic):
-        return torch.from_numpy(np.asarray(value, np.float32).copy())
+        return torch.from_numpy(np.array(value, np.float32).copy())
     if isinstance(value, (tuple, list)):
         return type(value)(_to_torch(v) for v in value)
     return value

@@ -273,6 +273,15 @@ def test_packing_an_empty_batch_fails_as_torch():
     )
 
 
+def test_boolean_lengths_are_ones_as_torchs():
+    x = torch.tensor(randn(2, 3, 1))
+    lengths = torch.tensor([True, True, True])  # torch casts to int64: all 1
+    want = tr.pack_padded_sequence(x, lengths)
+    got = jr.pack_padded_sequence(x, lengths)
+    np.testing.assert_array_equal(np.asarray(got.data), want.data.numpy())
+    np.testing.assert_array_equal(got.batch_sizes, want.batch_sizes.numpy())
+
+
 def test_pack_errors_torch_does_not_raise():
     # torch reads past the input for a length above T, and with enforce_sorted=False drops the
     # sequences that have no length; we refuse both
@@ -282,7 +291,9 @@ def test_pack_errors_torch_does_not_raise():
         jr.pack_padded_sequence(X, [6, 3, 2, 1])
     with pytest.raises(ValueError, match="should be a 1D array, but got 2D"):
         jr.pack_padded_sequence(X, [[5, 3], [2, 1]])
-    with pytest.raises(TypeError, match="should be integers or floats, got dtype complex"):
+    with pytest.raises(
+        TypeError, match="should be integers, floats or booleans, got dtype complex"
+    ):
         jr.pack_padded_sequence(X, np.array([5, 3, 2, 1], np.complex64))
     with pytest.raises(ValueError, match="at least 2 dimensions"):
         jr.pack_padded_sequence(X[:, 0, 0], [5])
@@ -460,6 +471,60 @@ def test_unpad_sequence_keeps_the_steps_torchs_mask_keeps():
     assert isinstance(theirs, ValueError)
     with pytest.raises(ValueError, match="unpad_sequence: expected one length per sequence"):
         jr.unpad_sequence(padded, np.array([1, 2, 3]))
+
+
+def test_unpad_sequence_reads_batch_first_by_its_truth_as_torchs():
+    padded = randn(2, 3)  # (B, T)
+    ref = tr.unpad_sequence(torch.tensor(padded), torch.tensor([3, 1]), batch_first=1)
+    ours = jr.unpad_sequence(padded, [3, 1], batch_first=1)
+    for a, b in zip(ours, ref, strict=True):
+        np.testing.assert_array_equal(a, b.numpy())
+
+
+@pytest.mark.parametrize(
+    "dtype,value",
+    [
+        (torch.uint8, -1),
+        (torch.uint8, -255),
+        (torch.uint8, -256),
+        (torch.uint8, -0.5),
+        (torch.uint8, 255.5),
+        (torch.int8, 300),
+        (torch.int32, 2**40),
+        (torch.float16, 1e6),
+        (torch.bfloat16, 1e39),
+        (torch.float32, 1e39),
+        (torch.float16, float("inf")),  # not an overflow: inf is a float16
+        (torch.uint8, 2.5),
+        (torch.bool, 2),
+        (torch.float32, torch.tensor(-3.0)),  # a 0-d torch tensor
+    ],
+)
+def test_padding_values_convert_as_torchs(dtype, value):
+    """A padding value outside the dtype's range: pad_sequence raises torch's overflow error;
+    pad_packed_sequence too, except that an unsigned dtype takes a negative integer down to
+    minus its largest, wrapped around, as in torch."""
+    seqs = [torch.ones(2, dtype=dtype), torch.ones(1, dtype=dtype)]
+    packed_t = tr.pack_padded_sequence(torch.ones(2, 2, dtype=dtype), [2, 1])
+    packed = jr.pack_padded_sequence(torch.ones(2, 2, dtype=dtype), [2, 1])
+    for ours, theirs in (
+        (
+            lambda: jr.pad_sequence(seqs, padding_value=value),
+            lambda: tr.pad_sequence(seqs, padding_value=value),
+        ),
+        (
+            lambda: jr.pad_packed_sequence(packed, padding_value=value)[0],
+            lambda: tr.pad_packed_sequence(packed_t, padding_value=value)[0],
+        ),
+    ):
+        try:
+            want = theirs().float().numpy()
+        except RuntimeError as e:
+            with pytest.raises(RuntimeError, match="value cannot be converted to type") as got:
+                ours()
+            assert str(e) in str(got.value)
+            continue
+        np.testing.assert_array_equal(np.asarray(ours()).astype(np.float32), want)
 
 
 @pytest.mark.parametrize("batch", [16, 17, 20, 33, 40, 97])

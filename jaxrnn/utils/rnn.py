@@ -383,6 +383,7 @@ def pad_packed_sequence(
         ([[1.0, 1.0, 1.0], [1.0, -1.0, -1.0]], [3, 1])
     """
     name = "pad_packed_sequence"
+    padding_value = _checks._from_torch(padding_value)
     _checks.check_arguments(
         name, batch_first=(batch_first, 2, "bool"), padding_value=(padding_value, 3, "float")
     )
@@ -400,7 +401,8 @@ def pad_packed_sequence(
         widths = [(0, target - steps)] + [(0, 0)] * (padded.ndim - 1)
         padded = jnp.pad(padded, widths)
     mask = _time_mask(lengths, target, padded.ndim)
-    padded = jnp.where(mask, padded, jnp.asarray(padding_value, padded.dtype))
+    fill = _checks.check_fill_value(name, padding_value, padded.dtype, unsigned_wrap=True)
+    padded = jnp.where(mask, padded, jnp.asarray(fill, padded.dtype))
     if batch_first:
         padded = jnp.swapaxes(padded, 0, 1)
     return padded, lengths
@@ -422,6 +424,7 @@ def pad_sequence(
         >>> pad_sequence([jnp.ones(3), jnp.ones(1)], batch_first=True).tolist()
         [[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]]
     """
+    padding_value = _checks._from_torch(padding_value)
     _checks.check_arguments(
         "pad_sequence",
         batch_first=(batch_first, 2, "bool"),
@@ -430,6 +433,7 @@ def pad_sequence(
     arrays = _checks.check_pad_sequences("pad_sequence", sequences, padding_side, convert=_to_array)
     steps = max(a.shape[0] for a in arrays)
     dtype = arrays[0].dtype
+    padding_value = _checks.check_fill_value("pad_sequence", padding_value, dtype)
     rows = []
     for a in arrays:
         gap = steps - a.shape[0]
@@ -446,10 +450,11 @@ def unpad_sequence(padded_sequences, lengths, batch_first: bool = False) -> list
     """Splits a padded batch into a list of ``(L_i, *)`` arrays, as torch's (concrete lengths).
 
     Sequence ``i`` keeps the steps ``t < lengths[i]``, as torch's mask does (so a negative length
-    gives an empty sequence and ``2.5`` three steps); one length per sequence.
+    gives an empty sequence and ``2.5`` three steps); one length per sequence. ``batch_first`` is
+    read by its truth, as torch's (plain Python there, unlike the other functions' argument
+    parser).
     """
     name = "unpad_sequence"
-    _checks.check_arguments(name, batch_first=(batch_first, 3, "bool"))
     padded = _to_array(padded_sequences)
     values = _concrete(_to_array(lengths))
     _checks.check_concrete_lengths(name, "a list of sequences", values is not None)
