@@ -1030,9 +1030,10 @@ def reraise_forward_mode(name: str, error: TypeError) -> None:
     the module with the way out; returns for any other ``TypeError``."""
     if "custom_vjp" in str(error) and "forward-mode" in str(error):
         raise TypeError(
-            f"{name}: forward-mode autodiff (jax.jvp, jax.jacfwd, jax.hessian) cannot go through "
-            "the fast path, whose backward is written by hand (a custom_vjp); pass remat=True "
-            "(or a chunk length) for the plain lax.scan, which supports it"
+            f"{name}: forward-mode autodiff (jax.jvp, jax.jacfwd, jax.linearize) cannot go "
+            "through the fast path, whose backward is written by hand (a custom_vjp; forward "
+            "over reverse, as jax.hessian, works); pass remat=True (or a chunk length) for the "
+            "plain lax.scan, which supports it"
         ) from error
 
 

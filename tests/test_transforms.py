@@ -163,6 +163,8 @@ def test_forward_mode_needs_remat(remat):
         module = jaxrnn.from_torch(tmod)  # the modules say so too
         with pytest.raises(TypeError, match=r"LSTM: forward-mode autodiff .*custom_vjp"):
             jax.jvp(lambda x: module(x)[0], (x,), (dx,))
+        with pytest.raises(TypeError, match="forward-mode autodiff"):  # JAX's own, under jit
+            jax.jit(lambda x: jax.jvp(run, (x,), (dx,)))(x)
         return
     out, tangent = jax.jvp(run, (x,), (dx,))
     t_out, t_tangent = torch.autograd.functional.jvp(
@@ -170,6 +172,25 @@ def test_forward_mode_needs_remat(remat):
     )
     assert_close(out, t_out.detach().numpy(), what="output")
     assert_close(tangent, t_tangent.detach().numpy(), 2e-5, 2e-5, what="jvp")
+
+
+def test_hessian_goes_through_the_fast_path():
+    """Forward over reverse differentiates the fused path's hand-written backward (plain JAX),
+    so ``jax.hessian`` works without ``remat`` and equals torch's (double backward), under
+    ``jit`` too; only forward mode through the layer itself needs ``remat``."""
+    tmod = torch_layer("GRU", 2, 3, bidirectional=True)
+    params = jaxrnn.state_dict_to_params(tmod.state_dict())
+    x = np.random.default_rng(6).standard_normal((3, 1, 2)).astype(np.float32)
+
+    def loss(x):
+        out, h_n = F.gru(params, x)
+        return jnp.sum(out**2) + jnp.sum(jnp.tanh(h_n))
+
+    want = torch.autograd.functional.hessian(
+        lambda xt: (tmod(xt)[0] ** 2).sum() + torch.tanh(tmod(xt)[1]).sum(), torch.from_numpy(x)
+    )
+    for got in (jax.hessian(loss)(x), jax.jit(jax.hessian(loss))(x)):
+        assert_close(got, want.numpy(), 2e-5, 2e-5, what="hessian")
 
 
 @pytest.mark.parametrize("mode", ["GRU", "LSTM"])
