@@ -63,8 +63,8 @@ def check_fill_value(name: str, value, dtype, unsigned_wrap: bool = False):
     finite and beyond a float dtype's largest, it is torch's ``RuntimeError`` ("value cannot be
     converted to type uint8_t without overflow"). ``unsigned_wrap`` (torch's
     ``pad_packed_sequence``, c10's ``overflows``): an unsigned dtype takes negative integers
-    (not floats) down to minus its largest, wrapped around. Returns the value to fill with (a traced one
-    unchecked)."""
+    (not floats) down to minus its largest, wrapped around. Returns the value to fill with (a
+    traced one unchecked)."""
     dtype = jnp.dtype(dtype)
     floating = jnp.issubdtype(dtype, jnp.floating)
     if isinstance(value, jax.core.Tracer) or dtype.name not in _TORCH_C_TYPES:  # bool: any value
