@@ -292,8 +292,9 @@ def _is_export_archive(path: str) -> bool:
 
 def _not_torch(path: str) -> ValueError | None:
     """Why a file ``torch.load`` could not read is no PyTorch checkpoint at all, where its
-    content says so (empty, a Git LFS pointer, a web page, another format under a PyTorch
-    suffix, neither a zip nor a pickle); ``None`` for a zip or a pickle (then it is damaged)."""
+    content says so (empty, another format under a PyTorch suffix, neither a zip nor a pickle);
+    ``None`` for a zip or a pickle (then it is damaged). A Git LFS pointer or a web page raises
+    here already (:func:`_check_what_else`)."""
     if os.path.getsize(path) == 0:
         return ValueError(f"{path}: not a PyTorch checkpoint: the file is empty")
     _check_what_else(path)
