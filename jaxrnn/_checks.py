@@ -114,7 +114,7 @@ def check_constructor(
     warn: bool = True,
 ) -> None:
     """Validate a multi-layer module's constructor arguments as ``torch.nn.RNNBase`` does, in
-    its order (dropout, bias, batch_first, sizes, num_layers, proj_size); also the types torch
+    its order (dropout, bias, batch_first, sizes, num_layers, proj_size, mode); also the types torch
     leaves unchecked (``num_layers``, ``proj_size``, ``bidirectional``: a bool or an int, as torch
     takes any truthy value)."""
     try:  # torch converts first: float(None) is its TypeError, float("x") its ValueError
@@ -165,6 +165,7 @@ def check_constructor(
             f"{name}: proj_size has to be smaller than hidden_size, got proj_size={proj_size} "
             f"and hidden_size={hidden_size}"
         )
+    check_mode(name, mode)  # torch's RNNBase checks it here, after the sizes
     if proj_size and mode != "LSTM":
         raise ValueError(f"{name}: {_PROJ_SIZE_ONLY_LSTM}")
 
@@ -202,9 +203,10 @@ def check_nonlinearity(name: str, nonlinearity, cell: bool = False) -> str:
 
 
 def check_mode(name: str, mode) -> str:
+    """One of torch's modes; torch's ``ValueError`` ("Unrecognized RNN mode: FOO") otherwise."""
     if mode not in _params.GATES:
         raise ValueError(
-            f"{name}: Unrecognized RNN mode: {mode!r}; expected one of {sorted(_params.GATES)}"
+            f"{name}: Unrecognized RNN mode: {mode}; expected one of {sorted(_params.GATES)}"
         )
     return mode
 

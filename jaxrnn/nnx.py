@@ -548,6 +548,7 @@ class RNNCellBase(_TorchParams):
         precision=None,
         device=None,
     ):
+        _checks.check_mode(type(self).__name__, mode)
         _checks.check_cell_constructor(type(self).__name__, input_size, hidden_size, bias)
         dtype, param_dtype = _checks.check_dtypes(type(self).__name__, dtype, param_dtype)
         device = _checks.check_device(type(self).__name__, device)

@@ -540,6 +540,9 @@ def test_call_errors_have_torchs_wording(case):
         ("LSTM", (10, 20), {"proj_size": -1}),
         ("GRU", (10, 20), {"proj_size": 0}),  # any proj_size keyword, as torch
         ("RNN", (10, 20), {"proj_size": 3}),
+        ("RNNBase", ("FOO", 10, 20), {}),  # an unknown mode (was a KeyError)
+        ("RNNBase", ("lstm", 10, 20), {}),
+        ("RNNBase", ("FOO", 10, 20), {"proj_size": -1}),  # torch checks the sizes first
     ],
 )
 def test_constructor_errors_have_torchs_wording(mod, args, kwargs):

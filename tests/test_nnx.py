@@ -383,6 +383,14 @@ def test_base_classes_as_torchs():
     assert str(ours.value) == str(theirs.value)
     m = jaxrnn.RNNBase("GRU", 2, 3, rngs=z)
     assert m.state_dict().keys() == torch.nn.RNNBase("GRU", 2, 3).state_dict().keys()
+    # an unknown mode: torch's RNNBase's ValueError; the cell base (whose torch twin takes
+    # num_chunks, not a mode) says the same (both were a KeyError)
+    with pytest.raises(ValueError) as theirs:
+        torch.nn.RNNBase("FOO", 2, 3)
+    for base in (jaxrnn.RNNBase, jaxrnn.RNNCellBase):
+        with pytest.raises(ValueError) as ours:
+            base("FOO", 2, 3, rngs=z)
+        assert str(ours.value).startswith(f"{base.__name__}: {theirs.value}")
 
 
 def test_torch_dtype_as_dtype_warns_that_it_is_the_computation_dtype():
