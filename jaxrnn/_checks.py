@@ -323,9 +323,13 @@ def check_matrix_params(name: str, params: Mapping, keys) -> None:
 
 
 def check_dropout_rate(name: str, rate) -> None:
-    """A dropout probability in ``[0, 1]`` (torch's ``F.dropout``)."""
+    """A dropout probability in ``[0, 1]``: torch's ``F.dropout`` raises ``ValueError``, its
+    recurrent layers ``RuntimeError`` (in training mode with more than one layer only, where the
+    dropout acts); this is both."""
     if not isinstance(rate, numbers.Number) or isinstance(rate, bool) or not 0 <= rate <= 1:
-        raise ValueError(f"{name}: dropout probability has to be between 0 and 1, but got {rate!r}")
+        raise TorchRuntimeError(
+            f"{name}: dropout probability has to be between 0 and 1, but got {rate!r}"
+        )
 
 
 def check_raw_cell(name: str, mode: str, params, hx) -> None:

@@ -111,6 +111,27 @@ def test_dropout_changed_after_construction_as_torch():
     bare.eval()(x)
 
 
+@pytest.mark.parametrize("rate", [1.5, -0.5])
+@pytest.mark.parametrize("layers,training", [(1, True), (2, False), (2, True)])
+def test_dropout_set_out_of_range_fails_where_torchs_does(rate, layers, training):
+    """torch checks ``module.dropout`` only where dropout acts (training mode, more than one
+    layer), with a RuntimeError; elsewhere the module runs, with torch's outputs."""
+    x = np.random.default_rng(0).standard_normal((5, 2, 3)).astype(np.float32)
+    t = torch.nn.GRU(3, 4, layers).train(training)
+    m = jaxrnn.from_torch(t, rngs=nnx.Rngs(0)).train(training)
+    t.dropout = m.dropout = rate
+    try:
+        with torch.no_grad():
+            want = jax.tree.map(lambda v: v.numpy(), tuple(t(torch.from_numpy(x))))
+    except RuntimeError as theirs:
+        with pytest.raises(RuntimeError) as ours:
+            m(x)
+        assert isinstance(ours.value, ValueError)
+        assert str(ours.value) == f"GRU: {theirs}"
+    else:
+        assert_close(m(x), want)
+
+
 @pytest.mark.parametrize("cls", ["RNNCell", "GRUCell", "LSTMCell"])
 def test_cells_of_size_zero_as_torch(cls):
     """torch's test_RNN_cell_forward_zero_hidden_size: cells take a hidden size of 0."""

@@ -247,7 +247,6 @@ def rnn(
     _checks.check_no_torch_tensors(name, params)
     _checks.check_matrix_params(name, params, ("weight_ih_l0", "weight_hh_l0"))
     _checks.check_loop_options(name, unroll, remat)
-    _checks.check_dropout_rate(name, dropout)
     cfg = _params.infer_layer_config(mode, params)
     expected = _params.layer_param_shapes(
         mode,
@@ -265,6 +264,8 @@ def rnn(
     batched = _checks.check_layer_input(name, mode, x.shape, cfg["input_size"])
     num_layers, hidden_size, proj_size = cfg["num_layers"], cfg["hidden_size"], cfg["proj_size"]
     num_directions = 2 if cfg["bidirectional"] else 1
+    if training and num_layers > 1:  # as torch's, only where dropout acts
+        _checks.check_dropout_rate(name, dropout)
     _checks.check_dropout_key(name, dropout, training, num_layers, dropout_key)
 
     if not batched:
