@@ -179,6 +179,16 @@ def check_no_proj_size(name: str, kwargs) -> None:
         raise ValueError(f"{name}: {_PROJ_SIZE_ONLY_LSTM}")
 
 
+def check_no_unknown_keywords(name: str, unknown) -> None:
+    """Python's error for an unknown keyword, naming the class that was called
+    (``LSTMCell.__init__() got an unexpected keyword argument 'proj_size'``) as torch's cells do,
+    not the base that the keywords are passed on to."""
+    if unknown:
+        raise TypeError(
+            f"{name}.__init__() got an unexpected keyword argument '{next(iter(unknown))}'"
+        )
+
+
 def check_cell_constructor(name: str, input_size, hidden_size, bias=True) -> None:
     """Validate a cell's constructor arguments (torch's cells check none and accept sizes of 0;
     the messages are its layers'). ``bias`` is not checked: as in torch's cells, its truth

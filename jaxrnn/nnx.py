@@ -547,7 +547,9 @@ class RNNCellBase(_TorchParams):
         param_dtype=jnp.float32,
         precision=None,
         device=None,
+        **unknown,
     ):
+        _checks.check_no_unknown_keywords(type(self).__name__, unknown)
         _checks.check_mode(type(self).__name__, mode)
         _checks.check_cell_constructor(type(self).__name__, input_size, hidden_size, bias)
         dtype, param_dtype = _checks.check_dtypes(type(self).__name__, dtype, param_dtype)

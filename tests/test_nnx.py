@@ -402,6 +402,13 @@ def test_base_classes_as_torchs():
     with pytest.raises(TypeError) as ours:
         jaxrnn.LSTM(2, 3, foo=1, rngs=z)
     assert str(ours.value) == str(theirs.value)
+    for name in ("RNNCell", "LSTMCell", "GRUCell"):  # torch's names the cell, not its base
+        for keyword in ("foo", "proj_size"):
+            with pytest.raises(TypeError) as theirs:
+                getattr(torch.nn, name)(2, 3, **{keyword: 1})
+            with pytest.raises(TypeError) as ours:
+                getattr(jaxrnn, name)(2, 3, **{keyword: 1}, rngs=z)
+            assert str(ours.value) == str(theirs.value)
     m = jaxrnn.RNNBase("GRU", 2, 3, rngs=z)
     assert m.state_dict().keys() == torch.nn.RNNBase("GRU", 2, 3).state_dict().keys()
     # an unknown mode: torch's RNNBase's ValueError; the cell base (whose torch twin takes
