@@ -1016,6 +1016,13 @@ def check_mapping(name: str, what: str, value) -> None:
         raise TypeError(f"{name}: {what} must be a mapping, got {type(value).__name__}")
 
 
+def check_load_state_dict_mapping(name: str, state_dict) -> None:
+    """``load_state_dict``'s ``state_dict`` is a mapping; torch's ``TypeError`` wording
+    (``Expected state_dict to be dict-like, got <class 'list'>.``) after the call's name."""
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"{name}: Expected state_dict to be dict-like, got {type(state_dict)}.")
+
+
 def check_prefix(name: str, prefix) -> None:
     if not isinstance(prefix, str):
         raise TypeError(f"{name}: prefix must be a str, got {type(prefix).__name__}")

@@ -120,7 +120,7 @@ def match_state_dict(
     (torch's ``Error(s) in loading state_dict``); without, mis-shaped keys still raise (as in
     torch) and the others are skipped. Nothing is assigned here, so a failed load changes nothing.
     """
-    _checks.check_mapping(f"{name}.load_state_dict", "state_dict", state_dict)
+    _checks.check_load_state_dict_mapping(f"{name}.load_state_dict", state_dict)
     _checks.check_untraced_state_dict(f"{name}.load_state_dict", state_dict)
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]

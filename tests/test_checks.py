@@ -726,6 +726,17 @@ def test_load_state_dict_of_a_non_array_value_has_torchs_message(bad):
         np.testing.assert_array_equal(value, before[key])
 
 
+@pytest.mark.parametrize("bad", [None, "abc", [("weight_ih", 1)]])
+@pytest.mark.parametrize("cls", ["GRU", "LSTMCell"])
+def test_load_state_dict_of_a_non_mapping_has_torchs_message(cls, bad):
+    theirs = _torch_error(lambda: getattr(torch.nn, cls)(3, 4).load_state_dict(bad))
+    m = getattr(jaxrnn, cls)(3, 4, rngs=nnx.Rngs(0))
+    for strict in (True, False):
+        with pytest.raises(type(theirs)) as ours:
+            m.load_state_dict(bad, strict=strict)
+        assert str(ours.value) == f"{cls}.load_state_dict: {theirs}"
+
+
 def test_load_state_dict_assign_warns_once_for_float64_without_x64():
     sd = torch.nn.LSTM(3, 4).double().state_dict()
     m = jaxrnn.LSTM(3, 4, rngs=nnx.Rngs(0))
