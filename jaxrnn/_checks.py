@@ -650,16 +650,32 @@ def check_cell_call(name: str, mode: str, input, hx, input_size: int, hidden_siz
     return x, (tuple(states) if mode == "LSTM" else states[0]), batched
 
 
+# torch dtypes that ``Tensor.numpy()`` refuses, as the ``ml_dtypes`` type of the same name (each
+# exact in float32, through which they are converted)
+_ML_DTYPES = frozenset(
+    {
+        "bfloat16",
+        "float8_e4m3fn",
+        "float8_e4m3fnuz",
+        "float8_e5m2",
+        "float8_e5m2fnuz",
+        "float8_e8m0fnu",
+    }
+)
+
+
 def _from_torch(x):
     """A torch tensor as a numpy array (without importing torch): detached (a tensor that
-    requires grad too), on the CPU, bfloat16 as ``ml_dtypes.bfloat16`` (which torch's ``numpy()``
-    refuses); anything else as it is. The array may share the tensor's memory."""
+    requires grad too), on the CPU, bfloat16 and the float8 types as the ``ml_dtypes`` type of
+    the same name (which torch's ``numpy()`` refuses; torch's ``load_state_dict`` casts them);
+    anything else as it is. The array may share the tensor's memory."""
     if hasattr(x, "detach") and hasattr(x, "cpu"):
         tensor = x.detach().cpu()
-        if str(tensor.dtype) == "torch.bfloat16":
+        kind = str(tensor.dtype).removeprefix("torch.")
+        if kind in _ML_DTYPES:
             import ml_dtypes
 
-            return tensor.float().numpy().astype(ml_dtypes.bfloat16)
+            return tensor.float().numpy().astype(getattr(ml_dtypes, kind))
         return tensor.numpy()
     return x
 

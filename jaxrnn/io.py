@@ -322,7 +322,7 @@ def _unreadable(path: str, e: Exception) -> ValueError:
 def _flatten(path: str, obj) -> dict[str, np.ndarray]:
     """The tensors of a loaded PyTorch object (a mapping, or a list or tuple of them), named
     by key path (list and tuple items by index) joined with dots. Two tensors under one name
-    (``{'a.w': t, 'a': {'w': u}}``), or a tensor numpy cannot hold (sparse, float8), are a
+    (``{'a.w': t, 'a': {'w': u}}``), or a tensor numpy cannot hold (sparse, quantized), are a
     ``ValueError`` naming the file and the key."""
     flat = {}
     for keys, value in convert._flat(obj, sequences=True):

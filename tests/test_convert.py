@@ -181,6 +181,36 @@ def test_from_torch_keeps_the_parameter_dtype(dtype):
     assert m32.weight_ih_l0[...].dtype == jnp.float32
 
 
+FLOAT8 = [
+    getattr(torch, n)
+    for n in (
+        "float8_e4m3fn",
+        "float8_e5m2",
+        "float8_e4m3fnuz",
+        "float8_e5m2fnuz",
+        "float8_e8m0fnu",
+    )
+    if hasattr(torch, n)
+]
+
+
+@pytest.mark.parametrize("dtype", [*FLOAT8, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("cls", ["GRU", "LSTMCell"])
+def test_load_state_dict_casts_float8_and_bfloat16_as_torch(dtype, cls):
+    """torch's ``load_state_dict`` casts a float8 (or bfloat16) checkpoint into the module's
+    dtype; jaxrnn's loaded the same values (it refused float8 with numpy's error, naming no key)."""
+    src = getattr(torch.nn, cls)(3, 4)
+    sd = {k: v.to(dtype) for k, v in src.state_dict().items()}
+    theirs = getattr(torch.nn, cls)(3, 4)
+    theirs.load_state_dict(sd)
+    ours = getattr(jaxrnn, cls)(3, 4, rngs=R())
+    ours.load_state_dict(sd)
+    got = ours.state_dict()
+    for k, v in theirs.state_dict().items():
+        assert got[k].dtype == np.float32
+        np.testing.assert_array_equal(np.asarray(got[k]), v.numpy())
+
+
 def test_from_torch_float64_without_x64_warns_and_loads_float32():
     if jax.config.jax_enable_x64:
         pytest.skip("x64 is on")
