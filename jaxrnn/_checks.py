@@ -350,6 +350,49 @@ def check_raw_cell(name: str, mode: str, params, hx) -> None:
         raise ValueError(f"{name}: params must hold weight_ih and weight_hh, got {have}")
     if mode == "LSTM" and not (isinstance(hx, (tuple, list)) and len(hx) == 2):
         raise TypeError(f"{name}: hx must be a tuple (h, c), got {_describe(hx)}")
+    check_matrix_params(name, params, _CELL_WEIGHTS)
+    check_gate_rows(name, mode, params)
+
+
+def check_gate_rows(name: str, mode: str, params: Mapping, suffix: str = "") -> None:
+    """``weight_ih`` and ``weight_hh`` (``+ suffix``, e.g. ``'_l0'``) have ``G * hidden_size``
+    rows for the mode's ``G`` gates, ``hidden_size`` read from ``weight_hh``'s columns (from
+    ``weight_hr``'s with an LSTM's projection), as torch's cells check it: another mode's
+    weights (a GRU's given to ``lstm``) are refused naming the gate count, not split unevenly
+    or read as a smaller layer. Torch's RuntimeError wording.
+
+    With a ``suffix`` (a layer, whose every shape :func:`check_params` checks next) only
+    another class's parameters are refused here, with the class they describe; a single
+    mis-shaped weight is left to :func:`check_params`, which names it."""
+    w_hh, w_hr = params["weight_hh" + suffix], params.get("weight_hr" + suffix)
+    gates = _params.GATES[mode]
+    rows_hh, cols_hh = np.shape(w_hh)
+    if mode == "LSTM" and w_hr is None and rows_hh % 4 == 0 and 0 < cols_hh < rows_hh // 4:
+        if np.shape(params["weight_ih" + suffix])[0] == rows_hh:  # a projection's weight_hh
+            raise ValueError(
+                f"{name}: missing parameter weight_hr{suffix}: weight_hh{suffix} "
+                f"{(rows_hh, cols_hh)} has fewer columns than the layer has hidden units, as an "
+                f"LSTM with a projection has (proj_size={cols_hh}, hidden_size={rows_hh // 4})"
+            )
+    projected = mode == "LSTM" and w_hr is not None and len(np.shape(w_hr)) == 2
+    hidden_size = np.shape(w_hr if projected else w_hh)[-1]
+    for key in ("weight_ih", "weight_hh"):
+        rows = np.shape(params[key + suffix])[0]
+        if rows == gates * hidden_size:
+            continue
+        other = ""
+        if suffix:
+            try:
+                cls, config = _params.infer_module_config(params)
+            except ValueError:
+                return  # no recurrent class's shapes: check_params names the odd one out
+            if mode in _params.CLASS_MODES[cls]:
+                return
+            other = f" (the parameters are those of {_params.torch_repr(cls, config)})"
+        raise TorchRuntimeError(
+            f"{name}: {key + suffix} first dim must be {gates} * hidden_size = "
+            f"{gates * hidden_size}, but got {rows}{other}"
+        )
 
 
 _CELL_WEIGHTS = ("weight_ih", "weight_hh")

@@ -367,6 +367,64 @@ def test_functional_params_with_a_gap_are_refused():
     )
 
 
+_TORCH_CELL_FNS = {
+    "RNN_TANH": (torch.rnn_tanh_cell, "rnn_tanh_cell"),
+    "LSTM": (torch.lstm_cell, "lstm_cell"),
+    "GRU": (torch.gru_cell, "gru_cell"),
+}
+
+
+@pytest.mark.parametrize(
+    "mode,source", [("LSTM", "GRU"), ("GRU", "LSTM"), ("GRU", "RNN"), ("RNN_TANH", "GRU")]
+)
+def test_another_modes_weights_are_refused_with_torchs_gate_count(mode, source):
+    """Weights of another mode (a GRU's state dict given to ``F.lstm``/``F.lstm_cell``) are
+    refused as torch's cells refuse them, ``weight_ih first dim must be 4 * hidden_size = 40,
+    but got 30``, hidden_size read from ``weight_hh``'s columns. The raw cells split the gates
+    unevenly (numpy's bare 'array split does not result in an equal division'), and the layers
+    read the rows floor-divided as a smaller layer's ('expected (28, 6)' for a GRU(6, 10))."""
+    from jaxrnn import functional as F
+
+    torch_fn, fn_name = _TORCH_CELL_FNS[mode]
+    cell_sd = getattr(torch.nn, source + "Cell")(6, 10).state_dict()
+    x, h = torch.ones(2, 6), torch.zeros(2, 10)
+    with pytest.raises(RuntimeError) as torch_error:
+        torch_fn(x, (h, h) if mode == "LSTM" else h, *cell_sd.values())
+    params = jaxrnn.state_dict_to_params(cell_sd)
+    jhx = (jnp.zeros((2, 10)), jnp.zeros((2, 10))) if mode == "LSTM" else jnp.zeros((2, 10))
+    name = {"RNN_TANH": "RNN_TANH cell", "LSTM": "LSTM cell", "GRU": "GRU cell"}[mode]
+    _raises(
+        RuntimeError,
+        re.escape(f"{name}: {torch_error.value}"),
+        getattr(F, fn_name),
+        params,
+        jnp.ones((2, 6)),
+        jhx,
+    )
+    layer = jaxrnn.state_dict_to_params(getattr(torch.nn, source)(6, 10, 2).state_dict())
+    expected = str(torch_error.value).replace("weight_ih", "weight_ih_l0")
+    layer_fn = {"RNN_TANH": F.rnn_tanh, "LSTM": F.lstm, "GRU": F.gru}[mode]
+    layer_name = {"RNN_TANH": "RNN", "LSTM": "LSTM", "GRU": "GRU"}[mode]
+    _raises(
+        RuntimeError, re.escape(f"{layer_name}: {expected}"), layer_fn, layer, jnp.ones((3, 2, 6))
+    )
+
+
+def test_projected_lstm_without_weight_hr_is_named():
+    """An LSTM state dict with a projection but no ``weight_hr_l0`` names the missing key."""
+    from jaxrnn import functional as F
+
+    params = jaxrnn.state_dict_to_params(torch.nn.LSTM(3, 20, proj_size=5).state_dict())
+    del params["weight_hr_l0"]
+    _raises(
+        ValueError,
+        "LSTM: missing parameter weight_hr_l0: weight_hh_l0 \\(80, 5\\)",
+        F.lstm,
+        params,
+        jnp.ones((2, 1, 3)),
+    )
+
+
 def test_raw_cells_check_their_structure():
     """``lstm_cell(p, x, hx)`` with one array as ``hx`` would unpack it along the batch axis:
     refused, as torch's ``'hx' must be tuple``; missing weights are named."""

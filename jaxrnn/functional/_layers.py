@@ -246,6 +246,7 @@ def rnn(
     _checks.check_params(name, params, {"weight_ih_l0": None, "weight_hh_l0": None})
     _checks.check_no_torch_tensors(name, params)
     _checks.check_matrix_params(name, params, ("weight_ih_l0", "weight_hh_l0"))
+    _checks.check_gate_rows(name, mode, params, "_l0")
     _checks.check_loop_options(name, unroll, remat)
     cfg = _params.infer_layer_config(mode, params)
     expected = _params.layer_param_shapes(
