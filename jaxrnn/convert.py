@@ -190,7 +190,8 @@ def from_torch(module, *, rngs=None, **kwargs):
 
     Args:
         module: an instance of ``torch.nn.RNN``, ``LSTM``, ``GRU``, ``RNNCell``, ``LSTMCell`` or
-            ``GRUCell``.
+            ``GRUCell``, also wrapped by ``torch.compile``, ``nn.DataParallel`` or
+            ``DistributedDataParallel``.
         rngs: ``nnx.Rngs`` for the new module (its dropout stream); ``nnx.Rngs(0)`` if omitted.
         **kwargs: JAX extras passed to the constructor (``dtype``, ``precision``, ...);
             ``param_dtype`` defaults to the torch module's parameter dtype (float64 needs
@@ -204,6 +205,7 @@ def from_torch(module, *, rngs=None, **kwargs):
 
     import jaxrnn
 
+    module = _unwrapped(module)
     cls_name = next(
         (c for c in _TORCH_CLASSES if type(module) is getattr(torch.nn, c)),
         None,
@@ -246,6 +248,22 @@ def from_torch(module, *, rngs=None, **kwargs):
     if not module.training:
         out.eval()
     return out
+
+
+def _unwrapped(module):
+    """The module inside torch's wrappers: ``torch.compile``'s ``OptimizedModule`` (its
+    ``_orig_mod``, whose attributes it forwards) and ``nn.DataParallel``/``DistributedDataParallel``
+    (their ``module``), which a torch user passes for the RNN they wrap."""
+    import torch
+
+    wrappers = (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)
+    while True:
+        if isinstance(module, wrappers):
+            module = module.module
+        elif type(module).__name__ == "OptimizedModule" and hasattr(module, "_orig_mod"):
+            module = module._orig_mod
+        else:
+            return module
 
 
 @contextlib.contextmanager

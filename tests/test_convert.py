@@ -145,6 +145,28 @@ def test_from_torch_rejects_other_modules():
         jaxrnn.from_torch(torch.nn.Linear(2, 2))
 
 
+@pytest.mark.parametrize(
+    "wrap",
+    [torch.compile, torch.nn.DataParallel, lambda m: torch.nn.DataParallel(torch.compile(m))],
+    ids=["compile", "DataParallel", "DataParallel-of-compile"],
+)
+@pytest.mark.parametrize(
+    "make",
+    [lambda: torch.nn.LSTM(3, 5, 2, batch_first=True, proj_size=2), lambda: torch.nn.GRUCell(3, 5)],
+    ids=["LSTM", "GRUCell"],
+)
+def test_from_torch_unwraps_compile_and_data_parallel(make, wrap):
+    """``torch.compile(lstm)`` (an ``OptimizedModule`` that forwards the LSTM's attributes) and
+    ``nn.DataParallel(lstm)`` convert as the module they wrap; from_torch refused them as
+    'got OptimizedModule' / 'got DataParallel'."""
+    torch.manual_seed(0)
+    inner = make().eval()
+    ours = jaxrnn.from_torch(wrap(inner))
+    assert type(ours).__name__ == type(inner).__name__ and not ours.training
+    x = torch.randn(2, 4, 3) if isinstance(inner, torch.nn.LSTM) else torch.randn(2, 3)
+    assert_close(ours(x.numpy()), jax.tree.map(lambda t: t.detach().numpy(), inner(x)))
+
+
 def test_strict_load_message_is_torchs():
     """Missing and unexpected keys: torch's own message for the same state_dict (it is ours after
     the exception type)."""
