@@ -268,7 +268,10 @@ def main(argv=None) -> None:
     reps = args.reps or (5 if args.quick else 7)
     workloads = [w for w, quick in WORKLOADS if quick or not args.quick]
     if args.only:
+        names = [w.name for w in workloads]
         workloads = [w for w in workloads if args.only in w.name]
+        if not workloads:
+            parser.error(f"--only {args.only!r} matches no workload; they are: {', '.join(names)}")
 
     today = datetime.date.today().isoformat()
     peak, peak_who = gemm_rate()
