@@ -590,8 +590,11 @@ def check_layer_hidden(
     num_directions: int,
     hidden_size: int,
     proj_size: int,
+    packed: bool = False,
 ):
-    """Validate ``hx`` (``h_0`` or ``(h_0, c_0)``); returns it as arrays (a tuple for LSTM)."""
+    """Validate ``hx`` (``h_0`` or ``(h_0, c_0)``); returns it as arrays (a tuple for LSTM).
+    With ``packed`` input torch checks the size only (``Expected hidden size (2, 3, 20), got [2,
+    20]``), not first the rank (``For batched 3-D input, hx should also be 3-D ...``)."""
     real_hidden = proj_size if proj_size > 0 else hidden_size
     lead = num_layers * num_directions
     if mode == "LSTM":
@@ -599,7 +602,7 @@ def check_layer_hidden(
         h0 = as_array(name, "h_0", hx[0])
         c0 = as_array(name, "c_0", hx[1])
         want = 3 if batched else 2
-        if h0.ndim != want or c0.ndim != want:
+        if (h0.ndim != want or c0.ndim != want) and not packed:
             kind = "batched 3-D" if batched else "unbatched 2-D"
             raise TorchRuntimeError(
                 f"{name}: For {kind} input, hx and cx should also be {want}-D but got "
@@ -617,7 +620,7 @@ def check_layer_hidden(
         raise TypeError(f"{name}: hx must be a single array h_0, got {_describe(hx)}")
     h0 = as_array(name, "hx", hx)
     want = 3 if batched else 2
-    if h0.ndim != want:
+    if h0.ndim != want and not packed:
         kind = "batched 3-D" if batched else "unbatched 2-D"
         raise TorchRuntimeError(
             f"{name}: For {kind} input, hx should also be {want}-D but got {h0.ndim}-D tensor"

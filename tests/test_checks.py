@@ -673,6 +673,30 @@ def _torch_error(call):
     return theirs.value
 
 
+@pytest.mark.parametrize("shape", [(2, 20), (1, 2, 3, 20), (2, 4, 20)])
+@pytest.mark.parametrize("cls", ["GRU", "RNN", "LSTM"])
+def test_packed_input_checks_hx_size_only_as_torch(cls, shape):
+    """With packed input torch checks ``hx`` for its size only: a 2-D or 4-D one is "Expected
+    hidden size (2, 3, 20), got [2, 20]", where jaxrnn said "For batched 3-D input, hx should
+    also be 3-D". torch's LSTM fails here by accident (an IndexError, or a broadcast error), so
+    the LSTM's is the message of torch's size check for ``h_0``."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    packed = pack_padded_sequence(torch.randn(5, 3, 10), torch.tensor([5, 4, 2]))
+    t = getattr(torch.nn, cls)(10, 20, 2)
+    m = jaxrnn.from_torch(t)
+    hx = torch.zeros(shape)
+    if cls == "LSTM":
+        with pytest.raises(RuntimeError) as ours:
+            m(packed, (hx, hx))
+        assert str(ours.value) == f"LSTM: Expected hidden[0] size (2, 3, 20), got {list(shape)}"
+        return
+    theirs = _torch_error(lambda: t(packed, hx))
+    with pytest.raises(type(theirs)) as ours:
+        m(packed, hx)
+    assert str(ours.value) == f"{cls}: {theirs}"
+
+
 @pytest.mark.parametrize(
     "name,torch_call,ours",
     [

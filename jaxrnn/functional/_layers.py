@@ -225,23 +225,45 @@ def rnn(
     when ``training`` is true (needs ``dropout_key``).
     """
     name = name or {"RNN_TANH": "RNN", "RNN_RELU": "RNN"}.get(mode, mode)
+    options = dict(
+        mode=mode,
+        dropout=dropout,
+        training=training,
+        dropout_key=dropout_key,
+        dtype=dtype,
+        precision=precision,
+        unroll=unroll,
+        remat=remat,
+        name=name,
+    )
     if _checks.is_torch_packed(input):  # torch's own, from its fields (see PackedSequence)
         input = _packing.PackedSequence(*input)
     if isinstance(input, _packing.PackedSequence):  # runs its padded view; see jaxrnn.utils.rnn
-        forward = functools.partial(
-            rnn,
-            params,
-            mode=mode,
-            dropout=dropout,
-            training=training,
-            dropout_key=dropout_key,
-            dtype=dtype,
-            precision=precision,
-            unroll=unroll,
-            remat=remat,
-            name=name,
-        )
+        forward = functools.partial(_rnn, params, packed=True, **options)
         return _packing.rnn_packed(forward, input, hx, seq_lengths, name)
+    return _rnn(params, input, hx, batch_first=batch_first, seq_lengths=seq_lengths, **options)
+
+
+def _rnn(
+    params,
+    input,
+    hx,
+    *,
+    mode,
+    batch_first=False,
+    dropout,
+    training,
+    dropout_key,
+    seq_lengths=None,
+    dtype,
+    precision,
+    unroll,
+    remat,
+    name,
+    packed=False,
+):
+    """:func:`rnn` on an array ``input`` (``packed``: the padded view of a packed sequence, whose
+    ``hx`` torch checks for its size only, not first for its rank)."""
     _checks.check_mode(name, mode)
     _checks.check_params(name, params, {"weight_ih_l0": None, "weight_hh_l0": None})
     _checks.check_no_torch_tensors(name, params)
@@ -292,6 +314,7 @@ def rnn(
             num_directions=num_directions,
             hidden_size=hidden_size,
             proj_size=proj_size,
+            packed=packed,
         )
         if not batched:
             state = jax.tree.map(lambda s: s[:, None], state)
