@@ -6,7 +6,7 @@ These modules only create parameters (attributes named as torch's), check argume
 
 from __future__ import annotations
 
-from collections import namedtuple
+from collections import OrderedDict, namedtuple
 from typing import Any
 
 import jax
@@ -123,14 +123,15 @@ class _TorchParams(nnx.Module):
         return (value for _, value in self.named_parameters(recurse=recurse))
 
     def state_dict(self, *, destination=None, prefix: str = "", keep_vars: bool = False):
-        """Torch's ``state_dict``: ``{prefix + name: numpy array}`` in torch's key order (added to
-        ``destination`` and returned, if given; ``keep_vars`` changes nothing: the values are
-        copies either way); keywords only, as torch's documented signature."""
+        """Torch's ``state_dict``: an ``OrderedDict`` (as torch's) of ``{prefix + name: numpy
+        array}`` in torch's key order (added to ``destination`` and returned, if given;
+        ``keep_vars`` changes nothing: the values are copies either way); keywords only, as
+        torch's documented signature."""
         del keep_vars
         _checks.check_prefix(f"{type(self).__name__}.state_dict", prefix)
         values = convert.params_to_state_dict(self.torch_params(), prefix)
         if destination is None:
-            return values
+            return OrderedDict(values)
         destination.update(values)
         return destination
 

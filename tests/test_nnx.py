@@ -271,6 +271,8 @@ def test_state_dict_and_load_state_dict_as_torchs():
     ours = m.state_dict(destination=dest, prefix="enc.", keep_vars=True)
     theirs = t.state_dict(destination=dest_t, prefix="enc.", keep_vars=True)
     assert ours is dest and list(ours) == list(theirs)
+    assert type(m.state_dict()) is type(t.state_dict())  # an OrderedDict, as torch's
+    assert list(m.state_dict()) == list(t.state_dict())
     sd = t.state_dict()
     for partial in (sd, {**sd, "extra": torch.zeros(1)}, {k: sd[k] for k in list(sd)[1:]}):
         got, want = m.load_state_dict(partial, strict=False), t.load_state_dict(partial, False)
