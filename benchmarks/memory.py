@@ -8,7 +8,7 @@ assignment: deterministic, no run needed) for several sequence lengths, for two 
 
 Without remat the backward pass keeps every step's activations, ``O(L)``. With ``remat=True``
 (chunks of ``sqrt(L)`` steps, the input projection computed inside each chunk; see
-:func:`jaxrnn.functional.time_scan`) it keeps the carry at chunk boundaries plus one chunk, so
+``jaxrnn.functional._layers.time_scan``) it keeps the carry at chunk boundaries plus one chunk, so
 temporary memory grows like ``sqrt(L)``. (Input, parameters and returned outputs are arguments
 and results, not temporaries.) ``tests/test_transforms.py`` asserts the sublinear growth.
 

@@ -213,7 +213,10 @@ def rnn(
     where ``N`` = batch size, ``L`` = sequence length, ``D`` = 2 if bidirectional else 1,
     ``H_in`` = input_size, ``H_cell`` = hidden_size, ``H_out`` = proj_size or hidden_size.
 
-    ``remat`` trades recompute for memory on long sequences (see :func:`time_scan`).
+    ``remat`` trades recompute for memory on long sequences: ``True`` for chunks of
+    ``ceil(sqrt(L))`` steps, or an int chunk length; the backward pass then keeps the carry at
+    chunk boundaries and recomputes each chunk, ``O(sqrt(L))`` saved activations instead of
+    ``O(L)``.
 
     Dtypes: everything runs in one compute dtype, ``dtype`` if given, else the promoted dtype
     of ``input`` and ``weight_ih_l0``. Input, ``hx`` and parameters are cast to it (so float32
