@@ -42,6 +42,16 @@ def test_every_module_with_examples_is_doctested():
     assert with_examples == set(DOCTESTED)
 
 
+class _ReadmeModel(torch.nn.Module):
+    """The model behind the README's ``model.pt``: an LSTM at ``encoder.lstm.`` and a head."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = torch.nn.Module()
+        self.encoder.lstm = torch.nn.LSTM(40, 64, 2, batch_first=True, bidirectional=True)
+        self.head = torch.nn.Linear(128, 3)
+
+
 def test_readme_python_blocks_run_in_order(tmp_path, monkeypatch, capsys):
     """Each block continues the session of the ones before it, as a reader would type them. The
     checkpoint block reads ``model.pt``: here a torch model shaped like the one its comments
@@ -51,17 +61,43 @@ def test_readme_python_blocks_run_in_order(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "examples").symlink_to(ROOT / "examples")
 
-    class Model(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.encoder = torch.nn.Module()
-            self.encoder.lstm = torch.nn.LSTM(40, 64, 2, batch_first=True, bidirectional=True)
-
-    torch.save(Model().state_dict(), tmp_path / "model.pt")
+    torch.save(_ReadmeModel().state_dict(), tmp_path / "model.pt")
     session: dict = {"__name__": "__readme__"}
     for i, block in enumerate(blocks):
         exec(compile(block, f"README.md python block {i}", "exec"), session)
     assert "encoder.lstm. LSTM(40, 64, num_layers=2, bidirectional=True)" in capsys.readouterr().out
+
+
+def test_readme_command_lines_run(tmp_path, monkeypatch, capsys):
+    """The README's ``python -m jaxrnn`` lines, run in-process on the files they name:
+    ``model.pt`` as above, ``last.ckpt`` a training checkpoint holding it under ``state_dict``.
+    What they write loads into torch."""
+    from jaxrnn.cli import main
+
+    text = (ROOT / "README.md").read_text()
+    lines = [
+        line.split("#")[0].split()
+        for block in re.findall(r"```bash\n(.*?)```", text, re.S)
+        for line in block.splitlines()
+        if line.startswith("python -m jaxrnn ")
+    ]
+    assert len(lines) >= 4
+    monkeypatch.chdir(tmp_path)
+    model = _ReadmeModel()
+    torch.save(model.state_dict(), "model.pt")
+    torch.save({"state_dict": model.state_dict(), "epoch": 3}, "last.ckpt")
+    for argv in lines:
+        assert main(argv[3:]) == 0, argv
+    out = capsys.readouterr().out
+    assert "'encoder.lstm.'  LSTM(40, 64, num_layers=2, bidirectional=True)" in out
+
+    from safetensors.torch import load_file
+
+    lstm = torch.nn.LSTM(40, 64, 2, batch_first=True, bidirectional=True)
+    lstm.load_state_dict(load_file("lstm.safetensors"), strict=True)
+    assert torch.equal(lstm.weight_hh_l1_reverse, model.encoder.lstm.weight_hh_l1_reverse)
+    assert set(load_file("model.safetensors")) == set(model.state_dict())
+    model.load_state_dict(torch.load("model.pt", weights_only=True), strict=True)
 
 
 def _run_example(script: str) -> str:
