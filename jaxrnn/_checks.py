@@ -366,14 +366,12 @@ def check_gate_rows(name: str, mode: str, params: Mapping, suffix: str = "") -> 
     mis-shaped weight is left to :func:`check_params`, which names it."""
     w_hh, w_hr = params["weight_hh" + suffix], params.get("weight_hr" + suffix)
     gates = _params.GATES[mode]
-    rows_hh, cols_hh = np.shape(w_hh)
-    if mode == "LSTM" and w_hr is None and rows_hh % 4 == 0 and 0 < cols_hh < rows_hh // 4:
-        if np.shape(params["weight_ih" + suffix])[0] == rows_hh:  # a projection's weight_hh
-            raise ValueError(
-                f"{name}: missing parameter weight_hr{suffix}: weight_hh{suffix} "
-                f"{(rows_hh, cols_hh)} has fewer columns than the layer has hidden units, as an "
-                f"LSTM with a projection has (proj_size={cols_hh}, hidden_size={rows_hh // 4})"
-            )
+    if mode == "LSTM" and w_hr is None:
+        missing = _params.missing_projection(
+            np.shape(params["weight_ih" + suffix]), np.shape(w_hh), suffix
+        )
+        if missing:
+            raise ValueError(f"{name}: {missing}")
     projected = mode == "LSTM" and w_hr is not None and len(np.shape(w_hr)) == 2
     hidden_size = np.shape(w_hr if projected else w_hh)[-1]
     for key in ("weight_ih", "weight_hh"):

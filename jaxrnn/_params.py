@@ -217,6 +217,20 @@ def torch_key_order(keys) -> list[str]:
     return [key for _, key in sorted(zip(parts, keys, strict=True), key=rank)]
 
 
+def missing_projection(w_ih: tuple, w_hh: tuple, suffix: str = "_l0") -> str | None:
+    """Why an LSTM layer's weights without ``weight_hr`` lack it, from the shapes of
+    ``weight_ih``/``weight_hh`` (``+ suffix``): as many rows, ``4*H`` of them, and fewer than
+    ``H`` columns, as a projection to ``proj_size`` columns has; ``None`` otherwise."""
+    rows, cols = w_hh
+    if not (w_ih[0] == rows and rows % 4 == 0 and 0 < cols < rows // 4):
+        return None
+    return (
+        f"missing parameter weight_hr{suffix}: weight_hh{suffix} {tuple(w_hh)} has fewer columns "
+        f"than the layer has hidden units, as an LSTM with a projection has (proj_size={cols}, "
+        f"hidden_size={rows // 4}); its weight_hr{suffix} (projection) is not in the state dict"
+    )
+
+
 def infer_module_config(params: Mapping) -> tuple[str, dict]:
     """Torch's class name and constructor arguments for a recurrent module's parameters.
 
@@ -253,13 +267,9 @@ def infer_module_config(params: Mapping) -> tuple[str, dict]:
     hidden_size = int(w_hr.shape[1] if w_hr is not None else w_hh[1])
     gates, rest = divmod(w_ih[0], hidden_size) if hidden_size else (0, 1)
     cls = GATE_CLASSES.get(gates) if rest == 0 else None
-    projected = w_ih[0] == w_hh[0] and w_hh[0] % 4 == 0 and 0 < w_hh[1] < w_hh[0] // 4
-    if cls is None and layered and w_hr is None and projected:
-        raise ValueError(
-            f"missing parameter weight_hr_l0: {hh} {w_hh} has fewer columns than the layer has "
-            f"hidden units, as an LSTM with a projection has (proj_size={w_hh[1]}, hidden_size="
-            f"{w_hh[0] // 4}); its weight_hr_l0 (projection) is not in the state dict"
-        )
+    missing = missing_projection(w_ih, w_hh, s) if layered and w_hr is None else None
+    if cls is None and missing:
+        raise ValueError(missing)
     if cls is None:
         source = f"weight_hr_l0 {tuple(w_hr.shape)}" if w_hr is not None else f"{hh} {w_hh}"
         raise ValueError(
