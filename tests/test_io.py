@@ -589,6 +589,26 @@ def test_pointer_and_web_page_saved_as_checkpoint_say_so(tmp_path, content, what
     assert "weights_only" not in str(e.value)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2])
+def test_bfloat16_and_float8_tensors_read_as_ml_dtypes(tmp_path, dtype):
+    """numpy holds neither; the reader gives the ``ml_dtypes`` type of the same name, with
+    torch's values, and a module loads them cast to its dtype (as torch's ``load_state_dict``)."""
+    lstm = torch.nn.LSTM(3, 4)
+    sd = {k: v.to(dtype) for k, v in lstm.state_dict().items()}
+    path = str(tmp_path / "low.pt")
+    torch.save(sd, path)
+    got = jaxrnn.load_state_dict_file(path)
+    assert list(got) == list(sd)
+    for k, v in sd.items():
+        assert got[k].dtype.name == str(dtype).removeprefix("torch.")
+        np.testing.assert_array_equal(got[k].astype(np.float32), v.float().numpy())
+    ours = jaxrnn.LSTM(3, 4, rngs=nnx.Rngs(0))
+    ours.load_state_dict(got)
+    lstm.load_state_dict(sd)
+    for k, v in lstm.state_dict().items():
+        np.testing.assert_array_equal(ours.state_dict()[k], v.numpy())
+
+
 def test_unreadable_tensor_and_name_collision_name_the_key(tmp_path):
     lstm = torch.nn.LSTM(3, 4)
     path = str(tmp_path / "sparse.pt")
