@@ -236,3 +236,35 @@ def test_low_precision_parameters_promote_with_float32_input():
     with torch.no_grad():
         want = tgru(torch.from_numpy(x))
     assert_close((out, h_n), (want[0].numpy(), want[1].numpy()), 1e-5, 1e-5)
+
+
+def test_input_of_another_dtype_promotes_with_float32_parameters():
+    """float32 parameters, no ``dtype``: a float64 input (x64) computes in float64 and matches
+    torch float64 with the same weights; a bfloat16 input computes in float32 and matches torch
+    float32 on the bfloat16-rounded input. torch itself refuses both ("RNN input dtype ... does
+    not match weight dtype"); ``dtype=`` fixes the computation dtype instead."""
+    tlstm = torch.nn.LSTM(IN, H, 2)
+    x = np.random.default_rng(6).standard_normal((T, N, IN))
+    with pytest.raises(ValueError, match="does not match weight dtype"):
+        tlstm(torch.from_numpy(x))  # what jaxrnn deliberately does not copy
+    with jax.enable_x64(True):
+        lstm = jaxrnn.from_torch(tlstm)
+        assert lstm.weight_ih_l0.dtype == jnp.float32
+        out, (h_n, c_n) = lstm(jnp.asarray(x, jnp.float64))
+        assert out.dtype == h_n.dtype == c_n.dtype == jnp.float64
+        with torch.no_grad():
+            want = tlstm.double()(torch.from_numpy(x))
+            tlstm.float()
+        # float64 compute of float32-valued weights: torch float64 of the same values
+        assert_close(
+            (out, h_n, c_n), (want[0].numpy(), *(s.numpy() for s in want[1])), 1e-10, 1e-10
+        )
+        fixed = jaxrnn.from_torch(tlstm, dtype=jnp.float32)(jnp.asarray(x, jnp.float64))[0]
+        assert fixed.dtype == jnp.float32
+    lstm = jaxrnn.from_torch(tlstm)
+    xb = jnp.asarray(x, jnp.bfloat16)
+    out, (h_n, _) = lstm(xb)
+    assert out.dtype == h_n.dtype == jnp.float32
+    with torch.no_grad():
+        want = tlstm(torch.from_numpy(np.asarray(xb, np.float32)))
+    assert_close((out, h_n), (want[0].numpy(), want[1][0].numpy()), 1e-5, 1e-5)
