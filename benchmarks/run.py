@@ -67,15 +67,27 @@ WORKLOADS = [
 
 
 def machine() -> str:
+    """The CPU's name, family and model and its widest vector extension (a VM's "AMD EPYC" alone
+    names neither the generation nor its GEMM rate: Zen 4 and Zen 5 hosts both report it), and
+    the number of cores."""
     cpu = platform.processor() or platform.machine()
+    fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+            if not line.strip():
+                break  # the first processor's block
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} cores"
+    cpu = fields.get("model name", cpu)
+    flags = fields.get("flags", "").split()
+    vector = next((f for f in ("avx512f", "avx2", "avx") if f in flags), None)
+    detail = (
+        [f"family {fields['cpu family']}, model {fields['model']}"] if "model" in fields else []
+    )
+    detail += [vector] if vector else []
+    return f"{cpu}" + (f" ({'; '.join(detail)})" if detail else "") + f", {os.cpu_count()} cores"
 
 
 def gemm_rate(n: int = 2048, reps: int = 5) -> tuple[float, str]:

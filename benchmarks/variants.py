@@ -13,8 +13,8 @@ compiled temporary memory of the forward or training step timed (XLA's, per vari
 faults per call after the timed rounds.
 
 Usage: ``python benchmarks/variants.py [EXPERIMENT ...] [--reps N] [--out FILE]``; experiments:
-``activation-block``, ``bias-gradient``, ``inference-windows``, ``joint-inference``,
-``step-major-gradients``, ``stacked-input`` (all by default).
+``activation-block``, ``bias-gradient``, ``inference-windows``, ``joint-inference``, ``products-first``,
+``step-major-gradients``, ``stacked-input``, ``unit-groups`` (all by default).
 """
 
 from __future__ import annotations
@@ -109,6 +109,22 @@ EXPERIMENTS = {
             C.Workload("GRU", 128, 64, 256, 512, 2),
         ],
         ("train",),
+    ),
+    "unit-groups": (
+        "a direction's hidden units in two groups (two products per step, one per thread) from "
+        "3M to 40M multiply-adds per step (_fused._UNIT_GROUPS), against from 1M and against up "
+        "to 160M: the range was timed on a Zen 5 host; a slower core might gain outside it",
+        {
+            "from 1M": {"_fused._UNIT_GROUPS": {"max": 2, "macs": (1_000_000, 40_000_000)}},
+            "to 160M": {"_fused._UNIT_GROUPS": {"max": 2, "macs": (3_000_000, 160_000_000)}},
+        },
+        [
+            C.Workload("RNN_TANH", 128, 32, 128, 256),
+            C.Workload("LSTM", 128, 16, 64, 128),
+            C.Workload("GRU", 128, 64, 256, 512, 2),
+            C.Workload("LSTM", 128, 64, 256, 512, 2),
+        ],
+        ("fwd", "train"),
     ),
     "step-major-gradients": (
         "a feature-major backward fills its gate-gradient buffers step-major from 2048 gate rows "
