@@ -696,7 +696,7 @@ def check_cell_call(name: str, mode: str, input, hx, input_size: int, hidden_siz
 
 # torch dtypes that ``Tensor.numpy()`` refuses, as the ``ml_dtypes`` type of the same name (each
 # exact in float32, through which they are converted)
-_ML_DTYPES = frozenset(
+ML_DTYPES = frozenset(
     {
         "bfloat16",
         "float8_e4m3fn",
@@ -716,7 +716,7 @@ def _from_torch(x):
     if hasattr(x, "detach") and hasattr(x, "cpu"):
         tensor = x.detach().cpu()
         kind = str(tensor.dtype).removeprefix("torch.")
-        if kind in _ML_DTYPES:
+        if kind in ML_DTYPES:
             import ml_dtypes
 
             return tensor.float().numpy().astype(getattr(ml_dtypes, kind))

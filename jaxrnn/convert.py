@@ -133,7 +133,7 @@ def match_state_dict(
         # an array (torch, numpy, JAX) of numbers; not a list, a number, None, a string, ...
         value = to_numpy(raw) if hasattr(raw, "shape") and hasattr(raw, "dtype") else None
         if value is None or (
-            value.dtype.kind not in "biufc" and value.dtype.name not in _checks._ML_DTYPES
+            value.dtype.kind not in "biufc" and value.dtype.name not in _checks.ML_DTYPES
         ):
             errors.append(
                 f'While copying the parameter named "{key}", expected torch.Tensor or '
