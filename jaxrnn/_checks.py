@@ -28,11 +28,13 @@ def _is_int(x) -> bool:
 
 def check_arguments(name: str, **arguments) -> None:
     """Flags and numbers of the packing functions, as torch's argument parser checks them:
-    ``argument=(value, position, kind)`` with ``kind`` ``"bool"`` or ``"float"`` (a real number
-    or a 0-d array); a ``TypeError`` in torch's words otherwise."""
+    ``argument=(value, position, kind)`` with ``kind`` ``"bool"``, ``"str"`` or ``"float"`` (a
+    real number or a 0-d array); a ``TypeError`` in torch's words otherwise."""
     for arg, (value, position, kind) in arguments.items():
         if kind == "bool":
             ok = isinstance(value, (bool, np.bool_))
+        elif kind == "str":
+            ok = isinstance(value, str)
         else:
             ok = isinstance(value, numbers.Real) or (
                 hasattr(value, "dtype") and np.ndim(value) == 0 and value.dtype.kind in "biuf"
@@ -900,6 +902,7 @@ def check_total_length(name: str, total_length, longest: int | None, steps: int)
 
 def check_pad_sequences(name: str, sequences, padding_side: str, *, convert) -> list:
     """A non-empty list of ``(L_i, *)`` arrays with equal trailing shapes."""
+    check_arguments(name, padding_side=(padding_side, 4, "str"))
     if padding_side not in ("left", "right"):
         raise TorchRuntimeError(
             f"{name}: Expected padding_side to be one of left or right, but got {padding_side}."
@@ -953,6 +956,10 @@ def check_to_arguments(name: str, args, kwargs):
     for arg in args:
         if isinstance(arg, (jax.Device, jax.sharding.Sharding)):
             device = arg
+        elif isinstance(arg, (jax.Array, np.ndarray)):  # torch's to(other): other's dtype
+            dtype = arg.dtype
+        elif _is_torch_tensor(arg):  # and a torch tensor's device
+            dtype, device = arg.dtype, device or str(arg.device)
         else:
             dtype = arg
     if _is_device_name(_torch_name(dtype)):  # torch's to("cpu"), to(torch.device("cuda", 1))
@@ -989,6 +996,10 @@ def _torch_name(x):
     """A torch dtype or device by its name (``torch.float16`` -> ``'float16'``,
     ``torch.device('cuda', 1)`` -> ``'cuda:1'``); anything else as it is."""
     return str(x).removeprefix("torch.") if type(x).__module__ == "torch" else x
+
+
+def _is_torch_tensor(x) -> bool:
+    return type(x).__module__.startswith("torch") and hasattr(x, "detach") and hasattr(x, "device")
 
 
 def _is_device_name(x) -> bool:
@@ -1045,6 +1056,33 @@ def check_batch_sizes(name: str, batch_sizes, data_shape) -> np.ndarray:
             f"{tuple(data_shape)}"
         )
     return sizes
+
+
+def check_permutation(name: str, what: str, indices, size: int | None = None):
+    """Indices of ``size`` sequences (default: as many as given), as a JAX array: 1-D, integer,
+    one per sequence and, where concrete (also a list or numpy array under ``jit``), each of
+    ``0 ... size-1`` once. Torch checks none of it: it fails later on an index out of bounds, or
+    returns sequences duplicated and dropped."""
+    raw = indices if isinstance(indices, jax.Array) else _list_array(_from_torch(indices))
+    values = None if isinstance(raw, jax.core.Tracer) else np.asarray(raw)
+    array = jnp.asarray(raw)
+    if array.ndim != 1:
+        raise ValueError(f"{name}: {what} must be 1-D, got shape {tuple(array.shape)}")
+    if not jnp.issubdtype(array.dtype, jnp.integer):
+        raise TypeError(f"{name}: {what} must be an integer array, got dtype {array.dtype}")
+    size = array.shape[0] if size is None else size
+    if array.shape[0] != size or (
+        values is not None and not np.array_equal(np.sort(values), np.arange(size))
+    ):
+        shown = values.tolist() if values is not None else f"shape {tuple(array.shape)}"
+        raise ValueError(f"{name}: {what} must be a permutation of 0 ... {size - 1}, got {shown}")
+    return array
+
+
+def check_batch_not_empty(name: str, lengths_shape) -> None:
+    """A packed batch to pad has at least one sequence (torch's message)."""
+    if lengths_shape[0] == 0:
+        raise TorchRuntimeError(f"{name}: batch_sizes can not be empty")
 
 
 def check_concrete_lengths(name: str, what: str, concrete: bool) -> None:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.utils.rnn as tr
+from flax import nnx
 
 import jaxrnn
 from jaxrnn.utils import rnn as jr
@@ -443,6 +444,90 @@ def test_packed_sequence_replace_asdict_and_casts_as_torch():
 
     jax.jit(under_jit)(X)
     assert ours.is_pinned() is theirs.is_pinned() is False
+    # torch's to(other): the other's dtype (and a torch tensor's device)
+    other = torch.zeros(1, dtype=torch.float16)
+    for mine in (other, other.numpy(), jnp.zeros(1, jnp.float16)):  # numpy, JAX: their dtype
+        assert_same_packed(ours.to(mine).float(), theirs.to(other).float())
+    assert ours.pin_memory() is ours  # torch pins host memory for an accelerator; JAX has none
+    if not any(d.platform == "gpu" for d in jax.devices()):
+        with pytest.raises(ValueError, match="PackedSequence.to: no such device 'cuda:0'"):
+            ours.cuda()
+
+
+def test_derived_packed_sequences_keep_data_under_jit():
+    """A layer's packed output, a cast and ``_replace`` of a PackedSequence built inside ``jit``
+    from constant lengths keep ``data``, as the input does: torch's ``loss(out.data)`` step."""
+    lengths = [2, 5, 3]
+    x = randn(5, 3, 2)
+    gru = torch.nn.GRU(2, 4)
+    out_t, _ = gru(tr.pack_padded_sequence(torch.tensor(x), lengths, enforce_sorted=False))
+    model = jaxrnn.from_torch(gru)
+
+    def step(m, a):
+        out, _ = m(jr.pack_padded_sequence(a, lengths, enforce_sorted=False))
+        return out.data, out.half().data, out._replace(data=out.data * 2).data, out.batch_sizes
+
+    data, half, doubled, sizes = nnx.jit(step)(model, x)
+    np.testing.assert_allclose(data, out_t.data.detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(half, out_t.data.detach().half().numpy(), rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(doubled, 2 * out_t.data.detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(sizes, out_t.batch_sizes.numpy())
+
+
+def test_unpad_and_unpack_under_jit_from_constant_lengths():
+    x = randn(5, 3, 2)
+    theirs = tr.unpad_sequence(torch.tensor(x), torch.tensor([2, 5, 3]))
+    for lengths in ([2, 5, 3], np.array([2, 5, 3])):
+        ours = jax.jit(lambda a, n=lengths: jr.unpad_sequence(a, n))(x)
+        assert len(ours) == len(theirs)
+        for mine, ref in zip(ours, theirs, strict=True):
+            np.testing.assert_array_equal(mine, ref.numpy())
+    seqs = [x[:2, 0], x[:5, 1], x[:3, 2]]
+    theirs = tr.unpack_sequence(
+        tr.pack_sequence([torch.tensor(s) for s in seqs], enforce_sorted=False)
+    )
+    ours = jax.jit(lambda a, b, c: jr.unpack_sequence(jr.pack_sequence([a, b, c], False)))(*seqs)
+    for mine, ref in zip(ours, theirs, strict=True):
+        np.testing.assert_array_equal(mine, ref.numpy())
+    with pytest.raises(ValueError, match="traced"):  # traced lengths cannot give a list
+        jax.jit(jr.unpad_sequence)(x, jnp.array([2, 5, 3]))
+
+
+def test_indices_that_are_not_a_permutation_are_refused():
+    """Torch checks none of these: it fails later on an index out of bounds, or gives sequences
+    duplicated and dropped."""
+    data, sizes = np.arange(3.0), np.array([2, 1])
+    valid = jr.PackedSequence(data, sizes, np.array([1, 0]))
+    assert_same_packed(
+        valid, tr.PackedSequence(torch.tensor(data), torch.tensor(sizes), torch.tensor([1, 0]))
+    )
+    for bad in ([0, 0], [0, 5], [0], [-1, 0]):
+        for field in ("sorted_indices", "unsorted_indices"):
+            with pytest.raises(ValueError, match=f"PackedSequence: {field} must be a permutation"):
+                jr.PackedSequence(data, sizes, **{field: np.array(bad)})
+    with pytest.raises(TypeError, match="sorted_indices must be an integer array"):
+        jr.PackedSequence(data, sizes, np.array([1.0, 0.0]))
+    for bad in ([3, 0, 1], [-1, 0], [0, 0]):
+        with pytest.raises(ValueError, match="invert_permutation: permutation must be a perm"):
+            jr.invert_permutation(np.array(bad))
+    with pytest.raises(ValueError, match="must be 1-D"):
+        jr.invert_permutation(np.array([[1, 0]]))
+    with pytest.raises(TypeError, match="must be an integer array, got dtype float32"):
+        jr.invert_permutation(np.array([1.0, 0.0], np.float32))
+    traced = jax.jit(jr.invert_permutation)(jnp.array([2, 0, 1]))  # unchecked, still right
+    np.testing.assert_array_equal(traced, tr.invert_permutation(torch.tensor([2, 0, 1])).numpy())
+    assert jr.invert_permutation(np.array([2, 0, 1], np.int16)).dtype == np.int16  # its dtype
+
+
+def test_pad_packed_sequence_of_an_empty_batch_and_padding_side_type_as_torch():
+    empty_t = tr.PackedSequence(torch.zeros(0), torch.zeros(0, dtype=torch.int64))
+    theirs = torch_error(lambda: tr.pad_packed_sequence(empty_t))
+    empty = jr.PackedSequence(np.zeros(0, np.float32), np.zeros(0, np.int64))
+    assert_raises_as_torch(theirs, lambda: jr.pad_packed_sequence(empty), "pad_packed_sequence")
+    theirs = torch_error(lambda: tr.pad_sequence([torch.ones(2)], padding_side=None))
+    with pytest.raises(TypeError) as info:
+        jr.pad_sequence([np.ones(2)], padding_side=None)
+    assert str(info.value) == str(theirs)
 
 
 def test_mixed_dtypes_take_the_first_sequences_as_torch():

@@ -133,12 +133,14 @@ class PackedSequence:
         padded = jnp.where(mask, data[index], jnp.zeros((), data.dtype))
         lengths = jnp.asarray(valid.sum(0), jnp.int32)
         if sorted_indices is not None:
-            sorted_indices = jnp.asarray(_to_array(sorted_indices), jnp.int32)
+            sorted_indices = _indices("PackedSequence", "sorted_indices", sorted_indices, batch)
             if unsorted_indices is None:
                 unsorted_indices = invert_permutation(sorted_indices)
         values = np.asarray(valid.sum(0), np.int64)
         if unsorted_indices is not None:
-            unsorted_indices = jnp.asarray(_to_array(unsorted_indices), jnp.int32)
+            unsorted_indices = _indices(
+                "PackedSequence", "unsorted_indices", unsorted_indices, batch
+            )
             padded, lengths = padded[:, unsorted_indices], lengths[unsorted_indices]
             order = _concrete(unsorted_indices)
             values = None if order is None else values[order]
@@ -162,6 +164,16 @@ class PackedSequence:
         obj._set(padded, lengths, sorted_indices, unsorted_indices)
         return obj
 
+    def _derived(self, padded, *indices) -> PackedSequence:
+        """A PackedSequence of the same sequences (lengths and order) holding ``padded``, with
+        ``indices`` (the lengths and both index arrays, moved) if given: it keeps this one's
+        known lengths, so that ``data`` works on it where it works on this one (under ``jit``
+        from constant lengths: a layer's output, a cast)."""
+        leaves = indices or (self.lengths, self.sorted_indices, self.unsorted_indices)
+        obj = type(self).from_padded(padded, *leaves)
+        obj._values = getattr(self, "_values", None)
+        return obj
+
     def tree_flatten(self):
         return (self.padded, self.lengths, self.sorted_indices, self.unsorted_indices), None
 
@@ -169,10 +181,14 @@ class PackedSequence:
     def tree_unflatten(cls, aux, children):
         return cls.from_padded(*children)
 
-    def _concrete_lengths(self, what: str) -> np.ndarray:
+    def _known_lengths(self) -> np.ndarray | None:
+        """The lengths' values (numpy, the caller's order) where they are known at trace time:
+        concrete, or concrete when this object (or the one it derives from) was made."""
         values = getattr(self, "_values", None)
-        if values is None:
-            values = _concrete(self.lengths)
+        return values if values is not None else _concrete(self.lengths)
+
+    def _concrete_lengths(self, what: str) -> np.ndarray:
+        values = self._known_lengths()
         _checks.check_concrete_lengths("PackedSequence", what, values is not None)
         return values
 
@@ -219,7 +235,12 @@ class PackedSequence:
         """A new PackedSequence with some of torch's four fields replaced, as the namedtuple's
         (e.g. ``packed._replace(data=f(packed.data))``; concrete lengths)."""
         _checks.check_field_names("PackedSequence._replace", fields, self._fields)
-        return type(self)(**{**self._asdict(), **fields})
+        out = type(self)(**{**self._asdict(), **fields})
+        if out._values is None and not {"batch_sizes", "sorted_indices", "unsorted_indices"} & set(
+            fields
+        ):  # the same sequences in the same order: their lengths are still known
+            out._values = getattr(self, "_values", None)
+        return out
 
     # torch's tensor-like methods: a dtype casts the data (the lengths and indices keep theirs)
 
@@ -236,11 +257,23 @@ class PackedSequence:
             leaves = tuple(None if a is None else _placed(a, device) for a in leaves)
         if all(a is b for a, b in zip(leaves, tuple(self.tree_flatten()[0]), strict=True)):
             return self
-        return type(self).from_padded(*leaves)
+        return self._derived(*leaves)
 
     def cpu(self) -> PackedSequence:
         """Every array on the first CPU device."""
         return self.to(jax.devices("cpu")[0])
+
+    def cuda(self, device=None) -> PackedSequence:
+        """Every array on a GPU, as torch's: ``device`` its index (default the first), a JAX
+        device or a torch device; ``ValueError`` where JAX has no GPU."""
+        return self.to(
+            f"cuda:{device or 0}" if device is None or isinstance(device, int) else device
+        )
+
+    def pin_memory(self) -> PackedSequence:
+        """``self``: JAX has no pinned host memory for arrays like torch's (see
+        :meth:`is_pinned`)."""
+        return self
 
     def float(self) -> PackedSequence:
         return self.to(jnp.float32)
@@ -279,7 +312,7 @@ class PackedSequence:
         return False
 
     def __repr__(self) -> str:
-        if getattr(self, "_values", None) is not None or _concrete(self.lengths) is not None:
+        if self._known_lengths() is not None:
             return (
                 f"PackedSequence(data={self.data!r}, batch_sizes={self.batch_sizes!r}, "
                 f"sorted_indices={self.sorted_indices!r}, "
@@ -292,12 +325,23 @@ class PackedSequence:
 
 
 def invert_permutation(permutation):
-    """The inverse of a 1-D permutation (``None`` for ``None``), as torch's."""
+    """The inverse of a 1-D integer permutation (``None`` for ``None``), in its dtype, as torch's.
+
+    A concrete ``permutation`` must hold each of ``0 ... n-1`` once (``ValueError`` otherwise,
+    where torch fails on an index out of bounds or returns a wrong inverse); a traced one cannot
+    be checked."""
     if permutation is None:
         return None
-    permutation = _to_array(permutation)
+    permutation = _checks.check_permutation("invert_permutation", "permutation", permutation)
     n = permutation.shape[0]
-    return jnp.zeros((n,), jnp.int32).at[permutation].set(jnp.arange(n, dtype=jnp.int32))
+    inverse = jnp.zeros((n,), permutation.dtype)
+    return inverse.at[permutation].set(jnp.arange(n, dtype=permutation.dtype))
+
+
+def _indices(name: str, what: str, indices, batch: int) -> jax.Array:
+    """A PackedSequence's ``sorted_indices``/``unsorted_indices`` as int32, checked to be a
+    permutation of its ``batch`` sequences where concrete."""
+    return jnp.asarray(_checks.check_permutation(name, what, indices, batch), jnp.int32)
 
 
 def pack_padded_sequence(
@@ -392,7 +436,8 @@ def pad_packed_sequence(
     _checks.check_is_packed(name, "sequence", sequence, PackedSequence)
     padded, lengths = sequence.padded, sequence.lengths
     steps = padded.shape[0]
-    values = _concrete(lengths)
+    values = sequence._known_lengths()
+    _checks.check_batch_not_empty(name, lengths.shape)
     longest = (int(values.max()) if values.size else 0) if values is not None else None
     target = _checks.check_total_length(name, total_length, longest, steps)
     if target <= steps:
@@ -456,7 +501,9 @@ def unpad_sequence(padded_sequences, lengths, batch_first: bool = False) -> list
     """
     name = "unpad_sequence"
     padded = _to_array(padded_sequences)
-    values = _concrete(_to_array(lengths))
+    if not isinstance(lengths, jax.Array):  # a list or numpy: known under jit too (not jnp)
+        lengths = _checks._list_array(_checks._from_torch(lengths))
+    values = _concrete(lengths)
     _checks.check_concrete_lengths(name, "a list of sequences", values is not None)
     if not batch_first:
         padded = jnp.swapaxes(padded, 0, 1)
@@ -483,7 +530,10 @@ def pack_sequence(sequences: Sequence, enforce_sorted: bool = True) -> PackedSeq
 def unpack_sequence(packed_sequences: PackedSequence) -> list[jax.Array]:
     """The list of ``(L_i, *)`` sequences in a :class:`PackedSequence`, as torch's."""
     padded, lengths = pad_packed_sequence(packed_sequences, batch_first=True)
-    return unpad_sequence(padded, lengths, batch_first=True)
+    known = (
+        packed_sequences._known_lengths() if isinstance(packed_sequences, PackedSequence) else None
+    )
+    return unpad_sequence(padded, lengths if known is None else known, batch_first=True)
 
 
 def rnn_packed(forward: Callable, packed: PackedSequence, hx, seq_lengths, name: str):
@@ -496,7 +546,4 @@ def rnn_packed(forward: Callable, packed: PackedSequence, hx, seq_lengths, name:
     """
     _checks.check_packed_call(name, packed.padded.ndim - 1, seq_lengths)
     output, h_n = forward(packed.padded, hx, seq_lengths=packed.lengths, batch_first=False)
-    out = PackedSequence.from_padded(
-        output, packed.lengths, packed.sorted_indices, packed.unsorted_indices
-    )
-    return out, h_n
+    return packed._derived(output), h_n
