@@ -1108,6 +1108,28 @@ def check_packed_call(name: str, data_ndim: int, seq_lengths) -> None:
 # state dicts and checkpoint files (jaxrnn.convert, jaxrnn.io)
 
 
+def check_no_extra_parameters(name: str, module: str, cls: str, names, named_parameters) -> None:
+    """A torch module converted as torch's ``cls`` has no parameters beyond ``names``, torch's,
+    other than where a parametrized one comes from (``parametrizations.<name>.original*``,
+    pruning's ``<name>_orig``, the old weight norm's ``<name>_g``/``<name>_v``): a subclass's
+    extra layers would be dropped."""
+    extra = []
+    for key, _ in named_parameters:
+        stem, _, suffix = key.rpartition("_")
+        if key in names or key.startswith("parametrizations."):
+            continue
+        if stem in names and suffix in ("orig", "g", "v"):
+            continue
+        extra.append(key)
+    if extra:
+        raise ValueError(
+            f"{name}: {module} has parameters beyond torch.nn.{cls}'s: {', '.join(extra)}; "
+            f"only torch.nn.{cls}'s computation converts (its weights: from_torch of a "
+            f"torch.nn.{cls} built with the same arguments, after load_state_dict(..., strict="
+            "False))"
+        )
+
+
 def check_mapping(name: str, what: str, value) -> None:
     """``value`` (a state dict or parameter tree) is a mapping."""
     if not isinstance(value, Mapping):
@@ -1194,19 +1216,21 @@ def check_init_rngs(name: str, rngs):
 
 
 def check_numeric_arrays(name: str, state_dict) -> None:
-    """Every value of a state dict to save is a numeric (or bfloat16) array."""
+    """Every value of a state dict to save is a numeric (or bfloat16, float8) array."""
     for key, value in state_dict.items():
-        if value.dtype.kind not in "biufc" and value.dtype.name != "bfloat16":
+        if value.dtype.kind not in "biufc" and value.dtype.name not in ML_DTYPES:
             raise TypeError(f"{name}: {key} must be a numeric array, got dtype {value.dtype}")
 
 
 def check_npz_dtypes(name: str, state_dict) -> None:
-    """``.npz`` holds numpy dtypes only: ``np.savez`` would store bfloat16 as opaque bytes."""
-    bf16 = sorted(k for k, v in state_dict.items() if v.dtype.name == "bfloat16")
-    if bf16:
+    """``.npz`` holds numpy dtypes only: ``np.savez`` would store bfloat16 and float8 (the
+    ``ml_dtypes`` types) as opaque bytes."""
+    ml = sorted(k for k, v in state_dict.items() if v.dtype.name in ML_DTYPES)
+    if ml:
+        kinds = sorted({state_dict[k].dtype.name for k in ml})
         raise ValueError(
-            f"{name}: .npz cannot hold bfloat16 arrays ({', '.join(bf16)}); write .safetensors "
-            "or .pt, or cast to float32 first"
+            f"{name}: .npz cannot hold {', '.join(kinds)} arrays ({', '.join(ml)}); write "
+            ".safetensors or .pt, or cast to float32 first"
         )
 
 

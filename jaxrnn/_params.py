@@ -115,8 +115,14 @@ def infer_layer_config(mode: str, params: Mapping[str, jax.Array]) -> dict:
         if params.get(key) is None:
             raise ValueError(f"missing parameter {key} (have {sorted(params)})")
     hidden_size = params["weight_ih_l0"].shape[0] // GATES[mode]
-    num_layers = 0
-    while params.get(f"weight_ih_l{num_layers}") is not None:
+    # layers (0, 1, ... while any parameter names the next) and directions from every
+    # parameter's name, so that a layer or direction lacking one weight is reported missing it,
+    # not as unexpected keys (a stray layer after a gap still is)
+    named = [re.fullmatch(r"(?:weight|bias)_(?:ih|hh|hr)_l(\d+)(_reverse)?", k) for k in params]
+    named = [m for m in named if m is not None and params[m.string] is not None]
+    layers = {int(m.group(1)) for m in named}
+    num_layers = 1
+    while num_layers in layers:
         num_layers += 1
     w_hr = params.get("weight_hr_l0")
     return dict(
@@ -125,7 +131,7 @@ def infer_layer_config(mode: str, params: Mapping[str, jax.Array]) -> dict:
         num_layers=num_layers,
         # either bias present means bias=True: a missing other one is then reported by the checks
         bias=any(params.get(k) is not None for k in ("bias_ih_l0", "bias_hh_l0")),
-        bidirectional=params.get("weight_ih_l0_reverse") is not None,
+        bidirectional=any(m.group(2) for m in named),
         proj_size=0 if w_hr is None else int(w_hr.shape[0]),
     )
 

@@ -93,6 +93,12 @@ def convert(input: str, output: str, prefix: str = "", strip: str = "") -> str:
     """``python -m jaxrnn convert``: read ``input``, write ``output``; returns a summary line.
     ``strip``: keep the arrays under that prefix, without it (before ``prefix`` applies)."""
     state_dict = io.load_state_dict_file(input, prefix=strip)
+    dotted = [key for key in state_dict if key.startswith(".")]
+    if dotted:  # --strip module: the keys would not load into the unwrapped model
+        raise ValueError(
+            f"{input}: --strip {strip!r} leaves keys that start with '.' ({dotted[0]!r}, ...); "
+            f"strip {strip + '.'!r}"
+        )
     what = ""
     if prefix:
         try:

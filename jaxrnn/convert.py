@@ -42,11 +42,26 @@ def _flat(tree: Mapping, path: tuple = (), sequences: bool = False) -> Iterator[
             yield path + (key,), value
 
 
+def _dotted_leaves(name: str, tree: Mapping) -> dict:
+    """The leaves of nested mappings (and lists and tuples, items by index) named by key path
+    joined with dots, as a torch state dict names them and as the files' reader flattens a
+    loaded object; two leaves under one name (``{'a.b': x, 'a': {'b': y}}``) are a
+    ``ValueError``."""
+    flat = {}
+    for path, value in _flat(tree, sequences=True):
+        key = ".".join(str(k) for k in path)
+        if key in flat:
+            raise ValueError(f"{name}: two arrays are named {key!r} once flattened with dots")
+        flat[key] = value
+    return flat
+
+
 def state_dict_to_params(state_dict: Mapping, prefix: str = "") -> dict[str, np.ndarray]:
     """The parameters under ``prefix`` of a torch ``state_dict``, as a dict of numpy arrays.
 
     Args:
-        state_dict: torch's ``module.state_dict()`` (tensors) or any mapping of arrays.
+        state_dict: torch's ``module.state_dict()`` (tensors) or any mapping of arrays; nested
+            mappings are flattened with dots first.
         prefix: keep only keys starting with it and strip it, e.g. ``'encoder.gru.'`` to pick one
             recurrent layer out of a bigger model's state dict.
 
@@ -60,11 +75,8 @@ def state_dict_to_params(state_dict: Mapping, prefix: str = "") -> dict[str, np.
     """
     _checks.check_mapping("state_dict_to_params", "state_dict", state_dict)
     _checks.check_prefix("state_dict_to_params", prefix)
-    return {
-        key[len(prefix) :]: to_numpy(value)
-        for key, value in state_dict.items()
-        if key.startswith(prefix)
-    }
+    flat = _dotted_leaves("state_dict_to_params", state_dict)
+    return {key[len(prefix) :]: to_numpy(v) for key, v in flat.items() if key.startswith(prefix)}
 
 
 def params_to_state_dict(params: Mapping, prefix: str = "") -> dict[str, np.ndarray]:
@@ -72,17 +84,26 @@ def params_to_state_dict(params: Mapping, prefix: str = "") -> dict[str, np.ndar
     in torch's order even if ``params`` came sorted out of a ``jax.tree`` function).
 
     ``torch_module.load_state_dict(to_torch_tensors(sd))`` accepts it (:func:`to_torch_tensors`
-    also converts bfloat16 arrays, which ``torch.from_numpy`` cannot take).
+    also converts bfloat16 and float8 arrays, which ``torch.from_numpy`` cannot take). Nested
+    mappings (a Linen ``variables['params']`` of several layers) are flattened with dots first:
+    ``{'gru': {'weight_ih_l0': ...}}`` gives ``'gru.weight_ih_l0'``.
     """
-    _checks.check_mapping("params_to_state_dict", "params", params)
-    _checks.check_prefix("params_to_state_dict", prefix)
-    return {prefix + key: to_numpy(params[key]) for key in _params.torch_key_order(params)}
+    return _state_dict("params_to_state_dict", params, prefix)
+
+
+def _state_dict(name: str, params: Mapping, prefix: str) -> dict[str, np.ndarray]:
+    """:func:`params_to_state_dict` for the call ``name`` (its messages name it)."""
+    _checks.check_mapping(name, "params", params)
+    _checks.check_prefix(name, prefix)
+    flat = _dotted_leaves(name, params)
+    return {prefix + key: to_numpy(flat[key]) for key in _params.torch_key_order(flat)}
 
 
 def to_torch_tensors(state_dict: Mapping) -> dict:
     """A state dict of arrays (numpy, JAX) as ``torch.Tensor`` copies, for
-    ``torch.nn.Module.load_state_dict`` or ``torch.save``; bfloat16 arrays (``ml_dtypes``, which
-    ``torch.from_numpy`` does not take) become ``torch.bfloat16`` tensors. Needs torch.
+    ``torch.nn.Module.load_state_dict`` or ``torch.save``; bfloat16 and float8 arrays
+    (``ml_dtypes``, which ``torch.from_numpy`` does not take) become torch's tensors of those
+    dtypes. Needs torch.
 
     Example:
         >>> import numpy as np
@@ -96,8 +117,9 @@ def to_torch_tensors(state_dict: Mapping) -> dict:
 
     def tensor(value):
         v = to_numpy(value)
-        if v.dtype.name == "bfloat16":  # numpy has no bfloat16; go through the bits
-            return torch.from_numpy(v.view(np.uint16).copy()).view(torch.bfloat16)
+        if v.dtype.name in _checks.ML_DTYPES:  # numpy has no bfloat16, float8: through the bits
+            bits = np.uint16 if v.dtype.itemsize == 2 else np.uint8
+            return torch.from_numpy(v.view(bits).copy()).view(getattr(torch, v.dtype.name))
         return torch.from_numpy(np.ascontiguousarray(v).reshape(v.shape))
 
     return {key: tensor(value) for key, value in state_dict.items()}
@@ -218,7 +240,7 @@ def from_torch(module, *, rngs=None, **kwargs):
     if cls_name is None:
         raise TypeError(
             "from_torch expects a torch.nn.RNN, LSTM, GRU, RNNCell, LSTMCell or GRUCell, "
-            f"got {type(module).__name__}"
+            f"got {type(module).__module__}.{type(module).__qualname__}"
         )
     rngs = nnx.Rngs(0) if rngs is None else rngs
     if cls_name.endswith("Cell"):
@@ -244,10 +266,31 @@ def from_torch(module, *, rngs=None, **kwargs):
     args.update(kwargs)
     with _converted_dropout_warning():
         out = getattr(jaxrnn, cls_name)(**args, rngs=rngs)
-    out.load_state_dict(module.state_dict())
+    names = list(out.state_dict())  # torch's parameter names for this configuration
+    _checks.check_no_extra_parameters(
+        "from_torch", type(module).__name__, cls_name, names, module.named_parameters()
+    )
+    out.load_state_dict(_computed_weights(module, names))
     if not module.training:
         out.eval()
     return out
+
+
+def _computed_weights(module, names) -> dict:
+    """The weights ``names`` of a torch module as it computes them, where its state dict holds
+    a parametrization's originals instead (weight norm, spectral norm, pruning's mask), read in
+    eval mode so that nothing changes (spectral norm's training mode steps its power iteration
+    on every read), each submodule's mode restored after."""
+    import torch
+
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        with torch.no_grad():
+            return {name: getattr(module, name) for name in names}
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def _unwrapped(module):

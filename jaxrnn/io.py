@@ -180,13 +180,32 @@ def _zip_names(path: str) -> list[str] | None:
 def _check_zip_members(path: str) -> None:
     """A zip-format PyTorch file whose members fail their CRC check is damaged: ``torch.load``
     does not check, and would return tensors with garbage in them (a file that is not a
-    readable zip passes: torch.load says what is wrong with it)."""
-    bad = _zip_read(path, lambda archive: archive.testzip())
+    readable zip passes: torch.load says what is wrong with it). Members stored with a CRC of 0
+    are not checked: ``torch.save`` writes that when told not to compute them
+    (``torch.serialization.set_crc32_options(False)``), and ``torch.load`` reads such files."""
+    bad = _zip_read(path, _failed_member)
     if bad is not None:
         raise ValueError(
             f"{path}: corrupt checkpoint: its member {bad!r} fails its CRC check (a damaged "
             "download or copy?)"
         )
+
+
+def _failed_member(archive) -> str | None:
+    """The first member of a zip archive with a CRC that fails its check (``ZipFile.testzip``,
+    skipping members stored with a CRC of 0), else ``None``."""
+    import zipfile
+
+    for info in archive.infolist():
+        if info.CRC == 0:
+            continue
+        try:
+            with archive.open(info) as member:
+                while member.read(2**24):
+                    pass
+        except zipfile.BadZipFile:
+            return info.filename
+    return None
 
 
 def _safetensors(action: str, path: str):
@@ -200,15 +219,60 @@ def _safetensors(action: str, path: str):
     return safetensors.numpy
 
 
+# safetensors' dtype names as numpy dtype names (ml_dtypes' for bfloat16 and float8)
+_SAFETENSORS_DTYPES = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E4M3FNUZ": "float8_e4m3fnuz",
+    "F8_E5M2": "float8_e5m2",
+    "F8_E5M2FNUZ": "float8_e5m2fnuz",
+    "F8_E8M0": "float8_e8m0fnu",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U64": "uint64",
+    "U32": "uint32",
+    "U16": "uint16",
+    "U8": "uint8",
+    "BOOL": "bool",
+    "C64": "complex64",
+}
+
+
 def _load_safetensors(path: str) -> dict[str, np.ndarray]:
-    load_file = _safetensors("reading", path).load_file
+    module = _safetensors("reading", path)
     try:
-        return dict(load_file(path))
+        try:
+            return dict(module.load_file(path))
+        except AttributeError:  # a float8 tensor: the numpy reader looks its dtype up in numpy
+            return _load_safetensors_bytes(path)
     except Exception as e:  # SafetensorError, OSError, ... : one message for all
         _check_what_else(path)
         raise ValueError(
             f"{path}: not a valid .safetensors file (corrupt or truncated?): {e}"
         ) from e
+
+
+def _load_safetensors_bytes(path: str) -> dict[str, np.ndarray]:
+    """A ``.safetensors`` file read whole and parsed by safetensors, its arrays built here with
+    the ``ml_dtypes`` types numpy lacks (float8, as ``torch.load`` gives them in a ``.pt``)."""
+    import ml_dtypes
+    import safetensors
+
+    with open(path, "rb") as f:
+        tensors = safetensors.deserialize(f.read())
+    out = {}
+    for key, view in tensors:
+        kind = _SAFETENSORS_DTYPES.get(view["dtype"])
+        if kind is None:
+            raise ValueError(f"{key}: safetensors dtype {view['dtype']} has no numpy equivalent")
+        dtype = getattr(ml_dtypes, kind) if kind in _checks.ML_DTYPES else np.dtype(kind)
+        out[key] = np.frombuffer(view["data"], dtype=dtype).reshape(view["shape"])
+    return out
 
 
 def _load_npz(path: str) -> dict[str, np.ndarray]:
@@ -397,9 +461,8 @@ def save_state_dict_file(params_or_module: Any, path: str | os.PathLike, prefix:
 
 
 def _to_state_dict(obj, prefix: str) -> dict[str, np.ndarray]:
-    if isinstance(obj, Mapping):
-        flat = {_dotted(path): value for path, value in convert._flat(obj)}
-        sd = convert.params_to_state_dict(flat, prefix)
+    if isinstance(obj, Mapping):  # nested mappings flattened with dots
+        sd = convert._state_dict("save_state_dict_file", obj, prefix)
     elif callable(getattr(obj, "state_dict", None)):  # jaxrnn modules, torch modules
         sd = {k: convert.to_numpy(v) for k, v in obj.state_dict(prefix=prefix).items()}
     else:

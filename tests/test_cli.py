@@ -226,3 +226,10 @@ def test_convert_strip_unwraps_a_whole_model(capsys, tmp_path, wrapper):
         torch.testing.assert_close(bare.state_dict()[key], value, rtol=0, atol=0)
     code, _, err = run(capsys, "convert", str(tmp_path / "in.ckpt"), str(out), "--strip", "x.")
     assert code == 1 and "no key starts with prefix 'x.'" in err
+    if wrapper != "state_dict.":  # without its dot the keys would start with '.'
+        out.unlink()
+        code, _, err = run(
+            capsys, "convert", str(tmp_path / "in.ckpt"), str(out), "--strip", wrapper[:-1]
+        )
+        assert code == 1 and "leaves keys that start with '.'" in err
+        assert f"strip {wrapper!r}" in err and not out.exists()

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+import torch.nn.utils.prune
 from _torch_oracle import assert_close
 from flax import nnx
 
@@ -165,6 +166,86 @@ def test_from_torch_unwraps_compile_and_data_parallel(make, wrap):
     assert type(ours).__name__ == type(inner).__name__ and not ours.training
     x = torch.randn(2, 4, 3) if isinstance(inner, torch.nn.LSTM) else torch.randn(2, 3)
     assert_close(ours(x.numpy()), jax.tree.map(lambda t: t.detach().numpy(), inner(x)))
+
+
+def _weight_normed(m):
+    return torch.nn.utils.parametrizations.weight_norm(m, "weight_hh_l0")
+
+
+def _old_weight_norm(m):
+    with pytest.warns(FutureWarning):  # torch.nn.utils.weight_norm is deprecated
+        return torch.nn.utils.weight_norm(m, "weight_ih_l1")
+
+
+@pytest.mark.parametrize(
+    "parametrize",
+    [
+        _weight_normed,
+        lambda m: torch.nn.utils.parametrizations.spectral_norm(m, "weight_ih_l1_reverse"),
+        lambda m: torch.nn.utils.prune.l1_unstructured(m, "weight_hh_l1", 0.5),
+        _old_weight_norm,
+    ],
+    ids=["weight_norm", "spectral_norm", "prune", "old-weight_norm"],
+)
+@pytest.mark.parametrize("training", [True, False])
+def test_from_torch_reads_parametrized_weights_as_computed(parametrize, training):
+    """Weight norm, spectral norm and pruning keep originals in the state dict
+    (``parametrizations.weight_hh_l0.original0``, ``weight_hh_l1_orig``, ``weight_ih_l1_g``):
+    the converted module holds the weights the torch module computes, and the torch module is
+    left as it was (spectral norm's power-iteration vector, the training mode)."""
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(3, 5, 2, bidirectional=True)
+    parametrize(lstm)
+    lstm.train(training)
+    before = {k: v.clone() for k, v in lstm.state_dict().items()}
+    ours = jaxrnn.from_torch(lstm)
+    assert lstm.training is training and ours.training is training
+    for k, v in lstm.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    lstm.eval()
+    x = torch.randn(4, 2, 3)
+    with torch.no_grad():
+        assert_close(ours.eval()(x.numpy()), jax.tree.map(lambda t: t.numpy(), lstm(x)))
+        for name in ours.state_dict():
+            np.testing.assert_allclose(ours.state_dict()[name], getattr(lstm, name).numpy())
+
+
+def test_from_torch_refuses_a_subclass_with_more_parameters():
+    class Normed(torch.nn.GRU):
+        def __init__(self):
+            super().__init__(3, 4)
+            self.norm = torch.nn.LayerNorm(4)
+
+    with pytest.raises(
+        ValueError,
+        match=r"from_torch: Normed has parameters beyond torch.nn.GRU's: norm.weight, norm.bias",
+    ):
+        jaxrnn.from_torch(Normed())
+
+    class Plain(torch.nn.GRU):  # a subclass with torch's parameters only converts
+        pass
+
+    torch.manual_seed(0)
+    plain = Plain(3, 4).eval()
+    x = torch.randn(2, 3)
+    assert_close(
+        jaxrnn.from_torch(plain)(x.numpy()), jax.tree.map(lambda t: t.detach().numpy(), plain(x))
+    )
+
+
+def test_nested_params_flatten_with_dots():
+    """A Linen ``variables['params']`` of several layers: torch's dotted names, one level per
+    submodule, as ``save_state_dict_file`` writes them."""
+    gru = torch.nn.GRU(3, 4, 2)
+    params = {"enc": {"gru": {k: v.numpy() for k, v in gru.state_dict().items()}}}
+    sd = jaxrnn.params_to_state_dict(params, prefix="model.")
+    assert list(sd) == [f"model.enc.gru.{k}" for k in gru.state_dict()]
+    back = jaxrnn.state_dict_to_params({"model": params}, prefix="model.enc.gru.")
+    assert list(back) == list(gru.state_dict())
+    for k, v in gru.state_dict().items():
+        np.testing.assert_array_equal(back[k], v.numpy())
+    with pytest.raises(ValueError, match="params_to_state_dict: two arrays are named 'a.b'"):
+        jaxrnn.params_to_state_dict({"a.b": np.ones(1), "a": {"b": np.ones(1)}})
 
 
 def test_strict_load_message_is_torchs():

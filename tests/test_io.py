@@ -572,6 +572,22 @@ def test_damaged_zip_member_is_caught_by_its_crc(model, tmp_path):
                 np.testing.assert_array_equal(value, model.state_dict()[key].numpy())
 
 
+def test_file_saved_without_crcs_is_read_as_torch_reads_it(model, tmp_path):
+    """``torch.save`` skips the checksums when told to (a zip CRC of 0 in every member), and
+    ``torch.load`` reads the file: the CRC check passes such members."""
+    path = str(tmp_path / "nocrc.pt")
+    torch.serialization.set_crc32_options(False)
+    try:
+        torch.save(model.state_dict(), path)
+    finally:
+        torch.serialization.set_crc32_options(True)
+    theirs = torch.load(path, weights_only=True)
+    ours = jaxrnn.load_state_dict_file(path)
+    assert list(ours) == list(theirs)
+    for key, value in theirs.items():
+        np.testing.assert_array_equal(ours[key], value.numpy())
+
+
 @pytest.mark.parametrize(
     "content,what",
     [
@@ -609,6 +625,45 @@ def test_bfloat16_and_float8_tensors_read_as_ml_dtypes(tmp_path, dtype):
         np.testing.assert_array_equal(ours.state_dict()[k], v.numpy())
 
 
+FLOAT8 = [
+    torch.float8_e4m3fn,
+    torch.float8_e5m2,
+    torch.float8_e4m3fnuz,
+    torch.float8_e5m2fnuz,
+    torch.float8_e8m0fnu,
+]
+
+
+def test_float8_round_trips_through_every_torch_format(tmp_path):
+    """A file with float8 tensors (also only beside the RNN) reads as in a ``.pt`` file
+    (safetensors' numpy reader looks float8 up in numpy, which has none) and writes back
+    bit for bit; ``.npz`` refuses them before writing anything."""
+    from safetensors.torch import load_file
+
+    lstm = torch.nn.LSTM(3, 4)
+    sd = {**lstm.state_dict(), **{f"q.{str(d)[6:]}": torch.rand(5, 2).to(d) for d in FLOAT8}}
+    for fmt in ("pt", "safetensors"):
+        path = str(tmp_path / f"f8.{fmt}")
+        torch.save(sd, path) if fmt == "pt" else torch_save_safetensors(sd, path)
+        got = jaxrnn.load_state_dict_file(path)
+        assert sorted(got) == sorted(sd)
+        for k, v in sd.items():
+            assert got[k].dtype.name == str(v.dtype).removeprefix("torch.")
+            np.testing.assert_array_equal(got[k].astype(np.float32), v.float().numpy())
+        (layer,) = jaxrnn.find_recurrent_layers(got)
+        assert layer.cls == "LSTM" and layer.error is None
+        for out_fmt in ("pt", "safetensors"):
+            out = str(tmp_path / f"back-{fmt}.{out_fmt}")
+            jaxrnn.save_state_dict_file(got, out)
+            back = torch.load(out, weights_only=True) if out_fmt == "pt" else load_file(out)
+            for k, v in sd.items():
+                assert back[k].dtype == v.dtype
+                assert torch.equal(back[k].view(torch.uint8), v.view(torch.uint8))
+        with pytest.raises(ValueError, match=r"\.npz cannot hold float8_e4m3fn, float8_e4m3fnuz"):
+            jaxrnn.save_state_dict_file(got, str(tmp_path / "f8.npz"))
+        assert not (tmp_path / "f8.npz").exists()
+
+
 def test_unreadable_tensor_and_name_collision_name_the_key(tmp_path):
     lstm = torch.nn.LSTM(3, 4)
     path = str(tmp_path / "sparse.pt")
@@ -619,6 +674,18 @@ def test_unreadable_tensor_and_name_collision_name_the_key(tmp_path):
     torch.save({"a.w": torch.ones(2), "a": {"w": torch.zeros(2)}}, path)
     with pytest.raises(ValueError, match="two tensors are named 'a.w'"):
         jaxrnn.load_state_dict_file(path)
+
+
+def test_saved_mapping_is_named_as_the_reader_names_it(tmp_path):
+    """Lists are items by index (not one stacked array), two arrays under one name refused."""
+    path = str(tmp_path / "list.pt")
+    jaxrnn.save_state_dict_file({"a": [np.ones(2, np.float32), np.zeros(3, np.float32)]}, path)
+    saved = torch.load(path, weights_only=True)
+    assert list(saved) == ["a.0", "a.1"] and saved["a.1"].shape == (3,)
+    collide = {"a.b": np.ones(2, np.float32), "a": {"b": np.zeros(2, np.float32)}}
+    with pytest.raises(ValueError, match="save_state_dict_file: two arrays are named 'a.b'"):
+        jaxrnn.save_state_dict_file(collide, str(tmp_path / "collide.pt"))
+    assert not (tmp_path / "collide.pt").exists()
 
 
 def test_top_level_list_of_state_dicts_is_flattened(tmp_path):
@@ -666,6 +733,15 @@ def _lstm_sd(**changes):
     "sd, match",
     [
         (_lstm_sd(weight_hh_l1=None), r'Missing key\(s\) in state_dict: "weight_hh_l1"'),
+        (_lstm_sd(weight_ih_l1=None), r'Missing key\(s\) in state_dict: "weight_ih_l1"\. $'),
+        (  # one direction's input weight: the layer is still bidirectional
+            {
+                k: v.numpy()
+                for k, v in torch.nn.GRU(3, 4, bidirectional=True).state_dict().items()
+                if k != "weight_ih_l0_reverse"
+            },
+            r'Missing key\(s\) in state_dict: "weight_ih_l0_reverse"\. $',
+        ),
         (_lstm_sd(bias_ih_l0=None), r'Missing key\(s\) in state_dict: "bias_ih_l0"'),
         (_lstm_sd(weight_ih_l3=np.zeros((16, 4))), r'Unexpected key\(s\).*"weight_ih_l3"'),
         (_lstm_sd(fc=np.zeros(2)), r'Unexpected key\(s\) in state_dict: "fc"'),
