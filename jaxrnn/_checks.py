@@ -928,8 +928,15 @@ def check_pad_sequences(name: str, sequences, padding_side: str, *, convert) -> 
     return arrays
 
 
-def check_unpad_lengths(name: str, values: np.ndarray, batch: int) -> None:
-    """One length per sequence of the padded batch (torch zips them strictly)."""
+def check_unpad_lengths(name: str, values: np.ndarray, padded_shape, batch_first) -> None:
+    """A padded batch ``(T, B, *)`` (``(B, T, *)`` with ``batch_first``) and one length per
+    sequence (torch zips them strictly)."""
+    if len(padded_shape) < 2:
+        layout = "(B, T, *)" if batch_first else "(T, B, *)"
+        raise ValueError(
+            f"{name}: expected padded_sequences of shape {layout}, got shape {tuple(padded_shape)}"
+        )
+    batch = padded_shape[0 if batch_first else 1]
     if values.ndim != 1 or values.shape[0] != batch:
         raise ValueError(
             f"{name}: expected one length per sequence ({batch}), got lengths of shape "

@@ -556,6 +556,8 @@ def test_unpad_sequence_keeps_the_steps_torchs_mask_keeps():
     assert isinstance(theirs, ValueError)
     with pytest.raises(ValueError, match="unpad_sequence: expected one length per sequence"):
         jr.unpad_sequence(padded, np.array([1, 2, 3]))
+    with pytest.raises(ValueError, match=r"expected padded_sequences of shape \(T, B, \*\), got"):
+        jr.unpad_sequence(randn(3), [1])  # torch: an IndexError from inside
 
 
 def test_unpad_sequence_reads_batch_first_by_its_truth_as_torchs():

@@ -505,9 +505,9 @@ def unpad_sequence(padded_sequences, lengths, batch_first: bool = False) -> list
         lengths = _checks._list_array(_checks._from_torch(lengths))
     values = _concrete(lengths)
     _checks.check_concrete_lengths(name, "a list of sequences", values is not None)
+    _checks.check_unpad_lengths(name, values, padded.shape, batch_first)
     if not batch_first:
         padded = jnp.swapaxes(padded, 0, 1)
-    _checks.check_unpad_lengths(name, values, padded.shape[0])
     steps = np.clip(np.ceil(values), 0, padded.shape[1]).astype(np.int64)
     return [padded[i, : int(n)] for i, n in enumerate(steps)]
 
