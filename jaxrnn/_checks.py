@@ -241,20 +241,32 @@ def _check_sizes(name, input_size, hidden_size, least: int = 1) -> None:
 # call-time checks
 
 
-def as_array(name: str, what: str, x) -> jax.Array:
-    """``x`` as a floating JAX array (or tracer); TypeError for anything else."""
+def as_array(name: str, what: str, x, floating: bool = True) -> jax.Array:
+    """``x`` as a JAX array (or tracer), floating unless ``floating`` is false (then checked
+    later, with :func:`check_floating`, in torch's order); TypeError for anything else."""
     if isinstance(x, (jax.Array, np.ndarray, np.generic)):
         arr = x
     elif hasattr(x, "__array__") and hasattr(x, "shape"):  # e.g. a torch tensor
         arr = np.asarray(_from_torch(x))
     else:
         raise TypeError(f"{name}: {what} must be an array, got {type(x).__name__}")
-    if not jnp.issubdtype(arr.dtype, jnp.floating):
-        raise DtypeError(
-            f"{name}: {what} must have a floating-point dtype ({_FLOAT_KINDS}), got {arr.dtype} "
-            f"({what} dtype does not match weight dtype)"
-        )
+    if floating:
+        check_floating(name, what, arr.dtype)
     return jnp.asarray(arr)
+
+
+def check_floating(name: str, what: str, dtype, weight_dtype=None) -> None:
+    """An input or state of a floating dtype (another float dtype than the weights' is promoted
+    with them); torch's "RNN input dtype ... does not match weight dtype" where ``weight_dtype``
+    is given (a layer's input)."""
+    if jnp.issubdtype(dtype, jnp.floating):
+        return
+    torchs = f"{what} dtype does not match weight dtype"
+    if weight_dtype is not None:
+        torchs = f"RNN input dtype ({dtype}) does not match weight dtype ({weight_dtype})"
+    raise DtypeError(
+        f"{name}: {what} must have a floating-point dtype ({_FLOAT_KINDS}), got {dtype} ({torchs})"
+    )
 
 
 class DtypeError(TypeError, ValueError, RuntimeError):
@@ -410,23 +422,23 @@ def check_no_torch_tensors(name: str, params: Mapping) -> None:
             )
 
 
-def check_layer_input(
-    name: str, mode: str, input_shape, input_size: int, *, packed: bool = False
-) -> bool:
-    """Rank and feature size of a layer's input; returns whether it is batched."""
-    ndim = len(input_shape)
-    if packed:
-        if ndim != 2:
-            raise TorchRuntimeError(f"{name}: input must have 2 dimensions, got {ndim}")
-    elif ndim not in (2, 3):
+def check_layer_rank(name: str, mode: str, ndim: int) -> bool:
+    """The rank of a layer's input, torch's first check; returns whether it is batched."""
+    if ndim not in (2, 3):
         what = f"{ndim}D tensor" if mode.startswith("RNN") else f"{ndim}D"  # torch's RNN says so
         raise ValueError(f"{name}: Expected input to be 2D or 3D, got {what} instead")
+    return ndim == 3
+
+
+def check_layer_input(name: str, input_shape, dtype, input_size: int, weight_dtype) -> None:
+    """A layer's input after the ranks of the input and ``hx``, as torch orders its checks: its
+    dtype, then its feature size."""
+    check_floating(name, "input", dtype, weight_dtype)
     if input_shape[-1] != input_size:
         raise TorchRuntimeError(
             f"{name}: input.size(-1) must be equal to input_size. "
             f"Expected {input_size}, got {input_shape[-1]}"
         )
-    return packed or ndim == 3
 
 
 def load_error(name: str, errors: list[str]) -> ValueError:
@@ -579,6 +591,34 @@ def check_dtypes(name: str, dtype, param_dtype, warn: bool = True):
     return dtype, param_dtype
 
 
+def layer_hidden_arrays(name: str, mode: str, hx, *, batched: bool, packed: bool = False):
+    """``hx`` (``h_0`` or ``(h_0, c_0)``) as arrays, a tuple for LSTM, of the rank the input
+    asks for: torch's second check, after the input's rank (their dtypes and sizes come after
+    the input's, :func:`check_layer_hidden`). With ``packed`` input torch checks the size only
+    (``Expected hidden size (2, 3, 20), got [2, 20]``), not the rank (``For batched 3-D input,
+    hx should also be 3-D ...``)."""
+    want = 3 if batched else 2
+    kind = "batched 3-D" if batched else "unbatched 2-D"
+    if mode == "LSTM":
+        _check_lstm_hx(name, hx, "lstm")
+        h0 = as_array(name, "h_0", hx[0], floating=False)
+        c0 = as_array(name, "c_0", hx[1], floating=False)
+        if (h0.ndim != want or c0.ndim != want) and not packed:
+            raise TorchRuntimeError(
+                f"{name}: For {kind} input, hx and cx should also be {want}-D but got "
+                f"({h0.ndim}-D, {c0.ndim}-D) tensors"
+            )
+        return (h0, c0)
+    if isinstance(hx, (tuple, list)):
+        raise TypeError(f"{name}: hx must be a single array h_0, got {_describe(hx)}")
+    h0 = as_array(name, "hx", hx, floating=False)
+    if h0.ndim != want and not packed:
+        raise TorchRuntimeError(
+            f"{name}: For {kind} input, hx should also be {want}-D but got {h0.ndim}-D tensor"
+        )
+    return h0
+
+
 def check_layer_hidden(
     name: str,
     mode: str,
@@ -590,46 +630,26 @@ def check_layer_hidden(
     num_directions: int,
     hidden_size: int,
     proj_size: int,
-    packed: bool = False,
-):
-    """Validate ``hx`` (``h_0`` or ``(h_0, c_0)``); returns it as arrays (a tuple for LSTM).
-    With ``packed`` input torch checks the size only (``Expected hidden size (2, 3, 20), got [2,
-    20]``), not first the rank (``For batched 3-D input, hx should also be 3-D ...``)."""
+) -> None:
+    """The sizes, then the dtypes, of the arrays of :func:`layer_hidden_arrays`."""
     real_hidden = proj_size if proj_size > 0 else hidden_size
     lead = num_layers * num_directions
+    batch = (batch_size,) if batched else ()
     if mode == "LSTM":
-        _check_lstm_hx(name, hx, "lstm")
-        h0 = as_array(name, "h_0", hx[0])
-        c0 = as_array(name, "c_0", hx[1])
-        want = 3 if batched else 2
-        if (h0.ndim != want or c0.ndim != want) and not packed:
-            kind = "batched 3-D" if batched else "unbatched 2-D"
-            raise TorchRuntimeError(
-                f"{name}: For {kind} input, hx and cx should also be {want}-D but got "
-                f"({h0.ndim}-D, {c0.ndim}-D) tensors"
-            )
-        batch = (batch_size,) if batched else ()
+        h0, c0 = hx
         _check_hidden_size(
             name, h0, (lead, *batch, real_hidden), "Expected hidden[0] size {}, got {}", batched
         )
         _check_hidden_size(
             name, c0, (lead, *batch, hidden_size), "Expected hidden[1] size {}, got {}", batched
         )
-        return (h0, c0)
-    if isinstance(hx, (tuple, list)):
-        raise TypeError(f"{name}: hx must be a single array h_0, got {_describe(hx)}")
-    h0 = as_array(name, "hx", hx)
-    want = 3 if batched else 2
-    if h0.ndim != want and not packed:
-        kind = "batched 3-D" if batched else "unbatched 2-D"
-        raise TorchRuntimeError(
-            f"{name}: For {kind} input, hx should also be {want}-D but got {h0.ndim}-D tensor"
-        )
-    batch = (batch_size,) if batched else ()
+        check_floating(name, "h_0", h0.dtype)
+        check_floating(name, "c_0", c0.dtype)
+        return
     _check_hidden_size(
-        name, h0, (lead, *batch, hidden_size), "Expected hidden size {}, got {}", batched
+        name, hx, (lead, *batch, hidden_size), "Expected hidden size {}, got {}", batched
     )
-    return h0
+    check_floating(name, "hx", hx.dtype)
 
 
 def _check_hidden_size(name, h, expected, msg, batched) -> None:
@@ -651,8 +671,8 @@ def _describe(x) -> str:
 def check_cell_call(name: str, mode: str, input, hx, input_size: int, hidden_size: int):
     """Validate a cell call in torch's order and wording (the dimensions of ``input`` and of each
     state, then ``input_size``, then each state's batch and size, with unbatched arrays read as
-    a batch of one); returns ``(input, hx_or_None, batched)`` as arrays."""
-    x = as_array(name, "input", input)
+    a batch of one, then the dtypes); returns ``(input, hx_or_None, batched)`` as arrays."""
+    x = as_array(name, "input", input, floating=False)
     if x.ndim not in (1, 2):
         raise ValueError(f"{name}: Expected input to be 1D or 2D, got {x.ndim}D instead")
     batched = x.ndim == 2
@@ -660,11 +680,11 @@ def check_cell_call(name: str, mode: str, input, hx, input_size: int, hidden_siz
         states = []
     elif mode == "LSTM":
         _check_lstm_hx(name, hx, "lstm_cell")
-        states = [as_array(name, f"hx[{i}]", h) for i, h in enumerate(hx)]
+        states = [as_array(name, f"hx[{i}]", h, floating=False) for i, h in enumerate(hx)]
     else:
         if isinstance(hx, (tuple, list)):
             raise TypeError(f"{name}: hx must be a single array, got {_describe(hx)}")
-        states = [as_array(name, "hx", hx)]
+        states = [as_array(name, "hx", hx, floating=False)]
     for i, h in enumerate(states):
         if h.ndim not in (1, 2):
             what = f"hx[{i}]" if mode == "LSTM" else "hidden"
@@ -691,6 +711,10 @@ def check_cell_call(name: str, mode: str, input, hx, input_size: int, hidden_siz
             raise TorchRuntimeError(
                 f"{name}: Expected {label} to be {x.ndim}D like the input, got {h.ndim}D instead"
             )
+    # the dtypes last, where torch's matmul refuses them ("mat1 and mat2 must have the same dtype")
+    check_floating(name, "input", x.dtype)
+    for i, h in enumerate(states):
+        check_floating(name, f"hx[{i}]" if mode == "LSTM" else "hx", h.dtype)
     if hx is None:
         return x, None, batched
     return x, (tuple(states) if mode == "LSTM" else states[0]), batched
@@ -981,6 +1005,33 @@ def check_to_arguments(name: str, args, kwargs):
                 f"{name}: expected a dtype or a JAX device/sharding, got {shown!r}"
             ) from None
     return dtype, device
+
+
+def check_module_to_dtype(name: str, dtype) -> None:
+    """A module's ``to(dtype)`` takes floating dtypes only (torch's message; complex too there,
+    not for an RNN here)."""
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(
+            f"{name}: nn.Module.to only accepts floating point or complex dtypes, but got "
+            f"desired dtype={dtype}"
+        )
+
+
+def check_state_dict_arguments(name: str, args, destination, prefix, keep_vars):
+    """``state_dict``'s positional ``(destination, prefix, keep_vars)``, which torch still takes
+    with a ``FutureWarning`` (its words); returns the three."""
+    if not args:
+        return destination, prefix, keep_vars
+    if len(args) > 3:
+        raise TypeError(f"{name}() takes at most 3 positional arguments, got {len(args)}")
+    warnings.warn(
+        "Positional args are being deprecated, use kwargs instead. Refer to "
+        "https://pytorch.org/docs/main/generated/torch.nn.Module.html#torch.nn.Module.state_dict"
+        " for details.",
+        FutureWarning,
+        stacklevel=user_stacklevel(),
+    )
+    return (*args, *(destination, prefix, keep_vars)[len(args) :])
 
 
 def check_device(name: str, device):

@@ -122,11 +122,15 @@ class _TorchParams(nnx.Module):
         """Torch's ``parameters``: the arrays in torch's order."""
         return (value for _, value in self.named_parameters(recurse=recurse))
 
-    def state_dict(self, *, destination=None, prefix: str = "", keep_vars: bool = False):
+    def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):
         """Torch's ``state_dict``: an ``OrderedDict`` (as torch's) of ``{prefix + name: numpy
         array}`` in torch's key order (added to ``destination`` and returned, if given;
-        ``keep_vars`` changes nothing: the values are copies either way); keywords only, as
-        torch's documented signature."""
+        ``keep_vars`` changes nothing: the values are copies either way). Keywords, as torch's
+        documented signature; positional ``(destination, prefix, keep_vars)`` with torch's
+        ``FutureWarning``."""
+        destination, prefix, keep_vars = _checks.check_state_dict_arguments(
+            f"{type(self).__name__}.state_dict", args, destination, prefix, keep_vars
+        )
         del keep_vars
         _checks.check_prefix(f"{type(self).__name__}.state_dict", prefix)
         values = convert.params_to_state_dict(self.torch_params(), prefix)
@@ -170,6 +174,52 @@ class _TorchParams(nnx.Module):
         missing = [k for k in self._shapes if k not in loaded]
         unexpected = [k for k in state_dict if k not in self._shapes]
         return _IncompatibleKeys(missing, unexpected)
+
+    def to(self, *args, **kwargs):
+        """Torch's ``to``: ``to(dtype)`` casts every parameter, in place, to a floating dtype (a
+        JAX/numpy dtype, its name or a torch dtype; float64 needs ``jax_enable_x64``, else
+        float32 with a warning); ``to(device)`` places them on a JAX device or sharding (or a
+        torch device string, ``'cpu'``, ``'cuda:0'``); ``to(other)`` takes an array's dtype.
+        Returns the module, as torch's. A computation ``dtype=`` given at construction stays."""
+        name = f"{type(self).__name__}.to"
+        dtype, device = _checks.check_to_arguments(name, args, kwargs)
+        if dtype is not None:
+            _checks.check_module_to_dtype(name, dtype)
+            dtype = convert.jax_param_dtype(dtype.name, f"{name}: the dtype")
+        values = {}  # every value cast and placed before any is assigned
+        for key in self._shapes:
+            value = getattr(self, key)[...]
+            value = value if dtype is None else value.astype(dtype)
+            values[key] = value if device is None else jax.device_put(value, device)
+        for key, value in values.items():
+            setattr(self, key, nnx.Param(value))
+        if dtype is not None:
+            self.param_dtype = dtype
+        return self
+
+    def double(self):
+        """Torch's ``double``: :meth:`to` float64 (needs ``jax_enable_x64``)."""
+        return self.to(jnp.float64)
+
+    def float(self):
+        """Torch's ``float``: :meth:`to` float32."""
+        return self.to(jnp.float32)
+
+    def half(self):
+        """Torch's ``half``: :meth:`to` float16."""
+        return self.to(jnp.float16)
+
+    def bfloat16(self):
+        """Torch's ``bfloat16``: :meth:`to` bfloat16."""
+        return self.to(jnp.bfloat16)
+
+    def cpu(self):
+        """Torch's ``cpu``: the parameters on the first CPU device."""
+        return self.to(jax.devices("cpu")[0])
+
+    def forward(self, *args, **kwargs):
+        """Torch's ``forward``: the same as calling the module."""
+        return self(*args, **kwargs)
 
     @property
     def training(self) -> bool:

@@ -317,17 +317,20 @@ def test_functional_param_errors():
 
 
 def test_functional_params_with_a_gap_are_refused():
-    """A stack with a gap would run as a different model (layers counted from weight_ih_l0 up,
-    biases from layer 0): the keys past the gap are named, as torch's strict load would."""
+    """A stack with a gap would run as a different model (biases from layer 0, layers from
+    every parameter's name while they follow on): what is missing or past the gap is named, as
+    torch's strict load into the model the others describe would."""
     from jaxrnn import functional as F
 
     params = jaxrnn.LSTM(3, 4, 2, rngs=nnx.Rngs(0)).torch_params()
     x = jnp.ones((2, 1, 3))
     no_l1 = {k: v for k, v in params.items() if k != "weight_ih_l1"}
+    _raises(ValueError, r"LSTM: missing parameters \['weight_ih_l1'\]", F.lstm, no_l1, x)
+    past_gap = dict(params, weight_ih_l3=params["weight_hh_l1"])
     with pytest.raises(ValueError) as e:
-        F.lstm(no_l1, x)
-    assert "unexpected parameters ['weight_hh_l1', 'bias_ih_l1', 'bias_hh_l1']" in str(e.value)
-    assert "the others describe LSTM(3, 4)" in str(e.value)
+        F.lstm(past_gap, x)
+    assert "unexpected parameters ['weight_ih_l3']" in str(e.value)
+    assert "the others describe LSTM(3, 4, num_layers=2)" in str(e.value)
     no_bias_l0 = {k: v for k, v in params.items() if not k.endswith("_l0") or "bias" not in k}
     _raises(
         ValueError, r"unexpected parameters \['bias_ih_l1', 'bias_hh_l1'\]", F.lstm, no_bias_l0, x
@@ -582,6 +585,50 @@ def test_call_errors_have_torchs_wording(case):
         jmod(jnp.zeros(x_shape), states(jnp.zeros))
     assert str(theirs.value) in str(ours.value)
     assert str(ours.value).startswith(type(jmod).__name__ + ": ")
+    assert isinstance(ours.value, type(theirs.value))
+
+
+# bad calls with two faults: torch reports the first in its order (the ranks of the input and of
+# hx, the input's dtype and size, hx's sizes, then the dtypes of the states and the sequence
+# length; cells: ranks, sizes, then dtypes). (id, class, args, input, hx): (shape, kind) pairs.
+TWO_FAULTS = [
+    ("int-input-4d", "GRU", (3, 4), ((1, 1, 1, 3), "int"), None),
+    ("input-size-and-hx-2d", "GRU", (3, 4), ((2, 1, 5), "float"), ((1, 4), "float")),
+    ("zero-length-and-hx-size", "GRU", (3, 4), ((0, 1, 3), "float"), ((1, 2, 4), "float")),
+    ("int-hx-of-another-size", "RNN", (3, 4), ((2, 1, 3), "float"), ((1, 2, 4), "int")),
+    (
+        "int-input-and-c0-2d",
+        "LSTM",
+        (3, 4),
+        ((2, 1, 3), "int"),
+        (((1, 1, 4), "float"), ((1, 4), "float")),
+    ),
+    ("cell-int-hx-batch", "GRUCell", (3, 4), ((2, 3), "float"), ((3, 4), "int")),
+    ("cell-int-input-3d", "LSTMCell", (3, 4), ((1, 1, 3), "int"), None),
+    ("cell-int-input-size", "RNNCell", (3, 4), ((2, 5), "int"), None),
+]
+
+
+@pytest.mark.parametrize("case", TWO_FAULTS, ids=lambda c: c[0])
+def test_two_faults_give_torchs_first_error(case):
+    _, cls, args, x, h = case
+
+    def make(spec, zeros, kinds):
+        if spec is None:
+            return None
+        if isinstance(spec[0][0], tuple):  # LSTM's (h_0, c_0)
+            return tuple(make(s, zeros, kinds) for s in spec)
+        return zeros(spec[0], dtype=kinds[spec[1]])
+
+    kinds_t = {"int": torch.int64, "float": torch.float32}
+    kinds_j = {"int": jnp.int32, "float": jnp.float32}
+    with pytest.raises(Exception) as theirs:
+        getattr(torch.nn, cls)(*args)(make(x, torch.zeros, kinds_t), make(h, torch.zeros, kinds_t))
+    with pytest.raises((ValueError, TypeError)) as ours:
+        getattr(jaxrnn, cls)(*args, rngs=nnx.Rngs(0))(
+            make(x, jnp.zeros, kinds_j), make(h, jnp.zeros, kinds_j)
+        )
+    assert str(theirs.value) in str(ours.value)
     assert isinstance(ours.value, type(theirs.value))
 
 

@@ -297,6 +297,78 @@ def test_state_dict_and_load_state_dict_as_torchs():
         np.testing.assert_array_equal(m.state_dict()[k], v.numpy())
 
 
+def test_state_dict_positional_arguments_warn_as_torchs():
+    t = torch.nn.LSTM(3, 4)
+    m = jaxrnn.from_torch(t)
+    with pytest.warns(FutureWarning, match="Positional args are being deprecated") as theirs:
+        want = t.state_dict(None, "enc.")
+    with pytest.warns(FutureWarning) as ours:
+        got = m.state_dict(None, "enc.")
+    assert str(ours[0].message) == str(theirs[0].message)
+    assert list(got) == list(want)
+    for k, v in want.items():
+        np.testing.assert_array_equal(got[k], v.numpy())
+
+
+@pytest.mark.parametrize(
+    "cast",
+    [
+        lambda m: m.double(),
+        lambda m: m.to(torch.float64),
+        lambda m: m.to("float64" if isinstance(m, nnx.Module) else torch.float64),
+        lambda m: m.to(torch.zeros(1, dtype=torch.float64)),
+        lambda m: m.half(),
+        lambda m: m.to(dtype=torch.float16),
+        lambda m: m.bfloat16(),
+        lambda m: m.double().float(),
+    ],
+    ids=["double", "to-torch", "to-name", "to-tensor", "half", "to-dtype", "bfloat16", "float"],
+)
+@pytest.mark.parametrize("cls", ["LSTM", "GRUCell"])
+def test_module_casts_as_torchs(cls, cast):
+    """``double()``, ``to(dtype)``, ... cast every parameter in place and return the module;
+    called with a tensor of that dtype (``forward`` too), the two agree as torch's with itself."""
+    torch.manual_seed(0)
+    t = getattr(torch.nn, cls)(3, 4, **({"num_layers": 2} if cls == "LSTM" else {}))
+    with jax.enable_x64(True):
+        m = jaxrnn.from_torch(t)
+        assert cast(m) is m
+        cast(t)
+        dtype = t.weight_ih_l0.dtype if cls == "LSTM" else t.weight_ih.dtype
+        assert m.param_dtype == jnp.dtype(str(dtype).removeprefix("torch."))
+        for k, v in t.state_dict().items():
+            got = m.state_dict()[k]
+            assert str(got.dtype) == str(v.dtype).removeprefix("torch.")
+            np.testing.assert_array_equal(got.astype(np.float32), v.float().numpy())
+        x = torch.randn(5, 2, 3) if cls == "LSTM" else torch.randn(2, 3)
+        with torch.no_grad():
+            want = t(x.to(dtype))
+        got = m.forward(jnp.asarray(x.numpy()).astype(m.param_dtype))
+        tol = 1e-2 if dtype in (torch.float16, torch.bfloat16) else 1e-6
+        assert_close(
+            jax.tree.map(lambda a: np.asarray(a, np.float32), got),
+            jax.tree.map(lambda a: a.float().numpy(), want),
+            atol=tol,
+            rtol=tol,
+        )
+
+
+def test_module_to_refuses_what_torchs_refuses_and_warns_without_x64():
+    t, m = torch.nn.GRU(3, 4), jaxrnn.GRU(3, 4, rngs=nnx.Rngs(0))
+    with pytest.raises(TypeError) as theirs:
+        t.to(torch.int64)
+    with pytest.raises(TypeError) as ours:
+        m.to(torch.int64)
+    assert str(ours.value) == f"GRU.to: {theirs.value}".replace("torch.int64", "int64")
+    assert m.weight_ih_l0[...].dtype == jnp.float32  # nothing changed
+    if not jax.config.jax_enable_x64:
+        with pytest.warns(UserWarning, match="GRU.to: the dtype is float64 but jax_enable_x64"):
+            m.double()
+        assert m.weight_ih_l0[...].dtype == jnp.float32
+    cpu = jax.devices("cpu")[0]
+    assert m.cpu() is m and m.weight_ih_l0[...].devices() == {cpu}
+
+
 def test_params_to_state_dict_restores_torchs_key_order():
     t = torch.nn.LSTM(3, 4, 2, bidirectional=True, proj_size=2)
     params = jax.tree.map(jnp.asarray, dict(sorted(jaxrnn.from_torch(t).torch_params().items())))

@@ -286,8 +286,15 @@ def _rnn(
     _checks.check_params(name, params, expected)
     what = _params.torch_repr(_params.torch_class(mode), cfg)
     _checks.check_no_unexpected_params(name, params, expected, what)
-    x = _checks.as_array(name, "input", input)
-    batched = _checks.check_layer_input(name, mode, x.shape, cfg["input_size"])
+    # torch's order: the ranks of the input and hx, the input's dtype and size, hx's sizes and
+    # dtypes, the sequence length
+    x = _checks.as_array(name, "input", input, floating=False)
+    batched = packed or _checks.check_layer_rank(name, mode, x.ndim)
+    if hx is not None:
+        hx = _checks.layer_hidden_arrays(name, mode, hx, batched=batched, packed=packed)
+    _checks.check_layer_input(
+        name, x.shape, x.dtype, cfg["input_size"], params["weight_ih_l0"].dtype
+    )
     num_layers, hidden_size, proj_size = cfg["num_layers"], cfg["hidden_size"], cfg["proj_size"]
     num_directions = 2 if cfg["bidirectional"] else 1
     if training and num_layers > 1:  # as torch's, only where dropout acts
@@ -299,7 +306,6 @@ def _rnn(
     elif batch_first:
         x = jnp.swapaxes(x, 0, 1)
     seq_len, batch = x.shape[0], x.shape[1]
-    _checks.check_seq_len(name, seq_len)
     out_size = proj_size or hidden_size
     lead = num_layers * num_directions
 
@@ -307,7 +313,7 @@ def _rnn(
         h0 = jnp.zeros((lead, batch, out_size), x.dtype)
         state = (h0, jnp.zeros((lead, batch, hidden_size), x.dtype)) if mode == "LSTM" else h0
     else:
-        state = _checks.check_layer_hidden(
+        _checks.check_layer_hidden(
             name,
             mode,
             hx,
@@ -317,10 +323,11 @@ def _rnn(
             num_directions=num_directions,
             hidden_size=hidden_size,
             proj_size=proj_size,
-            packed=packed,
         )
+        state = hx
         if not batched:
             state = jax.tree.map(lambda s: s[:, None], state)
+    _checks.check_seq_len(name, seq_len)
 
     mask = None
     if seq_lengths is not None:
