@@ -1188,6 +1188,17 @@ def check_no_extra_parameters(name: str, module: str, cls: str, names, named_par
         )
 
 
+def check_scripted_configuration(name: str, cls: str, configured: bool) -> None:
+    """A TorchScript module of torch's ``cls`` holds its configuration (scripted), or not
+    (traced: only the weights and the traced graph are kept)."""
+    if not configured:
+        raise TypeError(
+            f"{name}: this traced torch.nn.{cls} keeps no configuration (input_size, "
+            "hidden_size, ...), only its weights: convert the module before torch.jit.trace, or "
+            "its weights with jaxrnn.module_from_state_dict(traced.state_dict())"
+        )
+
+
 def check_mapping(name: str, what: str, value) -> None:
     """``value`` (a state dict or parameter tree) is a mapping."""
     if not isinstance(value, Mapping):

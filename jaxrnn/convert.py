@@ -212,8 +212,9 @@ def from_torch(module, *, rngs=None, **kwargs):
 
     Args:
         module: an instance of ``torch.nn.RNN``, ``LSTM``, ``GRU``, ``RNNCell``, ``LSTMCell`` or
-            ``GRUCell``, also wrapped by ``torch.compile``, ``nn.DataParallel`` or
-            ``DistributedDataParallel``.
+            ``GRUCell`` (or a subclass with no parameters of its own), also wrapped by
+            ``torch.compile``, ``nn.DataParallel`` or ``DistributedDataParallel``, or compiled
+            by ``torch.jit.script``.
         rngs: ``nnx.Rngs`` for the new module (its dropout stream); ``nnx.Rngs(0)`` if omitted.
         **kwargs: JAX extras passed to the constructor (``dtype``, ``precision``, ...);
             ``param_dtype`` defaults to the torch module's parameter dtype (float64 needs
@@ -237,6 +238,15 @@ def from_torch(module, *, rngs=None, **kwargs):
             if isinstance(module, getattr(torch.nn, c)):
                 cls_name = c
                 break
+    scripted = getattr(module, "original_name", None)
+    if (
+        cls_name is None
+        and isinstance(module, torch.jit.ScriptModule)
+        and scripted in _TORCH_CLASSES
+    ):
+        # torch.jit.script keeps the configuration as attributes; torch.jit.trace does not
+        _checks.check_scripted_configuration("from_torch", scripted, hasattr(module, "hidden_size"))
+        cls_name = scripted
     if cls_name is None:
         raise TypeError(
             "from_torch expects a torch.nn.RNN, LSTM, GRU, RNNCell, LSTMCell or GRUCell, "

@@ -233,6 +233,31 @@ def test_from_torch_refuses_a_subclass_with_more_parameters():
     )
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
+@pytest.mark.parametrize(
+    "make,shape",
+    [
+        (lambda: torch.nn.LSTM(3, 4, 2, batch_first=True, proj_size=2), (2, 5, 3)),
+        (lambda: torch.nn.RNN(3, 4, nonlinearity="relu", bidirectional=True), (5, 2, 3)),
+        (lambda: torch.nn.GRU(3, 4, bias=False), (5, 2, 3)),
+        (lambda: torch.nn.RNNCell(3, 4, nonlinearity="relu"), (2, 3)),
+        (lambda: torch.nn.LSTMCell(3, 4), (2, 3)),
+    ],
+)
+def test_from_torch_of_a_scripted_module_and_not_of_a_traced_one(make, shape):
+    """``torch.jit.script`` keeps the configuration as attributes (the RNN's nonlinearity too);
+    ``torch.jit.trace`` only the weights, which the error says how to convert."""
+    torch.manual_seed(0)
+    module = make().eval()
+    ours = jaxrnn.from_torch(torch.jit.script(module))
+    assert repr(ours) == repr(module) and not ours.training
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        assert_close(ours(x.numpy()), jax.tree.map(lambda t: t.numpy(), module(x)))
+    with pytest.raises(TypeError, match=r"from_torch: this traced torch.nn.\w+ keeps no config"):
+        jaxrnn.from_torch(torch.jit.trace(module, (x,)))
+
+
 def test_nested_params_flatten_with_dots():
     """A Linen ``variables['params']`` of several layers: torch's dotted names, one level per
     submodule, as ``save_state_dict_file`` writes them."""
