@@ -313,6 +313,14 @@ def _load_torch(path: str) -> dict[str, np.ndarray]:
         # weights_only=False, which is no help for a file that is not a checkpoint)
         if "Weights only load failed" not in str(e) or _sniff(path) != "torch":
             raise _not_torch(path) or _unreadable(path, e) from e
+        if _plain_pickle(path):
+            raise ValueError(
+                f"{path}: a plain Python pickle (pickle.dump), not a torch.save checkpoint "
+                "(torch.load cannot read it either), and unpickling it could run code from it. "
+                "If you trust the file, load it with pickle and pass its state dict to "
+                "load_state_dict or jaxrnn.state_dict_to_params, or save it again with "
+                "torch.save(state_dict, path)"
+            ) from None
         detail = next((line.strip() for line in str(e).splitlines() if "Unsupported" in line), "")
         raise ValueError(
             f"{path}: refusing to load: this file needs arbitrary Python objects unpickled, "
@@ -347,6 +355,34 @@ def _load_torch(path: str) -> dict[str, np.ndarray]:
     if not flat:
         raise ValueError(f"{path}: the file holds no tensors")
     return flat
+
+
+# the first object of torch.save's legacy (non-zip) format
+_TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+
+
+class _NoClasses(pickle.Unpickler):
+    """An unpickler that builds no class and no persistent object: nothing from the file runs."""
+
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"{module}.{name} is not loaded")
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError("persistent ids are not loaded")
+
+
+def _plain_pickle(path: str) -> bool:
+    """Whether a pickle file (not a zip) was written by ``pickle.dump``: its first object is not
+    torch's legacy magic number (read with :class:`_NoClasses`)."""
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        return False
+    try:
+        with open(path, "rb") as f:
+            return _NoClasses(f).load() != _TORCH_LEGACY_MAGIC
+    except Exception:  # its first object needs a class: not the magic number
+        return True
 
 
 def _is_export_archive(path: str) -> bool:

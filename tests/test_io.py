@@ -407,13 +407,34 @@ def test_malicious_pickle_is_refused_not_executed(tmp_path, how):
             pickle.dump(payload, f)
     # the file really is malicious: a plain unpickle would run the payload
     assert not marker.exists()
-    with pytest.raises(ValueError, match="refusing to load.*arbitrary Python objects"):
+    message = "refusing to load.*arbitrary Python objects"
+    if how == "pickle.dump":  # not torch.save's format at all (torch.load: "Invalid magic number")
+        message = "a plain Python pickle .pickle.dump., not a torch.save checkpoint.*could run code"
+    with pytest.raises(ValueError, match=message):
         jaxrnn.load_state_dict_file(path)
     assert not marker.exists()
     if how == "pickle.dump":
         with open(path, "rb") as f:
             pickle.load(f)
         assert marker.exists()
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_plain_pickle_of_a_state_dict_says_so(tmp_path, protocol):
+    """``pickle.dump(state_dict)`` is no torch.save file (torch.load with weights_only=False
+    fails too); a legacy torch.save file, whose first object is torch's magic number, is read."""
+    sd = torch.nn.GRU(3, 4).state_dict()
+    path = str(tmp_path / "plain.pt")
+    with open(path, "wb") as f:
+        pickle.dump(sd, f, protocol=protocol)
+    with pytest.raises(RuntimeError, match="Invalid magic number"):
+        torch.load(path, weights_only=False)
+    with pytest.raises(ValueError, match=rf"{path}: a plain Python pickle \(pickle.dump\)"):
+        jaxrnn.load_state_dict_file(path)
+    legacy = str(tmp_path / "legacy.pt")  # torch's default protocol (its weights_only reader
+    torch.save(sd, legacy, _use_new_zipfile_serialization=False)  # refuses 4 and 5's frames)
+    for key, value in jaxrnn.load_state_dict_file(legacy).items():
+        np.testing.assert_array_equal(value, sd[key].numpy())
 
 
 def test_whole_module_pickle_is_refused(tmp_path):
