@@ -104,6 +104,9 @@ class PackedSequence:
     Under ``jit`` with traced lengths the pytree leaves ``padded``, ``lengths``,
     ``sorted_indices`` and ``unsorted_indices`` are all there is; ``data`` and
     ``batch_sizes`` need values that are only known at run time and raise ``ValueError``.
+    The integer leaves are leaves too: a cast over the whole pytree (``jax.tree.map(lambda a:
+    a.astype(jnp.bfloat16), packed)``) casts the lengths (257 becomes 256); cast with
+    :meth:`to`, which casts the data only.
 
     Example:
         >>> import jax.numpy as jnp
