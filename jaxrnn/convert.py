@@ -51,7 +51,7 @@ def _dotted_leaves(name: str, tree: Mapping) -> dict:
     for path, value in _flat(tree, sequences=True):
         key = ".".join(str(k) for k in path)
         if key in flat:
-            raise ValueError(f"{name}: two arrays are named {key!r} once flattened with dots")
+            raise ValueError(f"{name}: two values are named {key!r} once flattened with dots")
         flat[key] = value
     return flat
 

@@ -421,16 +421,13 @@ def _unreadable(path: str, e: Exception) -> ValueError:
 
 def _flatten(path: str, obj) -> dict[str, np.ndarray]:
     """The tensors of a loaded PyTorch object (a mapping, or a list or tuple of them), named
-    by key path (list and tuple items by index) joined with dots. Two tensors under one name
+    by key path (list and tuple items by index) joined with dots. Two values under one name
     (``{'a.w': t, 'a': {'w': u}}``), or a tensor numpy cannot hold (sparse, quantized), are a
     ``ValueError`` naming the file and the key."""
     flat = {}
-    for keys, value in convert._flat(obj, sequences=True):
+    for name, value in convert._dotted_leaves(path, obj).items():
         if not (hasattr(value, "detach") and hasattr(value, "shape")):  # not a tensor
             continue
-        name = _dotted(keys)
-        if name in flat:
-            raise ValueError(f"{path}: two tensors are named {name!r} once flattened with dots")
         try:
             flat[name] = convert.to_numpy(value)
         except (TypeError, RuntimeError) as e:

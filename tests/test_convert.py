@@ -269,7 +269,7 @@ def test_nested_params_flatten_with_dots():
     assert list(back) == list(gru.state_dict())
     for k, v in gru.state_dict().items():
         np.testing.assert_array_equal(back[k], v.numpy())
-    with pytest.raises(ValueError, match="params_to_state_dict: two arrays are named 'a.b'"):
+    with pytest.raises(ValueError, match="params_to_state_dict: two values are named 'a.b'"):
         jaxrnn.params_to_state_dict({"a.b": np.ones(1), "a": {"b": np.ones(1)}})
 
 

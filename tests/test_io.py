@@ -693,7 +693,7 @@ def test_unreadable_tensor_and_name_collision_name_the_key(tmp_path):
         jaxrnn.load_state_dict_file(path)
     path = str(tmp_path / "collide.pt")
     torch.save({"a.w": torch.ones(2), "a": {"w": torch.zeros(2)}}, path)
-    with pytest.raises(ValueError, match="two tensors are named 'a.w'"):
+    with pytest.raises(ValueError, match="two values are named 'a.w'"):
         jaxrnn.load_state_dict_file(path)
 
 
@@ -704,7 +704,7 @@ def test_saved_mapping_is_named_as_the_reader_names_it(tmp_path):
     saved = torch.load(path, weights_only=True)
     assert list(saved) == ["a.0", "a.1"] and saved["a.1"].shape == (3,)
     collide = {"a.b": np.ones(2, np.float32), "a": {"b": np.zeros(2, np.float32)}}
-    with pytest.raises(ValueError, match="save_state_dict_file: two arrays are named 'a.b'"):
+    with pytest.raises(ValueError, match="save_state_dict_file: two values are named 'a.b'"):
         jaxrnn.save_state_dict_file(collide, str(tmp_path / "collide.pt"))
     assert not (tmp_path / "collide.pt").exists()
 
