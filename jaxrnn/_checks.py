@@ -410,6 +410,23 @@ def check_gate_rows(name: str, mode: str, params: Mapping, suffix: str = "") -> 
 _CELL_WEIGHTS = ("weight_ih", "weight_hh")
 
 
+def unwrapped_params(params: Mapping) -> dict:
+    """A parameter dict with Flax variables (``nnx.state(model, nnx.Param)``) as their arrays."""
+    return {
+        k: v.get_value() if hasattr(v, "get_value") and not isinstance(v, jax.Array) else v
+        for k, v in params.items()
+    }
+
+
+def check_projection(name: str, proj_size: int, hidden_size: int) -> None:
+    """A projection (``weight_hr``) smaller than the hidden state, as torch's constructor asks."""
+    if proj_size >= hidden_size:
+        raise ValueError(
+            f"{name}: proj_size has to be smaller than hidden_size, got proj_size={proj_size} "
+            f"and hidden_size={hidden_size} (from weight_hr_l0's shape)"
+        )
+
+
 def check_no_torch_tensors(name: str, params: Mapping) -> None:
     """The functional core computes on JAX/numpy arrays: a torch tensor (a raw ``state_dict``)
     gets a TypeError that names the conversion."""
@@ -536,10 +553,10 @@ def check_linen_dropout_rng(name: str, dropout: float, has_rng: bool) -> None:
 
 
 def check_loop_options(name: str, unroll, remat) -> None:
-    """``unroll``: a positive int (steps per loop iteration); ``remat``: a bool, or a positive int
-    (the chunk length)."""
-    if not _is_int(unroll) or unroll < 1:
-        raise ValueError(f"{name}: unroll should be a positive int, got {unroll!r}")
+    """``unroll``: a positive int (steps per loop iteration) or a bool (``lax.scan``'s: all steps,
+    or one); ``remat``: a bool, or a positive int (the chunk length)."""
+    if not isinstance(unroll, (bool, np.bool_)) and (not _is_int(unroll) or unroll < 1):
+        raise ValueError(f"{name}: unroll should be a positive int or a bool, got {unroll!r}")
     if not isinstance(remat, (bool, np.bool_)) and (not _is_int(remat) or remat < 1):
         raise ValueError(
             f"{name}: remat should be a bool or a positive int (a chunk length), got {remat!r}"
@@ -1308,10 +1325,16 @@ def check_npz_dtypes(name: str, state_dict) -> None:
 
 
 def check_adapted_cell(name: str, cell, base: type, what: str) -> None:
-    """The cell wrapped by a Flax adapter is a jaxrnn cell of the right front-end."""
+    """The cell wrapped by a Flax adapter is a jaxrnn cell of the right front-end (a Flax cell
+    of the same name, the likely mistake, is told apart by its module)."""
     if not isinstance(cell, base):
+        cls = type(cell)
+        hint = ""
+        if cls.__module__.startswith("flax"):
+            hint = "; a Flax cell runs in Flax's RNN as it is (its weights to jaxrnn's: cell_from_flax)"
         raise TypeError(
-            f"{name}: expected {what} (RNNCell, LSTMCell or GRUCell), got {type(cell).__name__}"
+            f"{name}: expected {what} (RNNCell, LSTMCell or GRUCell), got "
+            f"{cls.__module__}.{cls.__qualname__}{hint}"
         )
 
 

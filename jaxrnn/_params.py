@@ -124,7 +124,7 @@ def infer_layer_config(mode: str, params: Mapping[str, jax.Array]) -> dict:
     num_layers = 1
     while num_layers in layers:
         num_layers += 1
-    w_hr = params.get("weight_hr_l0")
+    w_hr = params.get("weight_hr_l0") if mode == "LSTM" else None  # else an unexpected key
     return dict(
         input_size=int(params["weight_ih_l0"].shape[1]),
         hidden_size=int(hidden_size),
@@ -288,7 +288,7 @@ def infer_module_config(params: Mapping) -> tuple[str, dict]:
     mode = CLASS_MODES[cls][0]  # an RNN's shapes: tanh's = relu's
     config = infer_layer_config(mode, params)
     if cls != "LSTM":
-        if config["proj_size"]:
+        if w_hr is not None:
             raise ValueError(f"weight_hr_l0 (a projection) is only supported for LSTM, not {cls}")
         del config["proj_size"]
     return cls, config

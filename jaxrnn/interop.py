@@ -230,6 +230,9 @@ def as_flax_cell(cell):
     """
     if isinstance(cell, _jrl._CellBase):
         return LinenCellAdapter(cell)
+    _checks.check_adapted_cell(
+        "as_flax_cell", cell, _jrx.RNNCellBase, "a jaxrnn NNX or jaxrnn.linen cell"
+    )
     return FlaxCellAdapter(cell)
 
 

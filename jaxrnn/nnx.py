@@ -410,7 +410,7 @@ _LAYER_DOC = """
             outputs come back in it, e.g. float32 parameters with ``dtype=jnp.bfloat16``.
         param_dtype: parameter dtype (default float32).
         precision: ``jax.lax.Precision`` for the matmuls.
-        unroll: time steps unrolled per ``lax.scan`` iteration.
+        unroll: time steps unrolled per ``lax.scan`` iteration (``True``: all, as ``lax.scan``'s).
         remat: recompute activations in chunks in the backward pass (``True`` for
             ``sqrt(L)``-step chunks, or an int chunk length) to save memory on long sequences.
         device: torch's factory argument: where the parameters are placed, a JAX device or

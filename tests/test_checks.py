@@ -316,6 +316,30 @@ def test_functional_param_errors():
     )
 
 
+def test_functional_stray_projection_and_unknown_mode_are_named():
+    """``weight_hr_l*`` in a GRU/RNN dict is unexpected (torch's load refuses it too; it was
+    read as a projection), an LSTM projection as wide as the hidden state is refused as torch's
+    constructor refuses it, and an unknown mode names the call."""
+    from jaxrnn import functional as F
+
+    x = jnp.ones((3, 2, 2))
+    for mode, cls in (("GRU", torch.nn.GRU), ("RNN_TANH", torch.nn.RNN)):
+        params = jaxrnn.state_dict_to_params(cls(2, 4).state_dict())
+        for w_hr in (7 * jnp.ones((4, 4)), jnp.ones((2, 4))):
+            with pytest.raises(ValueError, match=r"unexpected parameters \['weight_hr_l0'\]"):
+                F.rnn(dict(params, weight_hr_l0=w_hr), x, mode=mode)
+    lstm = jaxrnn.state_dict_to_params(torch.nn.LSTM(2, 4).state_dict())
+    square = dict(lstm, weight_hr_l0=jnp.ones((4, 4)), weight_hh_l0=jnp.ones((16, 4)))
+    with pytest.raises(ValueError, match="LSTM: proj_size has to be smaller than hidden_size"):
+        F.lstm(square, x)
+    with pytest.raises(ValueError, match="^rnn: Unrecognized RNN mode: gru"):
+        F.rnn(lstm, x, mode="gru")
+    with pytest.raises(ValueError, match="^cell_forward: Unrecognized RNN mode: gru"):
+        F.cell_forward("gru", {}, jnp.ones(2))
+    with pytest.raises(ValueError, match="unroll should be a positive int or a bool, got 0"):
+        F.lstm(lstm, x, unroll=0)
+
+
 def test_functional_params_with_a_gap_are_refused():
     """A stack with a gap would run as a different model (biases from layer 0, layers from
     every parameter's name while they follow on): what is missing or past the gap is named, as
@@ -687,8 +711,8 @@ def test_integer_input_is_a_value_and_a_type_error():
 @pytest.mark.parametrize(
     "kwargs,pattern",
     [
-        ({"unroll": 0}, "unroll should be a positive int, got 0"),
-        ({"unroll": 1.5}, "unroll should be a positive int, got 1.5"),
+        ({"unroll": 0}, "unroll should be a positive int or a bool, got 0"),
+        ({"unroll": 1.5}, "unroll should be a positive int or a bool, got 1.5"),
         ({"remat": -1}, "remat should be a bool or a positive int"),
         ({"remat": "yes"}, "remat should be a bool or a positive int"),
     ],

@@ -403,3 +403,16 @@ def test_checks_name_the_users_call():
         interop.as_flax_cell(jaxrnn.GRUCell(IN, H, rngs=nnx.Rngs(0))).initialize_carry(
             (B, IN), carry_init=nn.initializers.ones
         )
+
+
+def test_as_flax_cell_names_itself_and_tells_flax_cells_apart():
+    """Flax's own ``LSTMCell`` is the likely mistake: the message gives its module."""
+    for cell, shown in (
+        (nnx.LSTMCell(2, 3, rngs=nnx.Rngs(0)), "flax.nnx.nn.recurrent.LSTMCell; a Flax cell"),
+        (jrl.LSTM(2, 3), "jaxrnn.linen.LSTM"),
+    ):
+        with pytest.raises(TypeError) as info:
+            interop.as_flax_cell(cell)
+        message = str(info.value)
+        assert message.startswith("as_flax_cell: expected a jaxrnn NNX or jaxrnn.linen cell")
+        assert shown in message

@@ -174,6 +174,24 @@ def test_forward_mode_needs_remat(remat):
     assert_close(tangent, t_tangent.detach().numpy(), 2e-5, 2e-5, what="jvp")
 
 
+@pytest.mark.parametrize("unroll", [True, False, 3])
+def test_unroll_takes_lax_scans_values_and_nnx_state_params(unroll):
+    """``unroll=True``/``False`` mean all steps or one, as ``lax.scan``'s; the functional core
+    also takes an NNX parameter state (``nnx.state(model, nnx.Param)``) as its dict."""
+    t = torch_layer("GRU", 3, 5, num_layers=2, bidirectional=True)
+    model = jaxrnn.from_torch(t)
+    x = np.random.default_rng(0).standard_normal((6, 2, 3)).astype(np.float32)
+    want = jax.tree.map(lambda a: a.detach().numpy(), t(torch.from_numpy(x)))
+    params = nnx.state(model, nnx.Param)
+    assert_close(F.gru(params, x, unroll=unroll), want)
+    assert_close(jax.jit(lambda p, x: F.gru(p, x, unroll=unroll))(params, x), want)
+    grads = jax.grad(lambda p: jnp.sum(F.gru(p, x)[0] ** 2))(params)
+    loss = (t(torch.from_numpy(x))[0] ** 2).sum()
+    loss.backward()
+    for name, p in t.named_parameters():
+        np.testing.assert_allclose(grads[name][...], p.grad.numpy(), rtol=1e-4, atol=1e-5)
+
+
 def test_hessian_goes_through_the_fast_path():
     """Forward over reverse differentiates the fused path's hand-written backward (plain JAX),
     so ``jax.hessian`` works without ``remat`` and equals torch's (double backward), under

@@ -227,6 +227,7 @@ def rnn(
     Dropout with probability ``dropout`` is applied to the outputs of every layer but the last
     when ``training`` is true (needs ``dropout_key``).
     """
+    _checks.check_mode(name or "rnn", mode)
     name = name or {"RNN_TANH": "RNN", "RNN_RELU": "RNN"}.get(mode, mode)
     options = dict(
         mode=mode,
@@ -270,10 +271,12 @@ def _rnn(
     _checks.check_mode(name, mode)
     _checks.check_params(name, params, {"weight_ih_l0": None, "weight_hh_l0": None})
     _checks.check_no_torch_tensors(name, params)
+    params = _checks.unwrapped_params(params)
     _checks.check_matrix_params(name, params, ("weight_ih_l0", "weight_hh_l0"))
     _checks.check_gate_rows(name, mode, params, "_l0")
     _checks.check_loop_options(name, unroll, remat)
     cfg = _params.infer_layer_config(mode, params)
+    _checks.check_projection(name, cfg["proj_size"], cfg["hidden_size"])
     expected = _params.layer_param_shapes(
         mode,
         cfg["input_size"],
@@ -306,6 +309,8 @@ def _rnn(
     elif batch_first:
         x = jnp.swapaxes(x, 0, 1)
     seq_len, batch = x.shape[0], x.shape[1]
+    if isinstance(unroll, (bool, jnp.bool_)):  # lax.scan's meaning: all steps, or one
+        unroll = seq_len if unroll else 1
     out_size = proj_size or hidden_size
     lead = num_layers * num_directions
 
@@ -432,6 +437,7 @@ def cell_forward(
 
     Input, ``hx`` and parameters are cast to the compute dtype (``dtype``, else the promoted
     dtype of ``input`` and ``weight_ih``); the new state comes back in it, as in :func:`rnn`."""
+    _checks.check_mode(name or "cell_forward", mode)
     name = name or ("LSTMCell" if mode == "LSTM" else "GRUCell" if mode == "GRU" else "RNNCell")
     _checks.check_mode(name, mode)
     _checks.check_params(name, params, {"weight_ih": None, "weight_hh": None})
