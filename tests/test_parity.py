@@ -183,3 +183,44 @@ def test_nan_in_one_sequence_does_not_leak():
         _, (ref_h, ref_c) = torch_m(torch.from_numpy(np.delete(x, 1, axis=1)))
     assert_close(np.delete(np.asarray(h), 1, axis=1), ref_h.numpy(), what="h_n of the others")
     assert_close(np.delete(np.asarray(c), 1, axis=1), ref_c.numpy(), what="c_n of the others")
+
+
+@pytest.mark.parametrize("path", ["fused", "remat", "cell"])
+def test_relu_gradient_passes_nan_as_torchs(path):
+    """torch's relu backward zeroes the gradient where the result is <= 0 and passes it
+    elsewhere, NaN included (``jax.nn.relu``'s stops at NaN): a NaN step then changes the finite
+    gradients of the steps before it, in torch as here."""
+    t = torch_layer("RNN_RELU", 1, 1).double()
+    with torch.no_grad():
+        t.weight_ih_l0.fill_(2.0), t.weight_hh_l0.fill_(0.5)
+        t.bias_ih_l0.fill_(0.1), t.bias_hh_l0.fill_(0.0)
+    x = torch.tensor([[[np.nan]], [[1.0]]], dtype=torch.float64, requires_grad=True)
+    with jax.enable_x64(True):
+        if path == "cell":  # one step from a NaN state
+            tc = torch.nn.RNNCell(1, 1, nonlinearity="relu").double()
+            tc.load_state_dict({k[:-3]: v for k, v in t.state_dict().items()})
+            h = torch.tensor([[np.nan]], dtype=torch.float64, requires_grad=True)
+            tc(torch.ones(1, 1, dtype=torch.float64), h).sum().backward()
+            ours = jax.grad(lambda h: jaxrnn.from_torch(tc)(jnp.ones((1, 1)), h).sum())(
+                jnp.full((1, 1), np.nan)
+            )
+            np.testing.assert_allclose(ours, h.grad.numpy())
+            return
+        t(x)[0].sum().backward()
+        m = jaxrnn.from_torch(t)
+        m.remat = path == "remat"
+        ours = jax.grad(lambda x: m(x)[0].sum())(jnp.asarray(x.detach().numpy()))
+    np.testing.assert_allclose(ours, x.grad.numpy())
+    assert np.isfinite(x.grad.numpy()).all()  # [3, 2]: finite, and not the zeros of before
+
+
+def test_dropout_keeps_nan_where_it_drops_as_torchs():
+    """torch's dropout multiplies by its mask (``x * 0`` at ``p=1``), so NaN stays NaN."""
+    t = torch_layer("LSTM", 3, 4, num_layers=2, dropout=1.0).train()
+    x = np.random.default_rng(0).standard_normal((5, 2, 3)).astype(np.float32)
+    x[1, 0, 0] = np.nan
+    _, (h_t, _) = t(torch.from_numpy(x))
+    _, (h, _) = jaxrnn.from_torch(t)(x)
+    np.testing.assert_array_equal(np.isnan(np.asarray(h)), np.isnan(h_t.detach().numpy()))
+    assert np.isnan(np.asarray(h)[1, 0]).all()  # layer 1 of sequence 0, behind the dropped NaN
+    assert_close(np.asarray(h)[:, 1], h_t.detach().numpy()[:, 1])

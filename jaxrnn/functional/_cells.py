@@ -56,10 +56,18 @@ def step_from_gates(mode: str, gx, state, weight_hh, bias_hh=None, weight_hr=Non
     elif mode == "RNN_TANH":
         h_new = jnp.tanh(gx + gh)
     elif mode == "RNN_RELU":
-        h_new = jax.nn.relu(gx + gh)
+        h_new = relu(gx + gh)
     else:
         raise ValueError(f"Unrecognized RNN mode: {mode!r}")
     return h_new, h_new
+
+
+def relu(x):
+    """torch's ``relu``: ``x`` where it is not ``<= 0`` (NaN stays NaN), else 0. Its gradient, by
+    autodiff of the ``where``, passes where the result is not ``<= 0``, as torch's
+    ``threshold_backward`` (NaN included: ``jax.nn.relu``'s stops there, which changed finite
+    gradients of the steps before)."""
+    return jnp.where(x <= 0, jnp.zeros((), x.dtype), x)
 
 
 def cell(mode: str, params: Mapping, input, hx, precision=None):

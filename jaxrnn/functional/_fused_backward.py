@@ -72,7 +72,8 @@ def _cell_backward(mode, dh, dc, acts, c_t, c_prev, h_t, h_prev, w_hr_t, fm, pre
         dz = dh * (h_prev - n) * z * (1.0 - z)
         dr = dn * hn * r * (1.0 - r)
         return [dr, dz, dn], [dr, dz, dn * r], dh * z, None
-    dpre = dh * (1.0 - h_t * h_t) if mode == "RNN_TANH" else jnp.where(h_t > 0, dh, 0.0)
+    # relu's as torch's threshold_backward: zero where the result is <= 0, else (NaN too) passed
+    dpre = dh * (1.0 - h_t * h_t) if mode == "RNN_TANH" else jnp.where(h_t <= 0, 0.0, dh)
     return [dpre], [dpre], None, None
 
 

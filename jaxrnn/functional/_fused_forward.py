@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxrnn import _params
+from jaxrnn.functional._cells import relu
 from jaxrnn.functional._fused_layout import (
     _GRADIENT_BUFFERS,
     _at,
@@ -159,7 +160,7 @@ def _cell(mode, gx, state, h_in, w_rec, b_rec, w_hr, fm, precision, joint, block
         h_new = (1.0 - z) * n + z * h
         return h_new, h_new, (r, z, n, hn), None
     pre = biased(gx[0] + gh[0], 0)
-    h_new = jnp.tanh(pre) if mode == "RNN_TANH" else jax.nn.relu(pre)
+    h_new = jnp.tanh(pre) if mode == "RNN_TANH" else relu(pre)
     return h_new, h_new, (), None
 
 

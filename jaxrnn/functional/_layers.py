@@ -394,12 +394,13 @@ def _rnn(
 
 
 def dropout_layer(key, x, rate: float):
-    """Inverted dropout as ``torch.nn.functional.dropout`` (``rate == 1`` gives zeros)."""
+    """Inverted dropout as ``torch.nn.functional.dropout``: ``x`` times a mask of ``1/(1-rate)``
+    and zeros (``rate == 1``: ``x * 0``), so that NaN and inf stay NaN where dropped, as torch's."""
     _checks.check_dropout_rate("dropout_layer", rate)
     if rate >= 1.0:
-        return jnp.zeros_like(x)
+        return x * jnp.zeros((), x.dtype)
     keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
-    return jnp.where(keep, x / (1.0 - rate), jnp.zeros((), x.dtype))
+    return x * jnp.where(keep, jnp.asarray(1.0 / (1.0 - rate), x.dtype), jnp.zeros((), x.dtype))
 
 
 def rnn_tanh(params, input, hx=None, **kwargs):
