@@ -218,7 +218,14 @@ def initial_state(batch: int = 1) -> VADState:
 
 
 def step(model: SileroVAD, state: VADState, chunk) -> tuple[jax.Array, VADState]:
-    """One 512-sample chunk ``(N, 512)``: returns the speech probability ``(N,)`` and the state."""
+    """One 512-sample chunk ``(N, 512)``: returns the speech probability ``(N,)`` and the state.
+    Another chunk size is refused (a ``ValueError`` at trace time, as the TorchScript model's: its
+    other size, 256, is the 8 kHz model's, which this port is not)."""
+    if jnp.ndim(chunk) != 2 or jnp.shape(chunk)[-1] != CHUNK:
+        raise ValueError(
+            f"step: expected a chunk of shape (N, {CHUNK}) (16 kHz, 32 ms), got "
+            f"{tuple(jnp.shape(chunk))}"
+        )
     x = jnp.concatenate([state.context, chunk], axis=1)
     prob, (h, c) = model(x, (state.h, state.c))
     return prob, VADState(x[:, -CONTEXT:], h, c)

@@ -220,11 +220,13 @@ def _training_state(model, optimizer):
 
 
 def _key(path) -> str:
-    return jax.tree_util.keystr(path, simple=True, separator=".")
+    """A leaf's name, as torch's state dicts name it (no trailing ``.value`` of the variable), so
+    that ``python -m jaxrnn inspect`` finds the LSTM under ``model.rnn.``."""
+    return jax.tree_util.keystr(path, simple=True, separator=".").removesuffix(".value")
 
 
 def save_checkpoint(path: str, model, optimizer) -> None:
-    """Write ``{'model.rnn.weight_ih_l0.value': array, 'optimizer.step.value': ..., ...}``."""
+    """Write ``{'model.rnn.weight_ih_l0': array, 'optimizer.step': ..., ...}``."""
     if jax.process_index() != 0:
         return
     leaves = jax.tree_util.tree_leaves_with_path(_training_state(model, optimizer))

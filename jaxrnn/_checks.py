@@ -1216,6 +1216,17 @@ def check_scripted_configuration(name: str, cls: str, configured: bool) -> None:
         )
 
 
+def check_stripped_keys(name: str, prefix: str, picked) -> None:
+    """Keys stripped of ``prefix`` do not start with a dot: a submodule's prefix ends with its
+    own (``'encoder.lstm.'``), and ``'.weight_ih_l0'`` would load nowhere."""
+    dotted = [key for key in picked if key.startswith(".")]
+    if dotted:
+        raise ValueError(
+            f"{name}: prefix {prefix!r} leaves keys that start with '.' ({dotted[0]!r}, ...); "
+            f"a submodule's prefix ends with its dot: {prefix + '.'!r}"
+        )
+
+
 def check_mapping(name: str, what: str, value) -> None:
     """``value`` (a state dict or parameter tree) is a mapping."""
     if not isinstance(value, Mapping):

@@ -24,7 +24,8 @@ _NOT_STORED = (
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m jaxrnn",
+        # the console script's name where it runs as one, else (python -m) the module's
+        prog="jaxrnn" if os.path.basename(sys.argv[0]) == "jaxrnn" else "python -m jaxrnn",
         description="Inspect and convert PyTorch recurrent-model checkpoints for jaxrnn.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -93,12 +94,6 @@ def convert(input: str, output: str, prefix: str = "", strip: str = "") -> str:
     """``python -m jaxrnn convert``: read ``input``, write ``output``; returns a summary line.
     ``strip``: keep the arrays under that prefix, without it (before ``prefix`` applies)."""
     state_dict = io.load_state_dict_file(input, prefix=strip)
-    dotted = [key for key in state_dict if key.startswith(".")]
-    if dotted:  # --strip module: the keys would not load into the unwrapped model
-        raise ValueError(
-            f"{input}: --strip {strip!r} leaves keys that start with '.' ({dotted[0]!r}, ...); "
-            f"strip {strip + '.'!r}"
-        )
     what = ""
     if prefix:
         try:

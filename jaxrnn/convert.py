@@ -75,7 +75,14 @@ def state_dict_to_params(state_dict: Mapping, prefix: str = "") -> dict[str, np.
     """
     _checks.check_mapping("state_dict_to_params", "state_dict", state_dict)
     _checks.check_prefix("state_dict_to_params", prefix)
-    flat = _dotted_leaves("state_dict_to_params", state_dict)
+    picked = _picked("state_dict_to_params", state_dict, prefix)
+    _checks.check_stripped_keys("state_dict_to_params", prefix, picked)
+    return picked
+
+
+def _picked(name: str, state_dict: Mapping, prefix: str) -> dict[str, np.ndarray]:
+    """The arrays under ``prefix`` with it stripped (nested mappings flattened with dots)."""
+    flat = _dotted_leaves(name, state_dict)
     return {key[len(prefix) :]: to_numpy(v) for key, v in flat.items() if key.startswith(prefix)}
 
 

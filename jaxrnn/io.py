@@ -10,12 +10,14 @@ cells of a full model's checkpoint from their keys and shapes.
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import warnings
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+import jax.numpy as jnp
 import numpy as np
 
 from jaxrnn import _checks, _params, convert
@@ -73,7 +75,8 @@ def load_state_dict_file(path: str | os.PathLike, prefix: str = "") -> dict[str,
         state_dict = _load_torch(path)
     if not prefix:
         return state_dict
-    picked = convert.state_dict_to_params(state_dict, prefix)
+    picked = convert._picked(path, state_dict, prefix)
+    _checks.check_stripped_keys(path, prefix, picked)
     if not picked:
         layers = [
             repr(layer.prefix) for layer in find_recurrent_layers(state_dict) if not layer.error
@@ -587,7 +590,7 @@ def recurrent_layer(state_dict: Mapping, prefix: str = "") -> RecurrentLayer:
     """
     _checks.check_mapping("recurrent_layer", "state_dict", state_dict)
     _checks.check_prefix("recurrent_layer", prefix)
-    params = convert.state_dict_to_params(state_dict, prefix)
+    params = convert._picked("recurrent_layer", state_dict, prefix)
     where = f"prefix {prefix!r}" if prefix else "the top level"
     if not any(_params.split_recurrent_key(k) in _DIRECT for k in params):
         search, base = (params, prefix) if params else (state_dict, "")
@@ -689,9 +692,14 @@ def module_from_state_dict(
     args = dict(layer.config)
     if layer.cls in ("RNN", "RNNCell"):
         args["nonlinearity"] = nonlinearity
-    if "param_dtype" not in kwargs:
-        dtype = convert.to_numpy(state_dict[layer.keys[0]]).dtype
-        if np.issubdtype(dtype, np.floating) or dtype.name == "bfloat16":
+    if "param_dtype" not in kwargs:  # the checkpoint's, the widest where its arrays differ
+        floats = [
+            d
+            for d in (convert.to_numpy(state_dict[key]).dtype for key in layer.keys)
+            if np.issubdtype(d, np.floating) or d.name in _checks.ML_DTYPES
+        ]
+        if floats:
+            dtype = functools.reduce(jnp.promote_types, floats)
             what = f"module_from_state_dict: the {layer.cls} at prefix {prefix!r}"
             args["param_dtype"] = convert.jax_param_dtype(dtype.name, what)
     args.update(kwargs)

@@ -569,11 +569,13 @@ for _cls in (RNN, GRU):
         h_out="hidden_size",
         extra_attr="",
     )
+_C = "``(D * num_layers, N, H_cell)`` (``(D * num_layers, H_cell)`` unbatched)"
 LSTM.__doc__ += _LAYER_DOC.format(
     hx="(h_0, c_0)",
-    hx_shape="``h_0`` " + _H + " and ``c_0`` ``(D * num_layers, N, H_cell)``.",
+    hx_shape="``h_0`` " + _H + " and ``c_0`` " + _C + ".",
     hn="(h_n, c_n)",
-    hn_shape="final hidden state " + _H + " and cell state ``(D * num_layers, N, H_cell)``.",
+    hn_shape="final hidden state " + _H + " and cell state " + _C + "; with a padded/packed "
+    "input, each sequence's states after its own last valid step.",
     h_out="proj_size if proj_size > 0 else hidden_size",
     extra_attr="\n        weight_hr_l[k]: ``(H_out, H_cell)``, only when ``proj_size > 0``.",
 )

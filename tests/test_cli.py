@@ -231,5 +231,5 @@ def test_convert_strip_unwraps_a_whole_model(capsys, tmp_path, wrapper):
         code, _, err = run(
             capsys, "convert", str(tmp_path / "in.ckpt"), str(out), "--strip", wrapper[:-1]
         )
-        assert code == 1 and "leaves keys that start with '.'" in err
-        assert f"strip {wrapper!r}" in err and not out.exists()
+        assert code == 1 and f"prefix {wrapper[:-1]!r} leaves keys that start with '.'" in err
+        assert f"ends with its dot: {wrapper!r}" in err and not out.exists()

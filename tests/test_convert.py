@@ -273,6 +273,21 @@ def test_nested_params_flatten_with_dots():
         jaxrnn.params_to_state_dict({"a.b": np.ones(1), "a": {"b": np.ones(1)}})
 
 
+def test_prefix_without_its_dot_is_refused(tmp_path):
+    """``'encoder.lstm'`` would leave ``'.weight_ih_l0'``, which loads nowhere (with
+    ``strict=False``, silently nothing)."""
+    sd = {f"encoder.lstm.{k}": v for k, v in torch.nn.LSTM(3, 4).state_dict().items()}
+    with pytest.raises(ValueError, match=r"state_dict_to_params: prefix 'encoder.lstm' leaves"):
+        jaxrnn.state_dict_to_params(sd, prefix="encoder.lstm")
+    path = str(tmp_path / "model.pt")
+    torch.save(sd, path)
+    with pytest.raises(ValueError, match=r"ends with its dot: 'encoder.lstm.'"):
+        jaxrnn.load_state_dict_file(path, prefix="encoder.lstm")
+    assert list(jaxrnn.load_state_dict_file(path, prefix="encoder.lstm.")) == [
+        k.removeprefix("encoder.lstm.") for k in sd
+    ]
+
+
 def test_strict_load_message_is_torchs():
     """Missing and unexpected keys: torch's own message for the same state_dict (it is ours after
     the exception type)."""

@@ -876,6 +876,20 @@ def test_module_from_state_dict_keeps_the_checkpoint_dtype(dtype):
     assert m32.weight_ih_l0[...].dtype == jnp.float32
 
 
+@pytest.mark.parametrize("first", [True, False])
+def test_module_from_state_dict_of_mixed_dtypes_takes_the_widest(first):
+    """One float16 array among float32 ones, first or not: the module is float32 and holds every
+    value as the file does (it was built in the first key's dtype, float16)."""
+    sd = {k: v.numpy() for k, v in torch.nn.LSTM(3, 4, 2, proj_size=2).state_dict().items()}
+    key = "weight_ih_l0" if first else "bias_hh_l1"
+    sd[key] = sd[key].astype(np.float16)
+    m = jaxrnn.module_from_state_dict(sd)
+    assert m.param_dtype == jnp.float32
+    for k, v in m.state_dict().items():
+        assert v.dtype == np.float32
+        np.testing.assert_array_equal(v, sd[k].astype(np.float32))
+
+
 def test_argument_types(tmp_path):
     with pytest.raises(TypeError, match="path must be a str"):
         jaxrnn.load_state_dict_file(3)

@@ -138,6 +138,21 @@ def test_resetting_the_state_changes_both_the_same_way(models, recordings):
     assert np.abs(scanned[:, k:] - carried[:, k:]).max() > 1e-2
 
 
+@pytest.mark.parametrize("size", [256, 480, 1024])
+def test_chunks_of_another_size_are_refused_as_torchscripts(models, size):
+    model, jit_model = models
+    with pytest.raises(Exception, match="builtins.ValueError"):  # a torch.jit.Error saying so
+        jit_model(torch.zeros(1, size), 16000)
+    for call in (vad.step, vad.stream_step, vad.compile_step(model)):
+        with pytest.raises(
+            ValueError, match=rf"expected a chunk of shape \(N, 512\).*\(1, {size}\)"
+        ):
+            if call is vad.step or call is vad.stream_step:
+                call(model, vad.initial_state(), jnp.zeros((1, size)))
+            else:
+                call(vad.initial_state(), jnp.zeros((1, size)))
+
+
 def test_compiled_split_step_matches_nnx_jit_step(models, audio):
     model, jit_model = models
     fast = vad.compile_step(model)

@@ -93,8 +93,9 @@ class PackedSequence:
         unsorted_indices: int32 ``(N,)`` or ``None``, the inverse permutation.
         data: torch's packed ``(sum(lengths), *)``, time step by time step, each step in sorted
             order (concrete lengths only).
-        batch_sizes: torch's int64 ``(max(lengths),)``, the number of sequences longer than
-            each step (concrete lengths only).
+        batch_sizes: torch's int64 ``(max(lengths),)`` (a numpy array; returned out of ``jit``,
+            a JAX int32 array unless x64 is on), the number of sequences longer than each step
+            (concrete lengths only).
 
     Like torch's namedtuple it unpacks and indexes as ``(data, batch_sizes, sorted_indices,
     unsorted_indices)`` and has ``_asdict``/``_replace``; like torch's, ``to(dtype)``,
