@@ -37,10 +37,16 @@ IncompatibleKeys = _IncompatibleKeys
 class _TorchParams(nnx.Module):
     """Parameter storage under torch's names, plus torch's ``state_dict`` methods."""
 
-    _shapes: dict[str, tuple[int, ...]]
+    # torch's parameter names and shapes, in torch's order: a tuple of pairs, hashable, because
+    # NNX keeps plain attributes in the module's graphdef, which jax.jit(static_argnums=) hashes
+    _shape_items: tuple[tuple[str, tuple[int, ...]], ...]
+
+    @property
+    def _shapes(self) -> dict[str, tuple[int, ...]]:
+        return dict(self._shape_items)
 
     def _create_params(self, shapes, hidden_size, rngs: nnx.Rngs, param_dtype, device) -> None:
-        self._shapes = dict(shapes)
+        self._shape_items = tuple((k, tuple(v)) for k, v in shapes.items())
         values = _params.init_params(rngs.params(), shapes, hidden_size, param_dtype)
         if device is not None:
             values = jax.device_put(values, device)
@@ -191,8 +197,8 @@ class _TorchParams(nnx.Module):
             value = getattr(self, key)[...]
             value = value if dtype is None else value.astype(dtype)
             values[key] = value if device is None else jax.device_put(value, device)
-        for key, value in values.items():
-            setattr(self, key, nnx.Param(value))
+        for key, value in values.items():  # the same Param objects, as torch keeps its own
+            getattr(self, key).set_value(value)
         if dtype is not None:
             self.param_dtype = dtype
         return self

@@ -353,6 +353,26 @@ def test_module_casts_as_torchs(cls, cast):
         )
 
 
+def test_to_keeps_the_parameter_objects_as_torchs():
+    """A held reference (or a parameter tied between two modules) follows the cast."""
+    t, m = torch.nn.GRU(3, 4), jaxrnn.GRU(3, 4, rngs=nnx.Rngs(0))
+    held_t, held = t.weight_ih_l0, m.weight_ih_l0
+    t.half(), m.half()
+    assert t.weight_ih_l0 is held_t and m.weight_ih_l0 is held
+    assert held[...].dtype == jnp.float16
+
+
+@pytest.mark.parametrize("cls,args", [("LSTM", (3, 4, 2)), ("GRUCell", (3, 4))])
+def test_graphdef_is_hashable_for_static_arguments(cls, args):
+    """NNX keeps plain attributes in the graphdef; ``jax.jit(static_argnums=)`` hashes it."""
+    model = getattr(jaxrnn, cls)(*args, rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(model)
+    assert hash(graphdef) == hash(nnx.split(getattr(jaxrnn, cls)(*args, rngs=nnx.Rngs(1)))[0])
+    x = jnp.ones((5, 2, 3) if cls == "LSTM" else (2, 3))
+    run = jax.jit(lambda g, s, x: jax.tree.leaves(nnx.merge(g, s)(x))[0], static_argnums=0)
+    np.testing.assert_array_equal(run(graphdef, state, x), jax.tree.leaves(model(x))[0])
+
+
 def test_module_to_refuses_what_torchs_refuses_and_warns_without_x64():
     t, m = torch.nn.GRU(3, 4), jaxrnn.GRU(3, 4, rngs=nnx.Rngs(0))
     with pytest.raises(TypeError) as theirs:
