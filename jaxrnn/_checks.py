@@ -431,7 +431,7 @@ def check_no_torch_tensors(name: str, params: Mapping) -> None:
     """The functional core computes on JAX/numpy arrays: a torch tensor (a raw ``state_dict``)
     gets a TypeError that names the conversion."""
     for key, value in params.items():
-        if type(value).__module__.startswith("torch") and hasattr(value, "detach"):
+        if _is_torch_tensor(value):
             raise TypeError(
                 f"{name}: parameter {key} must be a JAX or numpy array, got "
                 f"{type(value).__name__} (convert a torch state_dict with "

@@ -283,7 +283,7 @@ def from_torch(module, *, rngs=None, **kwargs):
     args.update(kwargs)
     with _converted_dropout_warning():
         out = getattr(jaxrnn, cls_name)(**args, rngs=rngs)
-    names = list(out.state_dict())  # torch's parameter names for this configuration
+    names = out._flat_weights_names  # torch's parameter names for this configuration
     _checks.check_no_extra_parameters(
         "from_torch", type(module).__name__, cls_name, names, module.named_parameters()
     )
