@@ -31,6 +31,19 @@ from jaxrnn import _checks, _params
 from jaxrnn import functional as F
 
 
+class _NoProjection(int):
+    """The ``proj_size`` of a Linen ``RNN``/``GRU`` nobody gave: 0, as torch's ``nn.GRU().proj_size``.
+
+    Its own type tells it from a ``proj_size=0`` given in the constructor, which torch refuses
+    for these modes (a dataclass field cannot tell a default from an explicit equal value).
+    """
+
+    __slots__ = ()
+
+
+_NO_PROJECTION = _NoProjection(0)
+
+
 def _uniform(bound: float):
     def init(key, shape, dtype=jnp.float32):
         return jax.random.uniform(key, shape, dtype, -bound, bound)
@@ -68,10 +81,10 @@ class _LayerBase(_LinenBase):
 
     @nn.nowrap
     def _proj_size(self) -> int:
-        return getattr(self, "proj_size", None) or 0
+        return int(self.proj_size)
 
     def __post_init__(self):
-        if self._mode() != "LSTM" and getattr(self, "proj_size", None) is not None:
+        if self._mode() != "LSTM" and type(self.proj_size) is not _NoProjection:
             _checks.check_no_proj_size(type(self).__name__, {"proj_size": self.proj_size})
         self._check_dtypes()
         _checks.check_constructor(
@@ -155,7 +168,7 @@ class RNN(_LayerBase):
     unroll: int = 1
     remat: bool | int = False
     deterministic: bool | None = None
-    proj_size: int | None = None  # refused (any value), as torch's: LSTM only
+    proj_size: int = _NO_PROJECTION  # 0; refused if given (any value), as torch's: LSTM only
 
     @nn.nowrap
     def _mode(self) -> str:
@@ -201,7 +214,7 @@ class GRU(_LayerBase):
     unroll: int = 1
     remat: bool | int = False
     deterministic: bool | None = None
-    proj_size: int | None = None  # refused (any value), as torch's: LSTM only
+    proj_size: int = _NO_PROJECTION  # 0; refused if given (any value), as torch's: LSTM only
 
     @nn.nowrap
     def _mode(self) -> str:

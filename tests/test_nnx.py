@@ -410,6 +410,18 @@ def test_linen_layers_have_torchs_mode():
     assert jrl.LSTM(3, 4).mode == "LSTM" and jrl.GRU(3, 4).mode == "GRU"
 
 
+@pytest.mark.parametrize("cls", ["RNN", "GRU", "LSTM"])
+def test_linen_layers_report_torchs_proj_size(cls):
+    from jaxrnn import linen as jrl
+
+    ours, theirs = getattr(jrl, cls)(3, 4), getattr(torch.nn, cls)(3, 4)
+    assert (
+        ours.proj_size == theirs.proj_size == jaxrnn.__dict__[cls](3, 4, rngs=nnx.Rngs(0)).proj_size
+    )
+    assert ours.clone().proj_size == theirs.proj_size  # as Flax clones it in init/apply
+    assert f"proj_size = {theirs.proj_size}" in repr(ours)
+
+
 RESET = [
     (lambda r: jaxrnn.LSTM(3, 8, 2, proj_size=2, bidirectional=True, rngs=r), torch.nn.LSTM),
     (lambda r: jaxrnn.GRU(3, 5, rngs=r), torch.nn.GRU),
