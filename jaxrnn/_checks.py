@@ -204,13 +204,23 @@ def _check_bool(name: str, arg: str, value) -> None:
         raise TypeError(f"{name}: {arg} should be of type bool, got: {type(value).__name__}")
 
 
-def check_nonlinearity(name: str, nonlinearity, cell: bool = False) -> str:
-    """Torch's mode string for ``nonlinearity``, or torch's error for an unknown one: the
-    layer's ``ValueError``; for a ``cell``, whose torch twin fails in its forward with a
-    ``RuntimeError`` ("Unknown nonlinearity: ..."), one that is both."""
+def check_nonlinearity(name: str, nonlinearity) -> str:
+    """Torch's mode string for a layer's ``nonlinearity``, or torch's ``ValueError`` for an
+    unknown one (at construction, as ``nn.RNN``)."""
     if nonlinearity not in ("tanh", "relu"):
-        error = TorchRuntimeError if cell else ValueError
-        raise error(f"{name}: Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+        raise ValueError(
+            f"{name}: Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'."
+        )
+    return _params.rnn_mode(nonlinearity)
+
+
+def check_cell_nonlinearity(name: str, nonlinearity, input, hx) -> str:
+    """An RNNCell call's mode string for its ``nonlinearity``, checked where torch's
+    ``RNNCell.forward`` checks it: after the dimensions of ``input`` and ``hx``, before their
+    sizes, with its ``RuntimeError`` ("Unknown nonlinearity: ..."; the constructor takes any)."""
+    if nonlinearity not in ("tanh", "relu"):
+        _cell_arrays(name, "RNN_TANH", input, hx)
+        raise TorchRuntimeError(f"{name}: Unknown nonlinearity: {nonlinearity}")
     return _params.rnn_mode(nonlinearity)
 
 
@@ -685,10 +695,9 @@ def _describe(x) -> str:
     return type(x).__name__
 
 
-def check_cell_call(name: str, mode: str, input, hx, input_size: int, hidden_size: int):
-    """Validate a cell call in torch's order and wording (the dimensions of ``input`` and of each
-    state, then ``input_size``, then each state's batch and size, with unbatched arrays read as
-    a batch of one, then the dtypes); returns ``(input, hx_or_None, batched)`` as arrays."""
+def _cell_arrays(name: str, mode: str, input, hx):
+    """A cell call's ``input`` and states as arrays, their dimensions checked (torch's first
+    checks); returns ``(input, states, batched)``."""
     x = as_array(name, "input", input, floating=False)
     if x.ndim not in (1, 2):
         raise ValueError(f"{name}: Expected input to be 1D or 2D, got {x.ndim}D instead")
@@ -706,6 +715,14 @@ def check_cell_call(name: str, mode: str, input, hx, input_size: int, hidden_siz
         if h.ndim not in (1, 2):
             what = f"hx[{i}]" if mode == "LSTM" else "hidden"
             raise ValueError(f"{name}: Expected {what} to be 1D or 2D, got {h.ndim}D instead")
+    return x, states, batched
+
+
+def check_cell_call(name: str, mode: str, input, hx, input_size: int, hidden_size: int):
+    """Validate a cell call in torch's order and wording (the dimensions of ``input`` and of each
+    state, then ``input_size``, then each state's batch and size, with unbatched arrays read as
+    a batch of one, then the dtypes); returns ``(input, hx_or_None, batched)`` as arrays."""
+    x, states, batched = _cell_arrays(name, mode, input, hx)
     if x.shape[-1] != input_size:
         raise TorchRuntimeError(
             f"{name}: input has inconsistent input_size: got {x.shape[-1]} expected {input_size}"

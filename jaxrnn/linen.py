@@ -226,18 +226,21 @@ class _CellBase(_LinenBase):
     def _mode(self) -> str:
         raise NotImplementedError
 
+    @nn.nowrap
+    def _call_mode(self, input, hx) -> str:
+        return self._mode()
+
     def __post_init__(self):
         _checks.check_cell_constructor(
             type(self).__name__, self.input_size, self.hidden_size, self.bias
         )
-        self._mode()  # an unknown nonlinearity fails here, as the NNX twin's constructor does
         self._check_dtypes()
         super().__post_init__()
 
     @nn.compact
     def __call__(self, input, hx=None):
         """One step; shapes as the NNX twin (:class:`jaxrnn.LSTMCell` etc.)."""
-        mode = self._mode()
+        mode = self._call_mode(input, hx)
         params = self._torch_params(
             _params.cell_param_shapes(mode, self.input_size, self.hidden_size, self.bias)
         )
@@ -265,7 +268,12 @@ class RNNCell(_CellBase):
 
     @nn.nowrap
     def _mode(self) -> str:
-        return _checks.check_nonlinearity(type(self).__name__, self.nonlinearity, cell=True)
+        return _params.rnn_mode(self.nonlinearity)
+
+    @nn.nowrap
+    def _call_mode(self, input, hx) -> str:
+        # torch's RNNCell takes any nonlinearity at construction and refuses it in its forward
+        return _checks.check_cell_nonlinearity(type(self).__name__, self.nonlinearity, input, hx)
 
 
 class LSTMCell(_CellBase):

@@ -627,8 +627,11 @@ class RNNCellBase(_TorchParams):
 
     def __call__(self, input, hx=None):
         """One step: ``input (N, H_in)`` or ``(H_in,)``; returns the new state like ``hx``."""
+        return self._step(self.mode, input, hx)
+
+    def _step(self, mode: str, input, hx):
         return F.cell_forward(
-            self.mode,
+            mode,
             self.torch_params(),
             input,
             hx,
@@ -678,9 +681,16 @@ class RNNCell(RNNCellBase):
         rngs: nnx.Rngs,
         **kwargs,
     ):
-        mode = _checks.check_nonlinearity(type(self).__name__, nonlinearity, cell=True)
+        # torch's RNNCell takes any nonlinearity here and refuses an unknown one in its forward
         self.nonlinearity = nonlinearity
-        super().__init__(mode, input_size, hidden_size, bias, rngs=rngs, **kwargs)
+        super().__init__(
+            _params.rnn_mode(nonlinearity), input_size, hidden_size, bias, rngs=rngs, **kwargs
+        )
+
+    def __call__(self, input, hx=None):
+        """One step: ``input (N, H_in)`` or ``(H_in,)``; returns ``h' (N, H_out)`` or ``(H_out,)``."""
+        mode = _checks.check_cell_nonlinearity(type(self).__name__, self.nonlinearity, input, hx)
+        return self._step(mode, input, hx)
 
 
 class LSTMCell(RNNCellBase):

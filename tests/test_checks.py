@@ -68,11 +68,6 @@ R = nnx.Rngs(0)
             r"RNN: Unknown nonlinearity 'sigmoid'. Select from 'tanh' or 'relu'.",
         ),
         (
-            lambda: jaxrnn.RNNCell(10, 20, nonlinearity="gelu", rngs=R),
-            ValueError,
-            "RNNCell: Unknown nonlinearity",
-        ),
-        (
             lambda: jaxrnn.LSTMCell(10, -1, rngs=R),
             ValueError,
             "LSTMCell: hidden_size must be non-negative, got -1",
@@ -803,9 +798,11 @@ def test_packed_input_checks_hx_size_only_as_torch(cls, shape):
             lambda: jaxrnn.GRUCell(-1, 4, rngs=nnx.Rngs(0)),
         ),
         (
-            "rnncell-unknown-nonlinearity",  # torch's fails in its forward, ours at construction
+            "rnncell-unknown-nonlinearity",  # in the forward, as torch's
             lambda: torch.nn.RNNCell(3, 4, nonlinearity="sigmoid")(torch.zeros(1, 3)),
-            lambda: jaxrnn.RNNCell(3, 4, nonlinearity="sigmoid", rngs=nnx.Rngs(0)),
+            lambda: jaxrnn.RNNCell(3, 4, nonlinearity="sigmoid", rngs=nnx.Rngs(0))(
+                jnp.zeros((1, 3))
+            ),
         ),
     ],
     ids=lambda c: c if isinstance(c, str) else "",
@@ -824,10 +821,52 @@ def test_errors_where_torch_raises_runtime_error_are_runtime_errors(name, torch_
         assert str(theirs) in str(got.value)
 
 
-def test_linen_cell_unknown_nonlinearity_is_a_runtime_error_too():
-    """At construction, as the NNX twin (torch's own cell fails in its forward)."""
-    with pytest.raises(RuntimeError, match="RNNCell: Unknown nonlinearity 'sigmoid'"):
-        jrl.RNNCell(3, 4, nonlinearity="sigmoid")
+def _linen_cell_call(nonlinearity, x, hx=None):
+    variables = jrl.RNNCell(3, 4).init(jax.random.key(0), jnp.zeros((1, 3)))
+    return jrl.RNNCell(3, 4, nonlinearity=nonlinearity).apply(variables, x, hx)
+
+
+@pytest.mark.parametrize(
+    "ours",
+    [
+        lambda n, x, hx=None: jaxrnn.RNNCell(3, 4, nonlinearity=n, rngs=nnx.Rngs(0))(x, hx),
+        _linen_cell_call,
+    ],
+    ids=["nnx", "linen"],
+)
+@pytest.mark.parametrize(
+    "shapes",
+    [((2, 3), None), ((3,), (4,)), ((2, 2, 3), None), ((2, 3), (1, 2, 4)), ((2, 5), (2, 4))],
+    ids=str,
+)
+def test_rnncell_unknown_nonlinearity_fails_in_the_call_as_torchs(ours, shapes):
+    """Torch's RNNCell takes any nonlinearity at construction and refuses an unknown one in its
+    forward, after the dimensions of input and hx and before their sizes; so do ours, with its
+    words, and a known one set after construction is used, as torch reads the attribute."""
+    x_shape, h_shape = shapes
+    x = np.random.default_rng(0).standard_normal(x_shape).astype(np.float32)
+    hx = None if h_shape is None else np.zeros(h_shape, np.float32)
+    theirs = _torch_error(
+        lambda: torch.nn.RNNCell(3, 4, nonlinearity="sigmoid")(
+            torch.from_numpy(x), None if hx is None else torch.from_numpy(hx)
+        )
+    )
+    with pytest.raises(type(theirs)) as got:
+        ours("sigmoid", jnp.asarray(x), None if hx is None else jnp.asarray(hx))
+    assert str(got.value) == re.sub("^(RNNCell: )?", "RNNCell: ", str(theirs))
+
+
+def test_rnncell_nonlinearity_is_read_in_the_call_as_torchs():
+    t = torch.nn.RNNCell(3, 4, nonlinearity="sigmoid")
+    ours = jaxrnn.from_torch(t)  # torch constructs it, so it converts
+    t.nonlinearity = ours.nonlinearity = "relu"
+    x = np.random.default_rng(0).standard_normal((5, 3)).astype(np.float32)
+    np.testing.assert_allclose(
+        ours(jnp.asarray(x)), t(torch.from_numpy(x)).detach().numpy(), rtol=1e-6, atol=1e-6
+    )
+    assert repr(jaxrnn.RNNCell(3, 4, nonlinearity="x", rngs=nnx.Rngs(0))) == repr(
+        torch.nn.RNNCell(3, 4, nonlinearity="x")
+    )
 
 
 @pytest.mark.parametrize("rngs", [0, jax.random.key(0), None, "x"])
