@@ -141,6 +141,16 @@ def test_from_torch_copies_configuration(make):
         np.testing.assert_array_equal(sd[k], v.numpy())
 
 
+def test_from_torch_dropout_stream_defaults_to_seed_0_as_the_readme_says():
+    t = torch.nn.GRU(3, 4, 2, dropout=0.5)  # training mode: dropout between the layers
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((5, 2, 3)), jnp.float32)
+    runs = [jaxrnn.from_torch(t, **kw)(x)[0] for kw in ({}, {}, {"rngs": nnx.Rngs(1)})]
+    np.testing.assert_array_equal(runs[0], runs[1])  # the same masks without rngs=
+    assert not np.allclose(runs[0], runs[2])  # another seed, other masks
+    t.eval()
+    assert_close(jaxrnn.from_torch(t)(x)[0], t(torch.from_numpy(np.asarray(x)))[0].detach())
+
+
 def test_from_torch_rejects_other_modules():
     with pytest.raises(TypeError, match="from_torch expects a torch.nn.RNN, LSTM, GRU"):
         jaxrnn.from_torch(torch.nn.Linear(2, 2))
