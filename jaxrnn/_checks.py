@@ -503,9 +503,14 @@ def check_module_rngs(name: str, rngs, dropout: float = 0.0) -> None:
         if stream == "dropout" and dropout == 0:
             continue
         if _stream(rngs, stream) is None:
+            bridged = (  # nnx.bridge.to_linen makes the Rngs from the keys of Linen's init
+                " (through nnx.bridge.to_linen: init({'params': key, 'dropout': key2}, ...))"
+                if stream == "dropout"
+                else ""
+            )
             raise ValueError(
                 f"{name}: {what} a '{stream}' (or 'default') stream in rngs, e.g. nnx.Rngs(0) "
-                "or nnx.Rngs(params=0, dropout=1)"
+                f"or nnx.Rngs(params=0, dropout=1){bridged}"
             )
 
 

@@ -998,6 +998,14 @@ def test_linen_dropout_without_rng_names_the_module():
     m.apply(variables, x, deterministic=False, rngs={"dropout": jax.random.key(1)})
 
 
+def test_to_linen_without_a_dropout_rng_says_how_linen_gives_one():
+    lin = nnx.bridge.to_linen(jaxrnn.LSTM, 4, 6, 2, dropout=0.5)
+    x = jnp.ones((5, 3, 4))
+    with pytest.raises(ValueError, match=r"to_linen: init\(\{'params': key, 'dropout': key2\}"):
+        lin.init(jax.random.key(0), x)
+    lin.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, x)  # as it says
+
+
 def test_linen_cells_have_torchs_mode():
     assert [jrl.GRUCell(3, 4).mode, jrl.LSTMCell(3, 4).mode] == ["GRU", "LSTM"]
     assert jrl.RNNCell(3, 4, nonlinearity="relu").mode == "RNN_RELU"

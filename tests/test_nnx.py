@@ -594,3 +594,22 @@ def test_torch_tensors_that_require_grad_are_taken_as_input_and_hx(kind):
     assert x.requires_grad and h.requires_grad
     got, want = m(x, hx), t(x, hx)
     assert_close(got, jax.tree.map(lambda v: v.detach().numpy(), want))
+
+
+def test_msgpack_of_the_parameters_round_trips_as_the_readme_says():
+    """``flax.serialization`` writes ``nnx.state(model, nnx.Param)`` (the whole state holds the
+    dropout stream's key, which msgpack cannot write); the restored model runs as torch's."""
+    from flax import serialization
+
+    t = torch.nn.LSTM(3, 4, 2, dropout=0.5).eval()
+    with pytest.raises(TypeError, match="PRNGKey"):
+        serialization.to_bytes(nnx.to_pure_dict(nnx.state(jaxrnn.from_torch(t))))
+    blob = serialization.to_bytes(nnx.to_pure_dict(nnx.state(jaxrnn.from_torch(t), nnx.Param)))
+    m = jaxrnn.LSTM(3, 4, 2, dropout=0.5, rngs=nnx.Rngs(1)).eval()
+    state = nnx.state(m, nnx.Param)
+    nnx.replace_by_pure_dict(state, serialization.from_bytes(nnx.to_pure_dict(state), blob))
+    nnx.update(m, state)
+    x = np.random.default_rng(0).standard_normal((5, 2, 3)).astype(np.float32)
+    out, (h, c) = m(jnp.asarray(x))
+    t_out, (t_h, t_c) = t(torch.from_numpy(x))
+    assert_close((out, h, c), (t_out.detach(), t_h.detach(), t_c.detach()))
