@@ -624,6 +624,8 @@ class RNNCellBase(_TorchParams):
         self.deterministic = False  # torch's cells have training mode too (nothing depends on it)
         shapes = _params.cell_param_shapes(mode, input_size, hidden_size, bias)
         self._create_params(shapes, hidden_size, rngs, param_dtype, device)
+        if not bias:  # torch registers them as None (its layers have no bias_*_l* at all)
+            self.bias_ih = self.bias_hh = None
 
     def __call__(self, input, hx=None):
         """One step: ``input (N, H_in)`` or ``(H_in,)``; returns the new state like ``hx``."""

@@ -613,3 +613,17 @@ def test_msgpack_of_the_parameters_round_trips_as_the_readme_says():
     out, (h, c) = m(jnp.asarray(x))
     t_out, (t_h, t_c) = t(torch.from_numpy(x))
     assert_close((out, h, c), (t_out.detach(), t_h.detach(), t_c.detach()))
+
+
+@pytest.mark.parametrize("cls", ["RNNCell", "LSTMCell", "GRUCell"])
+def test_bias_free_cells_have_torchs_none_biases(cls):
+    """Torch's cells register ``bias_ih``/``bias_hh`` as ``None`` without a bias, so
+    ``cell.bias_ih is None`` tells; the parameters and state dict are the weights only."""
+    theirs = getattr(torch.nn, cls)(3, 4, bias=False)
+    ours = jaxrnn.from_torch(theirs)
+    assert ours.bias_ih is theirs.bias_ih is None and ours.bias_hh is theirs.bias_hh is None
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    assert sorted(nnx.state(ours, nnx.Param).keys()) == sorted(theirs.state_dict())
+    x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
+    out = ours(jnp.asarray(x))
+    assert_close(out, jax.tree.map(lambda t: t.detach(), theirs(torch.from_numpy(x))))
