@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from _torch_oracle import assert_close, torch_layer
+from _torch_oracle import assert_close, torch_cell, torch_layer
 from flax import nnx
 
 import jaxrnn
@@ -538,3 +538,79 @@ def test_remat_with_a_symbolic_length_says_so():
     t = jaxrnn.to_torch(m)
     x = np.random.default_rng(3).standard_normal((T, 2, IN)).astype(np.float32)
     assert_close(exported.call(params, x), t(torch.from_numpy(x))[0].detach().numpy())
+
+
+# ---------------------------------------------------------------------------------------------
+# strict JAX settings and eager calls
+
+
+@pytest.mark.parametrize(
+    "mode,hidden,batch,kwargs",
+    [
+        ("RNN_TANH", 256, 32, {}),  # the fused path, batch-major
+        ("LSTM", 8, 4, {"bidirectional": True}),  # fused, batch-major, both directions
+        ("GRU", 256, 32, {}),  # fused, feature-major
+        ("LSTM", 8, 4, {"remat": True, "proj_size": 3}),  # the rematerialised scan
+    ],
+)
+def test_layers_under_rank_promotion_raise_match_torch(mode, hidden, batch, kwargs):
+    """``jax_numpy_rank_promotion='raise'`` (set by careful codebases, which Flax's own layers
+    pass): no implicit broadcast inside jaxrnn, forward and gradients, layers and cells, and the
+    numbers are torch's."""
+    remat = kwargs.pop("remat", False)
+    rng = np.random.default_rng(0)
+    tmod = torch_layer(mode, IN, hidden, **kwargs)
+    x = rng.standard_normal((T, batch, IN)).astype(np.float32)
+    dirs = 2 if kwargs.get("bidirectional") else 1
+    w_out = rng.standard_normal((T, batch, dirs * (kwargs.get("proj_size") or hidden)))
+    t_out, t_hn, t_gp, t_gx = _torch_grads(tmod, x, w_out=w_out.astype(np.float32))
+    params = jaxrnn.state_dict_to_params(tmod.state_dict())
+    loss = _loss(mode, w_out.astype(np.float32), remat=remat, seq_lengths=np.full(batch, T))
+    with jax.numpy_rank_promotion("raise"):
+        (_, (out, h_n)), (g_p, g_x) = jax.value_and_grad(loss, (0, 1), has_aux=True)(params, x)
+        cell = jaxrnn.from_torch(torch_cell(mode, IN, hidden))
+        h = cell(jnp.asarray(x[0]))
+        lin = jrl.GRUCell(IN, hidden)
+        lin.apply(lin.init(jax.random.key(0), x[0]), x[0])
+    assert_close(out, t_out, what="output")
+    assert_close(h_n, t_hn, what="h_n")
+    assert_close(g_p, t_gp, 2e-5, 2e-5, what="grad params")
+    assert_close(g_x, t_gx, 2e-5, 2e-5, what="grad input")
+    with torch.no_grad():
+        assert_close(
+            h,
+            jax.tree.map(lambda t: t.numpy(), torch_cell(mode, IN, hidden)(torch.from_numpy(x[0]))),
+        )
+
+
+@pytest.mark.parametrize("remat", [False, True])
+def test_eager_calls_compile_once(remat):
+    """An eager call of the same shapes compiles nothing new, on the fused path and on the
+    rematerialised scan (which traced fresh closures, so compiled, on every call)."""
+    import logging
+
+    compiles = []
+
+    class Count(logging.Handler):
+        def emit(self, record):
+            if "Finished XLA compilation" in record.getMessage():
+                compiles.append(record)
+
+    tmod = torch_layer("LSTM", IN, H, num_layers=2, bidirectional=True)
+    m = jaxrnn.from_torch(tmod, remat=remat)
+    x = np.random.default_rng(0).standard_normal((T, N, IN)).astype(np.float32)
+    with torch.no_grad():
+        want = tmod(torch.from_numpy(x))
+    logger, handler = logging.getLogger("jax"), Count()
+    logger.addHandler(handler)
+    try:
+        with jax.log_compiles(True):
+            runs = []
+            for _ in range(3):
+                before = len(compiles)
+                out, (h_n, c_n) = m(jnp.asarray(x))
+                runs.append(len(compiles) - before)
+    finally:
+        logger.removeHandler(handler)
+    assert runs[0] > 0 and runs[1:] == [0, 0], runs  # the counter sees the first call's
+    assert_close((out, h_n, c_n), (want[0].numpy(), want[1][0].numpy(), want[1][1].numpy()))

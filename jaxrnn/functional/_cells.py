@@ -18,7 +18,8 @@ from jaxrnn import _checks
 def linear(x, w, b=None, precision=None):
     """``x @ w.T + b`` over the last axis of ``x`` (torch's ``F.linear``)."""
     y = jnp.einsum("...i,gi->...g", x, w, precision=precision)
-    return y if b is None else y + b
+    # the bias broadcast over the leading axes explicitly (jax_numpy_rank_promotion='raise')
+    return y if b is None else y + jnp.reshape(b, (1,) * (y.ndim - 1) + jnp.shape(b))
 
 
 def step_from_gates(mode: str, gx, state, weight_hh, bias_hh=None, weight_hr=None, precision=None):

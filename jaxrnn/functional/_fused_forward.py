@@ -228,6 +228,8 @@ def _prepare(mode, w, fm, joint, block=False):
             b_rec = [b[:, None] for b in b_rec]
         if block:
             b_rec = [jnp.concatenate(b_rec, axis=0)]
+        if not fm:  # (1, G) against the step's (N, G): no implicit rank promotion
+            b_rec = [b[None, :] for b in b_rec]
     return _oriented(w_rec, fm), b_rec, _oriented(w["weight_hr"], fm)
 
 

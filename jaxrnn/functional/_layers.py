@@ -55,6 +55,13 @@ def scan_direction(
     )
 
 
+# compiled once per configuration and shapes, as the fused path's layer: an eager call would
+# otherwise trace and compile its fresh closures' scans anew every time
+_scan_direction_jit = jax.jit(
+    scan_direction, static_argnums=0, static_argnames=("reverse", "precision", "unroll", "remat")
+)
+
+
 def _mesh_axes(a) -> frozenset:
     """The mesh axes ``a`` varies over inside ``jax.shard_map`` (none outside, or for ``None``)."""
     if a is None:
@@ -128,7 +135,7 @@ def run_layer(
     finals, outs = [], []
     for d, p in enumerate(ps):
         s0 = jax.tree.map(lambda s, d=d: s[d], state0)
-        final, out = scan_direction(
+        final, out = _scan_direction_jit(
             mode, p, x, s0, mask, reverse=d == 1, precision=precision, unroll=unroll, remat=remat
         )
         finals.append(final)
