@@ -148,7 +148,7 @@ def test_from_torch_dropout_stream_defaults_to_seed_0_as_the_readme_says():
     np.testing.assert_array_equal(runs[0], runs[1])  # the same masks without rngs=
     assert not np.allclose(runs[0], runs[2])  # another seed, other masks
     t.eval()
-    assert_close(jaxrnn.from_torch(t)(x)[0], t(torch.from_numpy(np.asarray(x)))[0].detach())
+    assert_close(jaxrnn.from_torch(t)(x)[0], t(torch.from_numpy(np.array(x)))[0].detach())
 
 
 def test_from_torch_rejects_other_modules():
