@@ -578,6 +578,23 @@ def check_loop_options(name: str, unroll, remat) -> None:
         )
 
 
+def check_precision(name: str, precision):
+    """``precision`` as ``jax.lax.dot_general`` takes it (``None``, a ``jax.lax.Precision`` or its
+    name, a pair of them, a ``jax.lax.DotAlgorithmPreset``), returned hashable (a list pair as a
+    tuple), since the compiled layers are cached by it; TypeError otherwise."""
+    if isinstance(precision, list):
+        precision = tuple(precision)
+    try:
+        hash(precision)
+        jax.eval_shape(lambda: jnp.dot(jnp.zeros((1, 1)), jnp.zeros((1, 1)), precision=precision))
+    except (TypeError, ValueError, KeyError) as e:
+        raise TypeError(
+            f"{name}: precision must be None, a jax.lax.Precision (or its name, e.g. 'highest'), "
+            f"a pair of them or a jax.lax.DotAlgorithmPreset, got {precision!r}"
+        ) from e
+    return precision
+
+
 def check_seq_len(name: str, seq_len: int) -> None:
     """A layer's input has at least one time step (torch's wording)."""
     if seq_len == 0:

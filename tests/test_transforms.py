@@ -241,6 +241,29 @@ def test_precision_argument_reaches_the_matmuls(mode):
     assert_close(run(params, x, jax.lax.Precision.HIGHEST), want, what="output")
 
 
+@pytest.mark.parametrize("remat", [False, True])
+def test_precision_as_dot_general_takes_it_or_a_clear_error(remat):
+    """``precision`` in every form ``lax.dot_general`` takes, a list pair included (which the
+    compiled layers' cache could not hash), gives torch's numbers; anything else is a TypeError
+    naming the module, not one from inside JAX."""
+    tmod = torch_layer("LSTM", IN, H, bidirectional=True)
+    m = jaxrnn.from_torch(tmod, remat=remat)
+    x = np.random.default_rng(7).standard_normal((T, N, IN)).astype(np.float32)
+    with torch.no_grad():
+        want = tmod(torch.from_numpy(x))[0].numpy()
+    highest = jax.lax.Precision.HIGHEST
+    for precision in ["highest", highest, (highest, highest), [highest, highest]]:
+        m.precision = precision
+        assert_close(m(jnp.asarray(x))[0], want, what=repr(precision))
+    for precision in ["fastest-ish", 3, [1, 2], {"a": 1}]:
+        m.precision = precision
+        with pytest.raises(TypeError, match="LSTM: precision must be None, a jax.lax.Precision"):
+            m(jnp.asarray(x))
+    cell = jaxrnn.LSTMCell(IN, H, precision="fastest-ish", rngs=nnx.Rngs(0))
+    with pytest.raises(TypeError, match="LSTMCell: precision must be None, a jax.lax.Precision"):
+        cell(jnp.asarray(x[0]))
+
+
 def test_jit_traces_once_per_shape():
     tmod = torch_layer("GRU", IN, H)
     params = jaxrnn.state_dict_to_params(tmod.state_dict())

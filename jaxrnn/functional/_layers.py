@@ -282,6 +282,7 @@ def _rnn(
     _checks.check_matrix_params(name, params, ("weight_ih_l0", "weight_hh_l0"))
     _checks.check_gate_rows(name, mode, params, "_l0")
     _checks.check_loop_options(name, unroll, remat)
+    precision = _checks.check_precision(name, precision)
     cfg = _params.infer_layer_config(mode, params)
     _checks.check_projection(name, cfg["proj_size"], cfg["hidden_size"])
     expected = _params.layer_param_shapes(
@@ -468,6 +469,7 @@ def cell_forward(
         zeros = jnp.zeros((x.shape[0], hidden_size), compute)
         state = (zeros, zeros) if mode == "LSTM" else zeros
     p = {k: (None if v is None else jnp.asarray(v).astype(compute)) for k, v in params.items()}
+    precision = _checks.check_precision(name, precision)
     new = _cells.cell(
         mode, p, x.astype(compute), jax.tree.map(lambda s: s.astype(compute), state), precision
     )
