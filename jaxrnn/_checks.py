@@ -7,6 +7,7 @@ computation, and name the module, what was expected and what came.
 
 from __future__ import annotations
 
+import functools
 import numbers
 import os
 import sys
@@ -585,14 +586,25 @@ def check_precision(name: str, precision):
     if isinstance(precision, list):
         precision = tuple(precision)
     try:
-        hash(precision)
-        jax.eval_shape(lambda: jnp.dot(jnp.zeros((1, 1)), jnp.zeros((1, 1)), precision=precision))
-    except (TypeError, ValueError, KeyError) as e:
+        valid = _dot_takes(precision)
+    except TypeError:  # unhashable
+        valid = False
+    if not valid:
         raise TypeError(
             f"{name}: precision must be None, a jax.lax.Precision (or its name, e.g. 'highest'), "
             f"a pair of them or a jax.lax.DotAlgorithmPreset, got {precision!r}"
-        ) from e
+        )
     return precision
+
+
+@functools.lru_cache(maxsize=64)
+def _dot_takes(precision) -> bool:
+    """Whether ``jnp.dot`` takes ``precision`` (asked once per value: an abstract trace)."""
+    try:
+        jax.eval_shape(lambda: jnp.dot(jnp.zeros((1, 1)), jnp.zeros((1, 1)), precision=precision))
+    except (TypeError, ValueError, KeyError):
+        return False
+    return True
 
 
 def check_seq_len(name: str, seq_len: int) -> None:
