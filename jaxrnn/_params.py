@@ -32,6 +32,12 @@ def rnn_mode(nonlinearity: str) -> str:
     return "RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU"
 
 
+def cell_rnn_mode(nonlinearity) -> str | None:
+    """An RNNCell's mode string for ``nonlinearity``; ``None`` for an unknown one (torch's
+    RNNCell takes any at construction and refuses it in its forward)."""
+    return rnn_mode(nonlinearity) if nonlinearity in ("tanh", "relu") else None
+
+
 def suffix(layer: int, direction: int) -> str:
     """Torch's name suffix: ``_l{layer}`` plus ``_reverse`` for the backward direction."""
     return f"_l{layer}" + ("_reverse" if direction == 1 else "")

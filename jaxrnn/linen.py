@@ -81,7 +81,7 @@ class _LayerBase(_LinenBase):
 
     @nn.nowrap
     def _proj_size(self) -> int:
-        return int(self.proj_size)
+        return self.proj_size  # the sentinel default is an int 0; a given value is checked
 
     def __post_init__(self):
         if self._mode() != "LSTM" and type(self.proj_size) is not _NoProjection:
@@ -267,8 +267,8 @@ class RNNCell(_CellBase):
     precision: Any = None
 
     @nn.nowrap
-    def _mode(self) -> str:
-        return _params.rnn_mode(self.nonlinearity)
+    def _mode(self) -> str | None:
+        return _params.cell_rnn_mode(self.nonlinearity)
 
     @nn.nowrap
     def _call_mode(self, input, hx) -> str:

@@ -592,8 +592,6 @@ class RNNCellBase(_TorchParams):
     ``torch.nn.RNNCellBase`` (``isinstance(m, jaxrnn.RNNCellBase)``); its constructor takes the
     ``mode`` first."""
 
-    mode: str
-
     def __init__(
         self,
         mode: str,
@@ -614,7 +612,7 @@ class RNNCellBase(_TorchParams):
         dtype, param_dtype = _checks.check_dtypes(type(self).__name__, dtype, param_dtype)
         device = _checks.check_device(type(self).__name__, device)
         _checks.check_module_rngs(type(self).__name__, rngs)
-        self.mode = mode
+        self._cell_mode = mode
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.bias = bias
@@ -626,6 +624,11 @@ class RNNCellBase(_TorchParams):
         self._create_params(shapes, hidden_size, rngs, param_dtype, device)
         if not bias:  # torch registers them as None (its layers have no bias_*_l* at all)
             self.bias_ih = self.bias_hh = None
+
+    @property
+    def mode(self) -> str | None:
+        """Torch's mode string: ``'LSTM'``, ``'GRU'``, ``'RNN_TANH'`` or ``'RNN_RELU'``."""
+        return self._cell_mode
 
     def __call__(self, input, hx=None):
         """One step: ``input (N, H_in)`` or ``(H_in,)``; returns the new state like ``hx``."""
@@ -654,7 +657,8 @@ _CELL_DOC = """
 
     Attributes:
         weight_ih: ``(G*hidden_size, input_size)``; weight_hh: ``(G*hidden_size, hidden_size)``;
-        bias_ih, bias_hh: ``(G*hidden_size,)``; all ``U(-1/sqrt(hidden_size), 1/sqrt(hidden_size))``.
+        bias_ih, bias_hh: ``(G*hidden_size,)``, ``None`` with ``bias=False`` (as torch's); all
+        ``U(-1/sqrt(hidden_size), 1/sqrt(hidden_size))``.
 
     Extra keyword-only arguments (JAX): ``rngs``, ``dtype``, ``param_dtype``, ``precision`` and
     ``device``, as on the layers.
@@ -663,6 +667,9 @@ _CELL_DOC = """
 
 class RNNCell(RNNCellBase):
     """``torch.nn.RNNCell``: ``h' = tanh(x W_ih^T + b_ih + h W_hh^T + b_hh)`` (or relu).
+
+    As torch's, the constructor takes any ``nonlinearity`` and the call reads it (torch's
+    ``RuntimeError`` "Unknown nonlinearity: ..." for one other than ``'tanh'``/``'relu'``).
 
     Example:
         >>> import jax.numpy as jnp
@@ -688,6 +695,12 @@ class RNNCell(RNNCellBase):
         super().__init__(
             _params.rnn_mode(nonlinearity), input_size, hidden_size, bias, rngs=rngs, **kwargs
         )
+
+    @property
+    def mode(self) -> str | None:
+        """``'RNN_TANH'`` or ``'RNN_RELU'`` as the nonlinearity is now (the call reads it, as
+        torch's); ``None`` for an unknown one, which the call refuses."""
+        return _params.cell_rnn_mode(self.nonlinearity)
 
     def __call__(self, input, hx=None):
         """One step: ``input (N, H_in)`` or ``(H_in,)``; returns ``h' (N, H_out)`` or ``(H_out,)``."""

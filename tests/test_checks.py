@@ -1014,3 +1014,23 @@ def test_linen_cells_have_torchs_mode():
 def test_to_torch_of_a_linen_module_says_where_its_weights_are():
     with pytest.raises(TypeError, match=r"got jaxrnn.linen.LSTM \(a Linen module holds no"):
         jaxrnn.to_torch(jrl.LSTM(3, 4))
+
+
+@pytest.mark.parametrize("proj_size", [2.5, "2", None, True])
+def test_linen_lstm_checks_proj_sizes_type_as_the_nnx_twin(proj_size):
+    with pytest.raises(TypeError) as nnx_error:
+        jaxrnn.LSTM(3, 4, proj_size=proj_size, rngs=nnx.Rngs(0))
+    with pytest.raises(TypeError) as linen_error:
+        jrl.LSTM(3, 4, proj_size=proj_size)
+    assert str(linen_error.value) == str(nnx_error.value)
+    assert str(linen_error.value).startswith("LSTM: proj_size should be of type int")
+
+
+def test_rnncell_mode_follows_its_nonlinearity():
+    """The call reads ``nonlinearity`` (as torch's); ``mode`` says what the call will run, and
+    ``None`` for a nonlinearity the call refuses."""
+    cell = jaxrnn.RNNCell(3, 4, nonlinearity="sigmoid", rngs=nnx.Rngs(0))
+    assert cell.mode is None and jrl.RNNCell(3, 4, nonlinearity="sigmoid").mode is None
+    cell.nonlinearity = "relu"
+    assert cell.mode == "RNN_RELU" == jrl.RNNCell(3, 4, nonlinearity="relu").mode
+    assert jaxrnn.LSTMCell(3, 4, rngs=nnx.Rngs(0)).mode == "LSTM"

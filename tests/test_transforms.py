@@ -637,3 +637,16 @@ def test_eager_calls_compile_once(remat):
         logger.removeHandler(handler)
     assert runs[0] > 0 and runs[1:] == [0, 0], runs  # the counter sees the first call's
     assert_close((out, h_n, c_n), (want[0].numpy(), want[1][0].numpy(), want[1][1].numpy()))
+
+
+def test_remat_numpy_true_is_remat_true():
+    """``remat=np.True_`` (a numpy bool, which the argument check accepts) rematerialises in
+    ``sqrt(L)`` chunks as ``True`` does (``int()`` of it made chunks of one step: no remat)."""
+    tmod = torch_layer("GRU", IN, H)
+    params = jaxrnn.state_dict_to_params(tmod.state_dict())
+    x = np.zeros((16, N, IN), np.float32)
+
+    def program(remat):
+        return str(jax.make_jaxpr(lambda p, x: F.rnn(p, x, mode="GRU", remat=remat))(params, x))
+
+    assert program(np.True_) == program(True) != program(False)

@@ -156,7 +156,10 @@ def time_scan(step, init, xs, *, reverse=False, unroll=1, remat=False, prologue=
     """
     prologue = prologue or (lambda a: a)
     length = jax.tree.leaves(xs)[0].shape[0]
-    chunk = (math.isqrt(max(length - 1, 0)) + 1) if remat is True else int(remat or 0)
+    if isinstance(remat, (bool, jnp.bool_)):  # numpy's True too (int() of it is a chunk of 1)
+        chunk = (math.isqrt(max(length - 1, 0)) + 1) if remat else 0
+    else:
+        chunk = int(remat or 0)
     if chunk <= 1 or chunk >= length:
         return lax.scan(step, init, prologue(xs), reverse=reverse, unroll=unroll)
     n = length // chunk
