@@ -208,21 +208,23 @@ def _check_bool(name: str, arg: str, value) -> None:
 def check_nonlinearity(name: str, nonlinearity) -> str:
     """Torch's mode string for a layer's ``nonlinearity``, or torch's ``ValueError`` for an
     unknown one (at construction, as ``nn.RNN``)."""
-    if nonlinearity not in ("tanh", "relu"):
+    mode = _params.known_rnn_mode(nonlinearity)
+    if mode is None:
         raise ValueError(
             f"{name}: Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'."
         )
-    return _params.rnn_mode(nonlinearity)
+    return mode
 
 
 def check_cell_nonlinearity(name: str, nonlinearity, input, hx) -> str:
     """An RNNCell call's mode string for its ``nonlinearity``, checked where torch's
     ``RNNCell.forward`` checks it: after the dimensions of ``input`` and ``hx``, before their
     sizes, with its ``RuntimeError`` ("Unknown nonlinearity: ..."; the constructor takes any)."""
-    if nonlinearity not in ("tanh", "relu"):
+    mode = _params.known_rnn_mode(nonlinearity)
+    if mode is None:
         _cell_arrays(name, "RNN_TANH", input, hx)
         raise TorchRuntimeError(f"{name}: Unknown nonlinearity: {nonlinearity}")
-    return _params.rnn_mode(nonlinearity)
+    return mode
 
 
 def check_mode(name: str, mode) -> str:

@@ -32,8 +32,8 @@ def rnn_mode(nonlinearity: str) -> str:
     return "RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU"
 
 
-def cell_rnn_mode(nonlinearity) -> str | None:
-    """An RNNCell's mode string for ``nonlinearity``; ``None`` for an unknown one (torch's
+def known_rnn_mode(nonlinearity) -> str | None:
+    """The mode string for ``nonlinearity``; ``None`` for one other than tanh and relu (torch's
     RNNCell takes any at construction and refuses it in its forward)."""
     return rnn_mode(nonlinearity) if nonlinearity in ("tanh", "relu") else None
 

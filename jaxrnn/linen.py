@@ -79,10 +79,6 @@ class _LayerBase(_LinenBase):
     def _mode(self) -> str:
         raise NotImplementedError
 
-    @nn.nowrap
-    def _proj_size(self) -> int:
-        return self.proj_size  # the sentinel default is an int 0; a given value is checked
-
     def __post_init__(self):
         if self._mode() != "LSTM" and type(self.proj_size) is not _NoProjection:
             _checks.check_no_proj_size(type(self).__name__, {"proj_size": self.proj_size})
@@ -97,7 +93,7 @@ class _LayerBase(_LinenBase):
             self.batch_first,
             self.dropout,
             self.bidirectional,
-            self._proj_size(),
+            self.proj_size,  # RNN/GRU: the sentinel, an int 0
             warn=not isinstance(self.parent, Scope),  # torch's warning once, not per clone
         )
         super().__post_init__()
@@ -119,7 +115,7 @@ class _LayerBase(_LinenBase):
                 self.num_layers,
                 self.bias,
                 self.bidirectional,
-                self._proj_size(),
+                self.proj_size,
             )
         )
         if deterministic is None and self.deterministic is None:
@@ -268,7 +264,7 @@ class RNNCell(_CellBase):
 
     @nn.nowrap
     def _mode(self) -> str | None:
-        return _params.cell_rnn_mode(self.nonlinearity)
+        return _params.known_rnn_mode(self.nonlinearity)
 
     @nn.nowrap
     def _call_mode(self, input, hx) -> str:

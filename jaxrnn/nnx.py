@@ -626,7 +626,7 @@ class RNNCellBase(_TorchParams):
             self.bias_ih = self.bias_hh = None
 
     @property
-    def mode(self) -> str | None:
+    def mode(self) -> str:
         """Torch's mode string: ``'LSTM'``, ``'GRU'``, ``'RNN_TANH'`` or ``'RNN_RELU'``."""
         return self._cell_mode
 
@@ -700,7 +700,7 @@ class RNNCell(RNNCellBase):
     def mode(self) -> str | None:
         """``'RNN_TANH'`` or ``'RNN_RELU'`` as the nonlinearity is now (the call reads it, as
         torch's); ``None`` for an unknown one, which the call refuses."""
-        return _params.cell_rnn_mode(self.nonlinearity)
+        return _params.known_rnn_mode(self.nonlinearity)
 
     def __call__(self, input, hx=None):
         """One step: ``input (N, H_in)`` or ``(H_in,)``; returns ``h' (N, H_out)`` or ``(H_out,)``."""

@@ -277,8 +277,7 @@ def _rnn(
     packed=False,
 ):
     """:func:`rnn` on an array ``input`` (``packed``: the padded view of a packed sequence, whose
-    ``hx`` torch checks for its size only, not first for its rank)."""
-    _checks.check_mode(name, mode)
+    ``hx`` torch checks for its size only, not first for its rank; :func:`rnn` checked ``mode``)."""
     _checks.check_params(name, params, {"weight_ih_l0": None, "weight_hh_l0": None})
     _checks.check_no_torch_tensors(name, params)
     params = _checks.unwrapped_params(params)
@@ -451,7 +450,6 @@ def cell_forward(
     dtype of ``input`` and ``weight_ih``); the new state comes back in it, as in :func:`rnn`."""
     _checks.check_mode(name or "cell_forward", mode)
     name = name or ("LSTMCell" if mode == "LSTM" else "GRUCell" if mode == "GRU" else "RNNCell")
-    _checks.check_mode(name, mode)
     _checks.check_params(name, params, {"weight_ih": None, "weight_hh": None})
     _checks.check_no_torch_tensors(name, params)
     _checks.check_matrix_params(name, params, ("weight_ih", "weight_hh"))
