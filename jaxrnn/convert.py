@@ -8,6 +8,7 @@ the keys under a prefix, copy the arrays. torch is imported lazily and only by
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -297,17 +298,44 @@ def _computed_weights(module, names) -> dict:
     """The weights ``names`` of a torch module as it computes them, where its state dict holds
     a parametrization's originals instead (weight norm, spectral norm, pruning's mask), read in
     eval mode so that nothing changes (spectral norm's training mode steps its power iteration
-    on every read), each submodule's mode restored after."""
+    on every read), each submodule's mode restored after.
+
+    ``torch.nn.utils.parametrizations`` compute a weight when it is read. The older hooks
+    (``torch.nn.utils.weight_norm``, ``spectral_norm``, ``prune``) keep it as an attribute that
+    their forward pre-hook recomputes, stale after ``load_state_dict`` or an optimizer step until
+    the next forward: those are computed here from their originals, as that forward would."""
     import torch
 
     modes = [(m, m.training) for m in module.modules()]
     module.eval()
     try:
         with torch.no_grad():
-            return {name: getattr(module, name) for name in names}
+            hooked = _pre_hook_weights(module)
+            return {
+                name: hooked[name]() if name in hooked else getattr(module, name) for name in names
+            }
     finally:
         for m, training in modes:
             m.training = training
+
+
+def _pre_hook_weights(module) -> dict:
+    """``{name: compute}`` for the weights that torch's older reparametrizations recompute in a
+    forward pre-hook, each computed without writing anything to the module (spectral norm
+    without a power-iteration step, as in eval mode)."""
+    from torch.nn.utils.prune import BasePruningMethod
+    from torch.nn.utils.spectral_norm import SpectralNorm
+    from torch.nn.utils.weight_norm import WeightNorm
+
+    computes = {}
+    for hook in module._forward_pre_hooks.values():
+        if isinstance(hook, WeightNorm):
+            computes[hook.name] = functools.partial(hook.compute_weight, module)
+        elif isinstance(hook, SpectralNorm):
+            computes[hook.name] = functools.partial(hook.compute_weight, module, False)
+        elif isinstance(hook, BasePruningMethod):
+            computes[hook._tensor_name] = functools.partial(hook.apply_mask, module)
+    return computes
 
 
 def _unwrapped(module):
