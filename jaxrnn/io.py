@@ -629,8 +629,10 @@ def find_recurrent_layers(state_dict: Mapping) -> list[RecurrentLayer]:
 
     Keys named as torch's recurrent parameters (``<prefix>weight_ih_l0``, ``<prefix>bias_hh``,
     ...) are grouped by prefix; each group's class and configuration is inferred from its names
-    and shapes (see :class:`RecurrentLayer`). A group that does not form a layer (a missing key,
-    a shape that fits no class) is returned with ``error`` set rather than raising.
+    and shapes (see :class:`RecurrentLayer`) from every key under its prefix, as
+    :func:`recurrent_layer` reads them. A group that does not form a layer (a missing key, a key
+    torch's layer does not have, a shape that fits no class) is returned with ``error`` set
+    rather than raising.
 
     Example:
         >>> import numpy as np
@@ -646,7 +648,11 @@ def find_recurrent_layers(state_dict: Mapping) -> list[RecurrentLayer]:
         if parts is not None:
             groups.setdefault(parts[0], []).append(key)
     layers = []
-    for prefix, keys in groups.items():
+    for prefix in groups:
+        # every key under the prefix, as recurrent_layer takes them: a layer with more (a
+        # subclass's learned h0, AWD-LSTM's weight_hh_l0_raw) is listed with the error that
+        # loading it gives
+        keys = [k for k in state_dict if isinstance(k, str) and k.startswith(prefix)]
         params = {k[len(prefix) :]: state_dict[k] for k in keys}
         try:
             layers.append(_infer(prefix, params))

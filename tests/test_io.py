@@ -103,6 +103,32 @@ def test_load_returns_torch_arrays_and_finds_layers(model, tmp_path, fmt):
         assert set(layer.keys) == {prefix + k for k in module.state_dict()}
 
 
+def test_found_layers_are_the_ones_that_load():
+    """A layer with keys torch's layer does not have (a subclass's learned ``h0``, AWD-LSTM's
+    ``weight_hh_l0_raw`` kept beside the weight) is listed with the error that loading it gives:
+    find_recurrent_layers (and ``inspect``) listed it as a layer that module_from_state_dict
+    then refused."""
+
+    class LearnedInit(torch.nn.LSTM):
+        def __init__(self):
+            super().__init__(4, 3)
+            self.h0 = torch.nn.Parameter(torch.zeros(1, 1, 3))
+
+    model = torch.nn.Module()
+    model.enc, model.awd, model.gru = LearnedInit(), torch.nn.LSTM(4, 3), torch.nn.GRU(4, 3)
+    model.awd.weight_hh_l0_raw = torch.nn.Parameter(model.awd.weight_hh_l0.detach().clone())
+    sd = {k: v.numpy() for k, v in model.state_dict().items()}
+    layers = {layer.prefix: layer for layer in jaxrnn.find_recurrent_layers(sd)}
+    assert set(layers) == {"enc.", "awd.", "gru."}
+    assert layers["gru."].error is None and jaxrnn.module_from_state_dict(sd, "gru.")
+    for prefix, extra in (("enc.", "h0"), ("awd.", "weight_hh_l0_raw")):
+        assert f'Unexpected key(s) in state_dict: "{extra}"' in layers[prefix].error
+        assert prefix + extra in layers[prefix].keys
+        with pytest.raises(ValueError) as raised:
+            jaxrnn.module_from_state_dict(sd, prefix)
+        assert " ".join(layers[prefix].error.split()) in " ".join(str(raised.value).split())
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_prefix_picks_one_layer(model, tmp_path, fmt):
     path = str(tmp_path / f"model.{fmt}")
@@ -662,7 +688,8 @@ def test_float8_round_trips_through_every_torch_format(tmp_path):
     from safetensors.torch import load_file
 
     lstm = torch.nn.LSTM(3, 4)
-    sd = {**lstm.state_dict(), **{f"q.{str(d)[6:]}": torch.rand(5, 2).to(d) for d in FLOAT8}}
+    sd = {f"rnn.{k}": v for k, v in lstm.state_dict().items()}
+    sd.update({f"q.{str(d)[6:]}": torch.rand(5, 2).to(d) for d in FLOAT8})
     for fmt in ("pt", "safetensors"):
         path = str(tmp_path / f"f8.{fmt}")
         torch.save(sd, path) if fmt == "pt" else torch_save_safetensors(sd, path)
