@@ -471,6 +471,62 @@ def check_layer_input(name: str, input_shape, dtype, input_size: int, weight_dty
         )
 
 
+# What torch's older reparametrizations keep in a state dict instead of a weight (the first whose
+# suffixes are all there), and how to remove one before saving.
+_REPARAMETRIZATIONS = (
+    (("_orig", "_u", "_v"), "torch.nn.utils.spectral_norm", "torch.nn.utils.remove_spectral_norm"),
+    (("_orig", "_mask"), "torch.nn.utils.prune", "torch.nn.utils.prune.remove"),
+    (("_g", "_v"), "torch.nn.utils.weight_norm", "torch.nn.utils.remove_weight_norm"),
+)
+
+
+def reparametrized_weights(originals: Mapping[str, str], present, prefix: str = "") -> list[str]:
+    """Why a recurrent weight is missing where its reparametrization's originals stand instead.
+
+    ``originals``: candidate keys (relative to the layer's prefix) mapped to the names shown;
+    ``present``: the keys the layer has; ``prefix``: the layer's. One sentence per weight that is not present but stored
+    as weight norm's ``_g``/``_v``, spectral norm's or pruning's ``_orig``, a
+    ``parametrizations.<weight>.original*`` or a weight-drop wrapper's ``_raw`` (AWD-LSTM), with
+    the way out; ``[]`` where none is.
+    """
+    present = set(present)
+    lines = []
+    weights = {}
+    for key in originals:
+        base = key.split(".")[1] if key.startswith("parametrizations.") else key.rpartition("_")[0]
+        if base and base not in present and base.startswith("weight"):
+            parts = _params.split_recurrent_key(base)
+            if parts is not None and parts[0] == "":
+                weights.setdefault(base, []).append(key)
+    convert = "or convert the torch module with jaxrnn.from_torch, which computes the weight"
+    for weight, keys in weights.items():
+        shown = ", ".join(f'"{originals[k]}"' for k in keys)
+        if any(k.startswith("parametrizations.") for k in keys):
+            lines.append(
+                f"{weight} is stored as {shown}, a torch.nn.utils.parametrizations "
+                f"parametrization's originals: remove it in torch before saving "
+                f"(torch.nn.utils.parametrize.remove_parametrizations(module, {weight!r})), "
+                f"{convert}"
+            )
+            continue
+        suffixes = {k[len(weight) :] for k in keys}
+        for needed, what, remove in _REPARAMETRIZATIONS:
+            if set(needed) <= suffixes:
+                lines.append(
+                    f"{weight} is stored as {shown}, the originals of {what}: remove it in "
+                    f"torch before saving ({remove}(module, {weight!r})), {convert}"
+                )
+                break
+        else:
+            if "_raw" in suffixes:
+                lines.append(
+                    f"{weight} is stored as {shown}, the weight a weight-drop (DropConnect) "
+                    f"wrapper such as AWD-LSTM's keeps; in eval mode it is the layer's "
+                    f'{weight}: rename the key to "{prefix}{weight}"'
+                )
+    return lines
+
+
 def load_error(name: str, errors: list[str]) -> ValueError:
     """Torch's ``load_state_dict`` error for module class ``name``, one line per problem (a
     RuntimeError, as torch's, and a ValueError)."""

@@ -184,6 +184,7 @@ def match_state_dict(
         errors.insert(
             0, "Missing key(s) in state_dict: " + ", ".join(f'"{k}"' for k in missing) + ". "
         )
+        errors += _checks.reparametrized_weights({k: k for k in unexpected}, state_dict)
     if errors:
         raise _checks.load_error(name, errors)
     return loaded

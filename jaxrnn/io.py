@@ -607,13 +607,32 @@ def recurrent_layer(state_dict: Mapping, prefix: str = "") -> RecurrentLayer:
         )
         raise ValueError(f"no recurrent layer at {where}: {what}: {_listed(found)}")
     try:
-        return _infer(prefix, params)
+        return _infer(prefix, params, _dotted_keys(state_dict))
     except ValueError as e:
         raise ValueError(f"the keys under {where} do not form a recurrent layer: {e}") from None
 
 
-def _infer(prefix: str, params: Mapping) -> RecurrentLayer:
-    """The layer or cell ``params`` (keys without ``prefix``) form; ValueError unless exactly."""
+def _dotted_keys(state_dict: Mapping) -> list[str]:
+    """The keys of ``state_dict`` as its nested mappings flatten (``'a.b'``)."""
+    return list(convert._dotted_leaves("recurrent_layer", state_dict))
+
+
+def _infer(prefix: str, params: Mapping, keys) -> RecurrentLayer:
+    """The layer or cell ``params`` (keys without ``prefix``) form; ValueError unless exactly.
+
+    ``keys``: every key of the state dict, for the weight-drop wrapper above the layer that
+    keeps ``weight_hh_l0_raw`` (fastai's AWD-LSTM: ``rnns.0.weight_hh_l0_raw`` beside
+    ``rnns.0.module.weight_ih_l0``), named when the layer misses its weight.
+    """
+    parent = prefix[:-1].rpartition(".")[0] + "." if prefix.count(".") > 1 else ""
+    originals = {k: prefix + k for k in params}
+    for key in keys if prefix else ():
+        rest = key[len(parent) :]
+        if key.startswith(parent) and "." not in rest and rest.endswith("_raw"):
+            originals.setdefault(rest, key)
+    reparametrized = _checks.reparametrized_weights(originals, params, prefix)
+    if reparametrized:
+        raise ValueError("; ".join(reparametrized))
     cls, config = _params.infer_module_config(params)
     mode = _params.CLASS_MODES[cls.removesuffix("Cell")][0]  # an RNN's shapes: tanh's = relu's
     if cls.endswith("Cell"):
@@ -655,7 +674,7 @@ def find_recurrent_layers(state_dict: Mapping) -> list[RecurrentLayer]:
         keys = [k for k in state_dict if isinstance(k, str) and k.startswith(prefix)]
         params = {k[len(prefix) :]: state_dict[k] for k in keys}
         try:
-            layers.append(_infer(prefix, params))
+            layers.append(_infer(prefix, params, [k for k in state_dict if isinstance(k, str)]))
         except ValueError as e:
             layers.append(RecurrentLayer(prefix, None, {}, tuple(keys), str(e)))
     return layers

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import os
 import pickle
+import re
 import subprocess
 import sys
 import textwrap
@@ -20,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+import torch.nn.utils.prune
+from _torch_oracle import assert_close
 from flax import nnx
 from safetensors.torch import save_file as torch_save_safetensors
 
@@ -127,6 +130,97 @@ def test_found_layers_are_the_ones_that_load():
         with pytest.raises(ValueError) as raised:
             jaxrnn.module_from_state_dict(sd, prefix)
         assert " ".join(layers[prefix].error.split()) in " ".join(str(raised.value).split())
+
+
+def _raw_beside_module(model):
+    """fastai's AWD-LSTM: the raw weight one level above the LSTM it drops into."""
+    sd = {"rnns.0.module." + k: v for k, v in model.lstm.state_dict().items()}
+    sd["rnns.0.weight_hh_l0_raw"] = sd.pop("rnns.0.module.weight_hh_l0")
+    return sd
+
+
+REPARAMETRIZED = {  # how torch's reparametrizations store weight_hh_l0 of model.lstm
+    "weight_norm": (
+        lambda m: torch.nn.utils.weight_norm(m.lstm, "weight_hh_l0"),
+        "the originals of torch.nn.utils.weight_norm",
+        lambda m: torch.nn.utils.remove_weight_norm(m.lstm, "weight_hh_l0"),
+    ),
+    "spectral_norm": (
+        lambda m: torch.nn.utils.spectral_norm(m.lstm, "weight_hh_l0"),
+        "the originals of torch.nn.utils.spectral_norm",
+        lambda m: torch.nn.utils.remove_spectral_norm(m.lstm, "weight_hh_l0"),
+    ),
+    "prune": (
+        lambda m: torch.nn.utils.prune.random_unstructured(m.lstm, "weight_hh_l0", 0.5),
+        "the originals of torch.nn.utils.prune",
+        lambda m: torch.nn.utils.prune.remove(m.lstm, "weight_hh_l0"),
+    ),
+    "parametrizations": (
+        lambda m: torch.nn.utils.parametrizations.weight_norm(m.lstm, "weight_hh_l0"),
+        "a torch.nn.utils.parametrizations parametrization's originals",
+        lambda m: torch.nn.utils.parametrize.remove_parametrizations(m.lstm, "weight_hh_l0"),
+    ),
+}
+
+
+@pytest.mark.filterwarnings("ignore:.*is deprecated:FutureWarning")
+@pytest.mark.parametrize("how", sorted(REPARAMETRIZED))
+def test_reparametrized_weights_are_named_with_the_way_out(how):
+    """A checkpoint saved with a weight reparametrized stores the originals instead of the weight
+    (``weight_hh_l0_g``/``_v``, ``_orig``/``_mask``, ``parametrizations.weight_hh_l0.*``). Loading
+    refuses it, as torch's LSTM does, and says which reparametrization it is and how to remove
+    it; that way out (in torch) gives a file that loads and runs as the torch model (the
+    message said only 'missing parameter weight_hh_l0')."""
+    reparametrize, what, remove = REPARAMETRIZED[how]
+    torch.manual_seed(0)
+    model = torch.nn.Module()
+    model.lstm = torch.nn.LSTM(3, 4)
+    reparametrize(model)
+    model.eval()
+    sd = {k: v.numpy() for k, v in model.state_dict().items()}
+    (layer,) = jaxrnn.find_recurrent_layers(sd)
+    assert layer.error.startswith("weight_hh_l0 is stored as ") and what in layer.error
+    with pytest.raises(ValueError, match="remove it in torch before saving") as raised:
+        jaxrnn.module_from_state_dict(sd, "lstm.")
+    assert layer.error in str(raised.value)
+    with pytest.raises(ValueError, match=f'(?s)Missing key.*"weight_hh_l0".*{re.escape(what)}'):
+        jaxrnn.LSTM(3, 4, rngs=nnx.Rngs(0)).load_state_dict(
+            {k.removeprefix("lstm."): v for k, v in sd.items()}
+        )
+    x = torch.randn(5, 2, 3)
+    with torch.no_grad():
+        want = model.lstm(x)
+    remove(model)
+    ours = jaxrnn.module_from_state_dict(model.state_dict(), "lstm.")
+    assert_close(ours(x.numpy()), jax.tree.map(lambda t: t.numpy(), want))
+
+
+@pytest.mark.parametrize("where", ["salesforce", "fastai"])
+def test_weight_drop_raw_weights_are_named_with_the_key_to_use(where):
+    """AWD-LSTM's weight drop keeps ``weight_hh_l0_raw`` (beside the LSTM's keys, or one level up
+    in fastai's ``rnns.0.module.``): the message names the key to rename it to, and renamed it
+    loads as the LSTM (its weight in eval mode)."""
+    torch.manual_seed(0)
+    model = torch.nn.Module()
+    model.lstm = torch.nn.LSTM(3, 4)
+    if where == "fastai":
+        sd, prefix = _raw_beside_module(model), "rnns.0.module."
+    else:
+        sd = {"lstm." + k: v for k, v in model.lstm.state_dict().items()}
+        sd["lstm.weight_hh_l0_raw"], prefix = sd.pop("lstm.weight_hh_l0"), "lstm."
+    raw = next(k for k in sd if k.endswith("_raw"))
+    (layer,) = jaxrnn.find_recurrent_layers(sd)
+    assert layer.prefix == prefix
+    assert layer.error == (
+        f'weight_hh_l0 is stored as "{raw}", the weight a weight-drop (DropConnect) wrapper such '
+        f"as AWD-LSTM's keeps; in eval mode it is the layer's weight_hh_l0: rename the key to "
+        f'"{prefix}weight_hh_l0"'
+    )
+    sd[prefix + "weight_hh_l0"] = sd.pop(raw)
+    x = torch.randn(5, 2, 3)
+    with torch.no_grad():
+        want = jax.tree.map(lambda t: t.numpy(), model.lstm(x))
+    assert_close(jaxrnn.module_from_state_dict(sd, prefix)(x.numpy()), want)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
