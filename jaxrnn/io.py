@@ -520,11 +520,15 @@ def _rank(module, path) -> tuple:
     """Where an NNX module's parameter at ``path`` comes in torch's order: a module's own
     parameters before those of its submodules, each in the order the module assigned them
     (torch's registration order; a jaxrnn layer creates its parameters in torch's order), list
-    items by index. NNX's own order is alphabetical."""
+    items by index; a jaxrnn layer's or cell's in torch's (its ``_flat_weights_names``, since
+    ``nnx.update``, as an optimizer step runs it, re-sorts every module's attributes). NNX's own
+    order is alphabetical."""
     rank, node = [], module
     for depth, part in enumerate(path):
         own = depth == len(path) - 1  # a parameter of this module, not of a submodule
         names = list(vars(node)) if hasattr(node, "__dict__") else []
+        if own and str(part) in getattr(node, "_flat_weights_names", ()):
+            names = list(node._flat_weights_names)
         if str(part) in names:
             rank.append((not own, names.index(str(part))))
             node = getattr(node, str(part))

@@ -448,6 +448,17 @@ def test_export_nnx_model_uses_attribute_paths(tmp_path):
     for key, value in sources.items():
         np.testing.assert_array_equal(loaded[key].detach().numpy(), np.asarray(value), err_msg=key)
     assert not np.array_equal(np.asarray(sources["gru.bias_ih_l0"]), sources["gru.bias_hh_l0"])
+    # an optimizer step's nnx.update with gradients (nnx.grad returns them sorted) re-sorts
+    # every module's attributes: the layers keep torch's order (they came alphabetically,
+    # bias_hh_l0 first); the modules' order is lost
+    grads = nnx.grad(lambda m: m.gru(jnp.ones((2, 3)))[0].sum() + m.scale.sum())(jax_model)
+    nnx.update(jax_model, grads)
+    jaxrnn.save_state_dict_file(jax_model, str(tmp_path / "updated.pt"))
+    updated = list(jaxrnn.load_state_dict_file(str(tmp_path / "updated.pt")))
+    for layer in ("gru.", "cells.0."):
+        assert [k for k in updated if k.startswith(layer)] == [
+            k for k in loaded if k.startswith(layer)
+        ]
 
 
 def test_export_linen_params(tmp_path):
