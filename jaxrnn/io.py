@@ -325,6 +325,13 @@ def _load_torch(path: str) -> dict[str, np.ndarray]:
                 "torch.save(state_dict, path)"
             ) from None
         detail = next((line.strip() for line in str(e).splitlines() if "Unsupported" in line), "")
+        if "torch.ScriptObject" in detail:
+            raise ValueError(
+                f"{path}: holds torch.ScriptObject values, as a quantized model's state dict "
+                "does (torch.ao.quantization's packed weights, e.g. a quantize_dynamic LSTM's "
+                "_packed_params), which are not tensors; jaxrnn reads floating-point weights: "
+                "save the state dict of the model before quantization"
+            ) from None
         raise ValueError(
             f"{path}: refusing to load: this file needs arbitrary Python objects unpickled, "
             "which could run code from it (torch.load(weights_only=True) failed"

@@ -575,6 +575,20 @@ def test_whole_module_pickle_is_refused(tmp_path):
         jaxrnn.load_state_dict_file(path)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_quantized_state_dict_is_named(tmp_path):
+    """A quantize_dynamic LSTM's state dict holds packed weights (torch.ScriptObject), which
+    torch.load(weights_only=True) refuses: the message says so (it advised saving
+    model.state_dict(), which is what the file is)."""
+    model = torch.nn.Module()
+    model.lstm = torch.nn.LSTM(4, 3)
+    quantized = torch.ao.quantization.quantize_dynamic(model, {torch.nn.LSTM}, dtype=torch.qint8)
+    path = str(tmp_path / "quantized.pt")
+    torch.save(quantized.state_dict(), path)
+    with pytest.raises(ValueError, match=r"torch\.ScriptObject values, as a quantized model's"):
+        jaxrnn.load_state_dict_file(path)
+
+
 # ---------------------------------------------------------------------------------------------
 # without torch
 
