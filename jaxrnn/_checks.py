@@ -377,6 +377,11 @@ def check_raw_cell(name: str, mode: str, params, hx) -> None:
         raise ValueError(f"{name}: params must hold weight_ih and weight_hh, got {have}")
     if mode == "LSTM" and not (isinstance(hx, (tuple, list)) and len(hx) == 2):
         raise TypeError(f"{name}: hx must be a tuple (h, c), got {_describe(hx)}")
+    if hx is None:  # the raw step has no default state (cell_forward's hx=None is zeros)
+        raise TypeError(
+            f"{name}: hx must be an array (N, H) or (H,), got None; "
+            "jaxrnn.functional.cell_forward takes hx=None as zeros"
+        )
     check_matrix_params(name, params, _CELL_WEIGHTS)
     check_gate_rows(name, mode, params)
 

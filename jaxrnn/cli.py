@@ -37,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
         help="rewrite a checkpoint in another format, or extract one layer with --prefix",
     )
     p.add_argument("input", help="the file to read")
-    p.add_argument("output", help="the file to write (.safetensors, .pt/.pth/.bin or .npz)")
+    p.add_argument("output", help="the file to write (.safetensors, .pt/.pth/.bin/.ckpt or .npz)")
     p.add_argument(
         "--prefix",
         default="",

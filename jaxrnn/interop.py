@@ -147,6 +147,8 @@ class FlaxCellAdapter(nnx.RNNCellBase):
         self.cell = cell
 
     def __call__(self, carry, inputs):
+        """One step, as Flax's cells: ``(new_carry, output)`` from ``carry`` and ``inputs``
+        ``(*batch, H_in)``; the carry is ``(c, h)`` for an LSTM (Flax's order), else ``h``."""
         return _flax_step(self.cell, self.cell.mode, carry, inputs)
 
     def initialize_carry(self, input_shape, rngs=None, carry_init=None):
@@ -168,6 +170,7 @@ class FlaxCellAdapter(nnx.RNNCellBase):
 
     @property
     def num_feature_axes(self) -> int:
+        """1: the last axis of the inputs holds the features (Flax's ``RNNCellBase``)."""
         return 1
 
 
@@ -206,6 +209,8 @@ class LinenCellAdapter(nn.RNNCellBase):
         super().__post_init__()
 
     def __call__(self, carry, inputs):
+        """One step, as Flax's cells: ``(new_carry, output)`` from ``carry`` and ``inputs``
+        ``(*batch, H_in)``; the carry is ``(c, h)`` for an LSTM (Flax's order), else ``h``."""
         return _flax_step(self.cell, self.cell._mode(), carry, inputs)
 
     @nn.nowrap
@@ -219,6 +224,7 @@ class LinenCellAdapter(nn.RNNCellBase):
 
     @property
     def num_feature_axes(self) -> int:
+        """1: the last axis of the inputs holds the features (Flax's ``RNNCellBase``)."""
         return 1
 
 
@@ -312,7 +318,8 @@ def from_flax(cell, params=None, *, suffix: str = "") -> dict[str, np.ndarray]:
     Returns:
         ``{'weight_ih': (G*H, H_in), 'weight_hh': (G*H, H), 'bias_ih': (G*H,), 'bias_hh':
         (G*H,)}`` as numpy arrays in the Flax parameters' dtype (names with ``suffix``).
-        Loads into ``torch.nn.LSTMCell``/``GRUCell``/``RNNCell`` via ``load_state_dict``.
+        Loads into ``torch.nn.LSTMCell``/``GRUCell``/``RNNCell`` via
+        ``load_state_dict(jaxrnn.to_torch_tensors(...))`` (torch's takes tensors, not numpy).
 
     Raises:
         TypeError: ``cell`` is not a Flax built-in cell, or a linen cell without ``params``.
@@ -447,8 +454,8 @@ def cell_from_flax(cell, params=None, *, rngs: nnx.Rngs | None = None, **kwargs)
         **kwargs: JAX extras for the constructor (``dtype``, ``param_dtype``, ``precision``).
 
     Returns:
-        :class:`jaxrnn.LSTMCell`, :class:`jaxrnn.GRUCell` or :class:`jaxrnn.RNNCell`; chain with
-        :func:`jaxrnn.params_to_state_dict` to load the weights into the torch cell.
+        :class:`jaxrnn.LSTMCell`, :class:`jaxrnn.GRUCell` or :class:`jaxrnn.RNNCell`;
+        :func:`jaxrnn.to_torch` of it is the torch cell with these weights.
     """
     kind = _kind("cell_from_flax", cell)
     p = _from_flax(kind, cell, params)

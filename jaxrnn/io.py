@@ -53,9 +53,11 @@ def load_state_dict_file(path: str | os.PathLike, prefix: str = "") -> dict[str,
         not tensors (numbers, strings) are left out.
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
+        FileNotFoundError: ``path`` does not exist (``IsADirectoryError``: it is a directory).
         ValueError: not a checkpoint of a known format; corrupt, truncated or unsafe file; no
             array under ``prefix``.
+        ModuleNotFoundError: a PyTorch file without torch installed (or ``.safetensors``
+            without the ``safetensors`` package).
 
     Example:
         >>> import numpy as np, tempfile, os
@@ -280,9 +282,10 @@ def _load_safetensors_bytes(path: str) -> dict[str, np.ndarray]:
 
 def _load_npz(path: str) -> dict[str, np.ndarray]:
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            if not hasattr(archive, "files"):
-                raise ValueError("a single .npy array, not an .npz archive")
+        archive = np.load(path, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise ValueError("a single .npy array, not an .npz archive")
+        with archive:
             return {key: np.array(archive[key]) for key in archive.files}
     except Exception as e:  # BadZipFile, EOFError, ValueError (pickled objects), ...
         raise ValueError(
@@ -463,8 +466,10 @@ def save_state_dict_file(params_or_module: Any, path: str | os.PathLike, prefix:
             ``nnx.Param`` leaves, named by attribute path joined with dots, which gives torch's
             names when attributes are named as in the torch model), or a mapping of arrays,
             nested mappings (a Linen ``variables['params']``) flattened with dots the same way.
-        path: ``.safetensors`` (no torch needed), ``.pt``/``.pth``/``.bin`` (needs torch) or
-            ``.npz`` (not for bfloat16: numpy has no such dtype). Written to a temporary file first, then renamed into place.
+        path: ``.safetensors`` (no torch needed), ``.pt``/``.pth``/``.bin``/``.ckpt`` (needs
+            torch) or ``.npz`` (not for bfloat16 or float8: numpy has no such dtypes; torch
+            loads its arrays after ``torch.from_numpy``). Written to a temporary file first,
+            then renamed into place.
         prefix: prepended to every key, e.g. ``'encoder.lstm.'`` to match the attribute path of
             the layer in the torch model that will load the file.
 

@@ -589,8 +589,9 @@ LSTM.__doc__ += _LAYER_DOC.format(
 
 class RNNCellBase(_TorchParams):
     """The base of :class:`RNNCell`, :class:`LSTMCell` and :class:`GRUCell`, as
-    ``torch.nn.RNNCellBase`` (``isinstance(m, jaxrnn.RNNCellBase)``); its constructor takes the
-    ``mode`` first."""
+    ``torch.nn.RNNCellBase`` (``isinstance(m, jaxrnn.RNNCellBase)``); unlike torch's
+    ``(input_size, hidden_size, bias, num_chunks)``, its constructor takes the ``mode``
+    (``'LSTM'``, ``'GRU'``, ``'RNN_TANH'``, ``'RNN_RELU'``) first."""
 
     def __init__(
         self,
@@ -703,7 +704,7 @@ class RNNCell(RNNCellBase):
         return _params.known_rnn_mode(self.nonlinearity)
 
     def __call__(self, input, hx=None):
-        """One step: ``input (N, H_in)`` or ``(H_in,)``; returns ``h' (N, H_out)`` or ``(H_out,)``."""
+        """One step: ``input (N, H_in)`` or ``(H_in,)``; returns ``h' (N, H)`` or ``(H,)``."""
         mode = _checks.check_cell_nonlinearity(type(self).__name__, self.nonlinearity, input, hx)
         return self._step(mode, input, hx)
 

@@ -457,6 +457,11 @@ def test_raw_cells_check_their_structure():
         F.lstm_cell(p, jnp.ones((2, 3)), jnp.zeros((2, 4)))
     with pytest.raises(ValueError, match="GRU cell: params must hold weight_ih and weight_hh"):
         F.gru_cell({"weight_ih": np.zeros((12, 3))}, jnp.ones((2, 3)), jnp.zeros((2, 4)))
+    gru = jaxrnn.GRUCell(3, 4, rngs=nnx.Rngs(0)).torch_params()
+    with pytest.raises(
+        TypeError, match="GRU cell: hx must be an array .* got None; .*cell_forward"
+    ):
+        F.gru_cell(gru, jnp.ones((2, 3)), None)  # failed inside opt_einsum, naming nothing
     h, c = F.lstm_cell(p, jnp.ones((2, 3)), (jnp.zeros((2, 4)), jnp.zeros((2, 4))))
     assert h.shape == c.shape == (2, 4)
     t = torch.nn.LSTMCell(3, 4)

@@ -871,6 +871,16 @@ def test_npz_with_pickled_objects_is_refused(tmp_path):
         jaxrnn.load_state_dict_file(path)
 
 
+def test_npy_named_npz_is_called_that(tmp_path):
+    """np.save's single array under an .npz name: the message said 'ndarray object does not
+    support the context manager protocol'."""
+    path = str(tmp_path / "one.npz")
+    with open(path, "wb") as f:
+        np.save(f, np.zeros(3))
+    with pytest.raises(ValueError, match=r"one\.npz: .*a single \.npy array, not an \.npz archive"):
+        jaxrnn.load_state_dict_file(path)
+
+
 def test_torch_file_without_state_dict(tmp_path):
     path = str(tmp_path / "tensor.pt")
     torch.save(torch.zeros(3), path)

@@ -75,8 +75,9 @@ def cell(mode: str, params: Mapping, input, hx, precision=None):
     """One step of a torch cell: ``params`` holds ``weight_ih``, ``weight_hh`` and optionally
     ``bias_ih``, ``bias_hh`` (and ``weight_hr`` for a projected LSTM). Returns the new state.
 
-    A raw step: its arguments' structure is checked (``hx = (h, c)`` for LSTM), not their
-    shapes; :func:`jaxrnn.functional.cell_forward` is the call with all of torch's checks."""
+    A raw step: its arguments' structure is checked (``hx = (h, c)`` for LSTM; ``hx`` is
+    required), not their shapes; :func:`jaxrnn.functional.cell_forward` is the call with all of
+    torch's checks and ``hx=None`` as zeros."""
     _checks.check_raw_cell(f"{mode} cell", mode, params, hx)
     gx = linear(input, params["weight_ih"], params.get("bias_ih"), precision)
     new_state, _ = step_from_gates(

@@ -93,9 +93,9 @@ class PackedSequence:
         unsorted_indices: int32 ``(N,)`` or ``None``, the inverse permutation.
         data: torch's packed ``(sum(lengths), *)``, time step by time step, each step in sorted
             order (concrete lengths only).
-        batch_sizes: torch's int64 ``(max(lengths),)`` (a numpy array; returned out of ``jit``,
-            a JAX int32 array unless x64 is on), the number of sequences longer than each step
-            (concrete lengths only).
+        batch_sizes: torch's int64 ``(max(lengths),)`` (a numpy array; when a jitted function
+            builds the PackedSequence and returns it, a JAX int32 array unless x64 is on), the
+            number of sequences longer than each step (concrete lengths only).
 
     Like torch's namedtuple it unpacks and indexes as ``(data, batch_sizes, sorted_indices,
     unsorted_indices)`` and has ``_asdict``/``_replace``; like torch's, ``to(dtype)``,
@@ -179,6 +179,7 @@ class PackedSequence:
         return obj
 
     def tree_flatten(self):
+        """JAX pytree children: the padded data, lengths and both permutations."""
         return (self.padded, self.lengths, self.sorted_indices, self.unsorted_indices), None
 
     @classmethod
@@ -280,27 +281,35 @@ class PackedSequence:
         return self
 
     def float(self) -> PackedSequence:
+        """``data`` as float32, as torch's ``float()``."""
         return self.to(jnp.float32)
 
     def double(self) -> PackedSequence:
+        """``data`` as float64, as torch's ``double()``."""
         return self.to(jnp.float64)
 
     def half(self) -> PackedSequence:
+        """``data`` as float16, as torch's ``half()``."""
         return self.to(jnp.float16)
 
     def long(self) -> PackedSequence:
+        """``data`` as int64, as torch's ``long()``."""
         return self.to(jnp.int64)
 
     def int(self) -> PackedSequence:
+        """``data`` as int32, as torch's ``int()``."""
         return self.to(jnp.int32)
 
     def short(self) -> PackedSequence:
+        """``data`` as int16, as torch's ``short()``."""
         return self.to(jnp.int16)
 
     def char(self) -> PackedSequence:
+        """``data`` as int8, as torch's ``char()``."""
         return self.to(jnp.int8)
 
     def byte(self) -> PackedSequence:
+        """``data`` as uint8, as torch's ``byte()``."""
         return self.to(jnp.uint8)
 
     @property
