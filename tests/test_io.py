@@ -575,7 +575,7 @@ def test_whole_module_pickle_is_refused(tmp_path):
         jaxrnn.load_state_dict_file(path)
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:torch.quantize_per_tensor")
 def test_quantized_state_dict_is_named(tmp_path):
     """A quantize_dynamic LSTM's state dict holds packed weights (torch.ScriptObject), which
     torch.load(weights_only=True) refuses: the message says so (it advised saving
