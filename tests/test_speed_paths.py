@@ -549,6 +549,9 @@ def test_batch_major_lstm_counts_the_recurrent_product_only(monkeypatch):
     assert _fused.unit_groups_default("LSTM", [w], batch, True) == 2
     monkeypatch.setattr(_fused, "_cpu_count", lambda: 1)  # one thread: nothing to split for
     assert _fused.unit_groups_default("LSTM", [w], batch, True) == 1
+    monkeypatch.setattr(_fused, "_cpu_count", lambda: 2)
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # no threads to share a step
+    assert _fused.unit_groups_default("LSTM", [w], batch, True) == 1
 
 
 @pytest.mark.parametrize(

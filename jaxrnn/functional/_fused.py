@@ -156,7 +156,9 @@ def _cpu_count() -> int:
 def unit_groups_default(mode: str, weights, batch: int, feature_major: bool) -> int:
     """The number of hidden-unit groups :func:`layer` picks (see ``_UNIT_GROUPS``): as many as
     XLA has threads, at most ``_UNIT_GROUPS["max"]``, for one direction without projection whose
-    per-step product has between ``_UNIT_GROUPS["macs"]`` multiply-adds; else 1. The product is
+    per-step product has between ``_UNIT_GROUPS["macs"]`` multiply-adds; else 1, and 1 on a
+    backend other than the CPU (the groups share a step between XLA:CPU's threads; on a GPU they
+    would only launch two kernels for one). The product is
     ``W_hh @ h``, or ``[W_ih, W_hh] @ [x_t; h]`` for a feature-major LSTM
     (``_fused_forward._joint_step``)."""
     w = weights[0]
@@ -164,7 +166,7 @@ def unit_groups_default(mode: str, weights, batch: int, feature_major: bool) -> 
     joint = mode == "LSTM" and feature_major
     cols = hidden_out + (w["weight_ih"].shape[1] if joint else 0)
     lo, hi = _UNIT_GROUPS["macs"]
-    groups = min(_UNIT_GROUPS["max"], _cpu_count())
+    groups = min(_UNIT_GROUPS["max"], _cpu_count()) if jax.default_backend() == "cpu" else 1
     hidden = gate_rows // _params.GATES[mode]
     if (
         len(weights) != 1
