@@ -351,6 +351,27 @@ def check_no_unexpected_params(name: str, params: Mapping, expected: Mapping, wh
         )
 
 
+def check_linen_own_params(name: str, stored: Mapping, expected: Mapping) -> None:
+    """A Linen module's ``params`` hold no torch parameter beyond its own (``expected``).
+
+    Linen's ``apply`` reads the parameters a module declares and ignores the others, so torch
+    weights of another configuration (two layers into a one-layer module, a reverse direction,
+    biases with ``bias=False``) would run as a different model; torch's strict
+    ``load_state_dict`` refuses them (``Unexpected key(s) in state_dict``), as the NNX twins do.
+    """
+    unexpected = [
+        k for k in stored if k not in expected and _params.split_recurrent_key(k) is not None
+    ]
+    if unexpected:
+        raise ValueError(
+            f"{name}: Unexpected key(s) in params: "
+            + ", ".join(f'"{k}"' for k in unexpected)
+            + f"; this module's are {list(expected)}: the weights are of another "
+            "configuration; build the module with theirs (jaxrnn.find_recurrent_layers reads "
+            "it off a state dict)"
+        )
+
+
 def check_matrix_params(name: str, params: Mapping, keys) -> None:
     """Weights the configuration is read from are matrices."""
     for key in keys:
@@ -623,7 +644,8 @@ def check_dropout_source(name: str, dropout: float, source) -> None:
 
 
 def check_linen_dropout_rng(name: str, dropout: float, has_rng: bool) -> None:
-    """A Linen layer applied with dropout between layers has a ``dropout`` rng."""
+    """A Linen layer applied with dropout between layers has a ``dropout`` rng (or Flax's
+    fallback for it, ``params``, as ``init`` has)."""
     if not has_rng:
         raise ValueError(
             f"{name}: dropout={dropout} with deterministic=False needs a 'dropout' rng: "

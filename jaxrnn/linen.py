@@ -71,7 +71,11 @@ class _LinenBase(nn.Module):
         _, param_dtype = _checks.check_dtypes(
             type(self).__name__, self.dtype, self.param_dtype, warn=False
         )
-        return {k: self.param(k, init, shape, param_dtype) for k, shape in shapes.items()}
+        params = {k: self.param(k, init, shape, param_dtype) for k, shape in shapes.items()}
+        _checks.check_linen_own_params(
+            type(self).__name__, self.variables.get("params", {}), shapes
+        )
+        return params
 
 
 class _LayerBase(_LinenBase):
@@ -125,8 +129,8 @@ class _LayerBase(_LinenBase):
         training = not deterministic
         key = None
         if training and self.dropout > 0 and self.num_layers > 1:
-            _checks.check_linen_dropout_rng(
-                type(self).__name__, self.dropout, self.has_rng("dropout")
+            _checks.check_linen_dropout_rng(  # make_rng falls back to 'params', as for nn.Dropout
+                type(self).__name__, self.dropout, self.has_rng("dropout") or self.has_rng("params")
             )
             key = self.make_rng("dropout")
         return F.rnn(

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from flax import linen as nn
 from flax import nnx
 
 import jaxrnn
@@ -1001,6 +1002,67 @@ def test_linen_dropout_without_rng_names_the_module():
     with pytest.raises(ValueError, match="LSTM: dropout=0.5 with deterministic=False needs a"):
         m.apply(variables, x, deterministic=False)
     m.apply(variables, x, deterministic=False, rngs={"dropout": jax.random.key(1)})
+
+
+def test_linen_dropout_falls_back_to_the_params_rng_as_flax_dropout():
+    """Flax's make_rng('dropout') takes the 'params' stream where there is no 'dropout' one, so
+    nn.Dropout runs in a training-mode init(key, x): so does a Linen layer (it refused)."""
+
+    class Encoder(nn.Module):
+        @nn.compact
+        def __call__(self, x, train: bool):
+            x = nn.Dropout(0.5, deterministic=not train)(x)
+            return jrl.LSTM(3, 4, 2, dropout=0.5, deterministic=not train)(x)
+
+    x = jnp.ones((5, 2, 3))
+    variables = Encoder().init(jax.random.key(0), x, train=True)
+    evaluated = Encoder().apply(variables, x, train=False)[0]
+    trained = [
+        Encoder().apply(variables, x, train=True, rngs={"params": jax.random.key(k)})[0]
+        for k in (1, 1, 2)
+    ]
+    np.testing.assert_array_equal(trained[0], trained[1])
+    assert not np.allclose(trained[0], evaluated) and not np.allclose(trained[0], trained[2])
+
+
+@pytest.mark.parametrize(
+    "torch_layer,ours",
+    [
+        (lambda: torch.nn.LSTM(3, 4, 2), lambda: jrl.LSTM(3, 4)),
+        (lambda: torch.nn.GRU(3, 4, bidirectional=True), lambda: jrl.GRU(3, 4)),
+        (lambda: torch.nn.RNN(3, 4), lambda: jrl.RNN(3, 4, bias=False)),
+        (lambda: torch.nn.LSTM(3, 4, proj_size=2), lambda: jrl.LSTM(3, 4)),
+        (lambda: torch.nn.GRUCell(3, 4), lambda: jrl.GRUCell(3, 4, bias=False)),
+    ],
+    ids=["num_layers", "bidirectional", "bias", "proj_size", "cell-bias"],
+)
+def test_linen_refuses_weights_of_another_configuration(torch_layer, ours):
+    """Linen's apply reads the parameters a module declares and ignored the rest: torch weights
+    of a 2-layer LSTM ran as one layer (outputs off by 0.3). They are refused, naming the keys
+    that torch's load_state_dict names as unexpected."""
+    theirs, module = torch_layer(), ours()
+    params = {
+        k: jnp.asarray(v) for k, v in jaxrnn.state_dict_to_params(theirs.state_dict()).items()
+    }
+    x = jnp.ones((5, 2, 3)) if "Cell" not in type(module).__name__ else jnp.ones((2, 3))
+    own = module.init(jax.random.key(0), x)["params"]
+    mine = _like(module).state_dict()  # torch's unexpected keys (without its shape check)
+    unexpected = [k for k in theirs.state_dict() if k not in mine]
+    assert unexpected
+    quoted = ", ".join(f'"{k}"' for k in unexpected)
+    extra = {k: v for k, v in params.items() if k not in own}  # the shared ones: Flax checks
+    with pytest.raises(ValueError, match=re.escape(f"Unexpected key(s) in params: {quoted};")):
+        module.apply({"params": {**own, **extra}}, x)
+
+
+def _like(module):
+    """The torch module of ``module``'s configuration."""
+    if "Cell" in type(module).__name__:
+        return getattr(torch.nn, type(module).__name__)(3, 4, bias=module.bias)
+    kwargs = dict(
+        num_layers=module.num_layers, bias=module.bias, bidirectional=module.bidirectional
+    )
+    return getattr(torch.nn, type(module).__name__)(3, 4, **kwargs)
 
 
 def test_to_linen_without_a_dropout_rng_says_how_linen_gives_one():
