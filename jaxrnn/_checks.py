@@ -333,16 +333,27 @@ def check_params(name: str, params, expected: Mapping[str, tuple[int, ...]]) -> 
             raise ValueError(f"{name}: parameter {key} has shape {got}, expected {tuple(shape)}")
 
 
+def _stray_params(params: Mapping, expected: Mapping, own_kind: bool = False) -> list[str]:
+    """The keys of ``params`` named as torch recurrent parameters (unprefixed) that are not in
+    ``expected``; with ``own_kind``, only those of ``expected``'s kind: a layer's (``_l<k>``
+    suffixes) or a cell's (none)."""
+    layer = any(_params.split_recurrent_key(k)[2] for k in expected)
+    stray = []
+    for k in params:
+        parts = _params.split_recurrent_key(k) if isinstance(k, str) else None
+        if k in expected or parts is None or parts[0]:
+            continue
+        if not own_kind or bool(parts[2]) == layer:
+            stray.append(k)
+    return stray
+
+
 def check_no_unexpected_params(name: str, params: Mapping, expected: Mapping, what: str) -> None:
     """No key named as a torch recurrent parameter beyond ``expected`` (the parameters of
     ``what``, e.g. ``'LSTM(3, 4)'``): a layer stack with a gap
     (``weight_ih_l1`` missing, ``bias_*_l0`` missing, a stray ``weight_hr_l1``) would otherwise
     run as a different model, as torch's strict ``load_state_dict`` would not let it."""
-    unexpected = [
-        k
-        for k in params
-        if k not in expected and isinstance(k, str) and _params.split_recurrent_key(k) is not None
-    ]
+    unexpected = _stray_params(params, expected)
     if unexpected:
         raise ValueError(
             f"{name}: unexpected parameters {unexpected}: the others describe {what}, whose "
@@ -358,10 +369,10 @@ def check_linen_own_params(name: str, stored: Mapping, expected: Mapping) -> Non
     weights of another configuration (two layers into a one-layer module, a reverse direction,
     biases with ``bias=False``) would run as a different model; torch's strict
     ``load_state_dict`` refuses them (``Unexpected key(s) in state_dict``), as the NNX twins do.
+    Only names of the module's own kind count (a layer's ``_l<k>`` ones, a cell's bare ones):
+    under ``nn.share_scope`` a layer and a cell may share one ``params`` dict.
     """
-    unexpected = [
-        k for k in stored if k not in expected and _params.split_recurrent_key(k) is not None
-    ]
+    unexpected = _stray_params(stored, expected, own_kind=True)
     if unexpected:
         raise ValueError(
             f"{name}: Unexpected key(s) in params: "
@@ -396,13 +407,14 @@ def check_raw_cell(name: str, mode: str, params, hx) -> None:
     if not isinstance(params, Mapping) or any(params.get(k) is None for k in _CELL_WEIGHTS):
         have = sorted(params) if isinstance(params, Mapping) else type(params).__name__
         raise ValueError(f"{name}: params must hold weight_ih and weight_hh, got {have}")
-    if mode == "LSTM" and not (isinstance(hx, (tuple, list)) and len(hx) == 2):
-        raise TypeError(f"{name}: hx must be a tuple (h, c), got {_describe(hx)}")
     if hx is None:  # the raw step has no default state (cell_forward's hx=None is zeros)
         raise TypeError(
-            f"{name}: hx must be an array (N, H) or (H,), got None; "
-            "jaxrnn.functional.cell_forward takes hx=None as zeros"
+            f"{name}: hx must be "
+            + ("a tuple (h, c)" if mode == "LSTM" else "an array (N, H) or (H,)")
+            + ", got None; jaxrnn.functional.cell_forward takes hx=None as zeros"
         )
+    if mode == "LSTM" and not (isinstance(hx, (tuple, list)) and len(hx) == 2):
+        raise TypeError(f"{name}: hx must be a tuple (h, c), got {_describe(hx)}")
     check_matrix_params(name, params, _CELL_WEIGHTS)
     check_gate_rows(name, mode, params)
 
@@ -519,8 +531,10 @@ def reparametrized_weights(originals: Mapping[str, str], present, prefix: str = 
     lines = []
     weights = {}
     for key in originals:
+        if not isinstance(key, str):
+            continue
         base = key.split(".")[1] if key.startswith("parametrizations.") else key.rpartition("_")[0]
-        if base and base not in present and base.startswith("weight"):
+        if base and base not in present:
             parts = _params.split_recurrent_key(base)
             if parts is not None and parts[0] == "":
                 weights.setdefault(base, []).append(key)
@@ -1338,6 +1352,20 @@ def check_no_extra_parameters(name: str, module: str, cls: str, names, named_par
             f"only torch.nn.{cls}'s computation converts (its weights: from_torch of a "
             f"torch.nn.{cls} built with the same arguments, after load_state_dict(..., strict="
             "False))"
+        )
+
+
+def check_torch_weight_kind(name: str, cls: str, weight: str, known: bool) -> None:
+    """A torch module's weight is a parameter, a parametrization's or a reparametrization
+    hook's (``known``), not a plain tensor attribute: a weight-drop wrapper (fastai's AWD-LSTM
+    ``WeightDropout``) replaces the LSTM's weight by one that its own forward sets, with
+    dropout in training mode, so the attribute is whatever the last forward left."""
+    if not known:
+        raise ValueError(
+            f"{name}: {cls}'s {weight} is a plain tensor attribute, not a parameter: a "
+            "weight-drop wrapper (AWD-LSTM's) sets it on each forward, with dropout in training "
+            f"mode; convert the wrapper's raw weight instead: its state dict with {weight}_raw "
+            f"renamed to the layer's {weight} (jaxrnn.module_from_state_dict)"
         )
 
 

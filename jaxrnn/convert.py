@@ -312,6 +312,15 @@ def _computed_weights(module, names) -> dict:
     try:
         with torch.no_grad():
             hooked = _pre_hook_weights(module)
+            for name in names:
+                _checks.check_torch_weight_kind(
+                    "from_torch",
+                    type(module).__name__,
+                    name,
+                    name in hooked
+                    or name in module._parameters
+                    or torch.nn.utils.parametrize.is_parametrized(module, name),
+                )
             return {
                 name: hooked[name]() if name in hooked else getattr(module, name) for name in names
             }

@@ -606,10 +606,11 @@ def recurrent_layer(state_dict: Mapping, prefix: str = "") -> RecurrentLayer:
     """
     _checks.check_mapping("recurrent_layer", "state_dict", state_dict)
     _checks.check_prefix("recurrent_layer", prefix)
-    params = convert._picked("recurrent_layer", state_dict, prefix)
+    flat = convert._dotted_leaves("recurrent_layer", state_dict)
+    params = convert._picked("recurrent_layer", flat, prefix)
     where = f"prefix {prefix!r}" if prefix else "the top level"
     if not any(_params.split_recurrent_key(k) in _DIRECT for k in params):
-        search, base = (params, prefix) if params else (state_dict, "")
+        search, base = (params, prefix) if params else (flat, "")
         found = [
             f"{base + layer.prefix!r} ({layer.describe()})"
             for layer in find_recurrent_layers(search)
@@ -623,21 +624,16 @@ def recurrent_layer(state_dict: Mapping, prefix: str = "") -> RecurrentLayer:
         )
         raise ValueError(f"no recurrent layer at {where}: {what}: {_listed(found)}")
     try:
-        return _infer(prefix, params, _dotted_keys(state_dict))
+        return _infer(prefix, params, flat)
     except ValueError as e:
         raise ValueError(f"the keys under {where} do not form a recurrent layer: {e}") from None
-
-
-def _dotted_keys(state_dict: Mapping) -> list[str]:
-    """The keys of ``state_dict`` as its nested mappings flatten (``'a.b'``)."""
-    return list(convert._dotted_leaves("recurrent_layer", state_dict))
 
 
 def _infer(prefix: str, params: Mapping, keys) -> RecurrentLayer:
     """The layer or cell ``params`` (keys without ``prefix``) form; ValueError unless exactly.
 
-    ``keys``: every key of the state dict, for the weight-drop wrapper above the layer that
-    keeps ``weight_hh_l0_raw`` (fastai's AWD-LSTM: ``rnns.0.weight_hh_l0_raw`` beside
+    ``keys``: every (flattened) key of the state dict, for the weight-drop wrapper above the
+    layer that keeps ``weight_hh_l0_raw`` (fastai's AWD-LSTM: ``rnns.0.weight_hh_l0_raw`` beside
     ``rnns.0.module.weight_ih_l0``), named when the layer misses its weight.
     """
     parent = prefix[:-1].rpartition(".")[0] + "." if prefix.count(".") > 1 else ""
@@ -663,9 +659,9 @@ def find_recurrent_layers(state_dict: Mapping) -> list[RecurrentLayer]:
     """Every RNN/LSTM/GRU layer and cell in a (full model's) state dict, found by key prefix.
 
     Keys named as torch's recurrent parameters (``<prefix>weight_ih_l0``, ``<prefix>bias_hh``,
-    ...) are grouped by prefix; each group's class and configuration is inferred from its names
-    and shapes (see :class:`RecurrentLayer`) from every key under its prefix, as
-    :func:`recurrent_layer` reads them. A group that does not form a layer (a missing key, a key
+    ...; nested mappings flattened with dots first) are grouped by prefix; each group's class and
+    configuration is inferred from the names and shapes of every key under its prefix (see
+    :class:`RecurrentLayer`), as :func:`recurrent_layer` reads them. A group that does not form a layer (a missing key, a key
     torch's layer does not have, a shape that fits no class) is returned with ``error`` set
     rather than raising.
 
@@ -677,20 +673,19 @@ def find_recurrent_layers(state_dict: Mapping) -> list[RecurrentLayer]:
         ['LSTMCell(3, 3, bias=False)']
     """
     _checks.check_mapping("find_recurrent_layers", "state_dict", state_dict)
-    groups: dict[str, list[str]] = {}
-    for key in state_dict:
-        parts = _params.split_recurrent_key(key) if isinstance(key, str) else None
-        if parts is not None:
-            groups.setdefault(parts[0], []).append(key)
+    flat = convert._dotted_leaves("find_recurrent_layers", state_dict)
+    prefixes = dict.fromkeys(
+        parts[0] for parts in map(_params.split_recurrent_key, flat) if parts is not None
+    )
     layers = []
-    for prefix in groups:
+    for prefix in prefixes:
         # every key under the prefix, as recurrent_layer takes them: a layer with more (a
         # subclass's learned h0, AWD-LSTM's weight_hh_l0_raw) is listed with the error that
         # loading it gives
-        keys = [k for k in state_dict if isinstance(k, str) and k.startswith(prefix)]
-        params = {k[len(prefix) :]: state_dict[k] for k in keys}
+        keys = [k for k in flat if k.startswith(prefix)]
+        params = {k[len(prefix) :]: flat[k] for k in keys}
         try:
-            layers.append(_infer(prefix, params, [k for k in state_dict if isinstance(k, str)]))
+            layers.append(_infer(prefix, params, flat))
         except ValueError as e:
             layers.append(RecurrentLayer(prefix, None, {}, tuple(keys), str(e)))
     return layers

@@ -1055,6 +1055,35 @@ def test_linen_refuses_weights_of_another_configuration(torch_layer, ours):
         module.apply({"params": {**own, **extra}}, x)
 
 
+def test_linen_layer_and_cell_may_share_a_scope():
+    """Under nn.share_scope an encoder layer and a decoder cell keep their parameters in one
+    flat dict (their names differ): neither takes the other's for weights of another
+    configuration. The outputs are torch's."""
+
+    class EncoderDecoder(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            encoder, decoder = jrl.LSTM(3, 4), jrl.LSTMCell(4, 4)
+            nn.share_scope(self, encoder)
+            nn.share_scope(self, decoder)
+            y, (h, c) = encoder(x)
+            return decoder(y[-1], (h[0], c[0]))
+
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((5, 2, 3)), jnp.float32)
+    params = EncoderDecoder().init(jax.random.key(0), x)["params"]
+    got = EncoderDecoder().apply({"params": params}, x)
+    encoder, decoder = torch.nn.LSTM(3, 4), torch.nn.LSTMCell(4, 4)
+    for module in (encoder, decoder):
+        module.load_state_dict(
+            {k: torch.from_numpy(np.asarray(params[k])) for k in module.state_dict()}
+        )
+    with torch.no_grad():
+        y, (h, c) = encoder(torch.from_numpy(np.asarray(x)))
+        want = decoder(y[-1], (h[0], c[0]))
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w.numpy(), rtol=1e-5, atol=1e-6)
+
+
 def _like(module):
     """The torch module of ``module``'s configuration."""
     if "Cell" in type(module).__name__:

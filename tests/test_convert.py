@@ -227,6 +227,32 @@ def test_from_torch_reads_parametrized_weights_as_computed(parametrize, training
             np.testing.assert_allclose(ours.state_dict()[name], getattr(lstm, name).numpy())
 
 
+def test_from_torch_refuses_a_weight_left_by_a_weight_drop_wrapper():
+    """fastai's AWD-LSTM WeightDropout moves weight_hh_l0 to its own weight_hh_l0_raw and sets
+    the LSTM's weight_hh_l0, a plain attribute, on each forward (with dropout in training):
+    from_torch of the LSTM copied whatever the last forward left (off by 0.05 after a training
+    forward). It is refused, naming the raw weight to convert instead."""
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(3, 4)
+    raw = lstm.weight_hh_l0.detach().clone()
+    del lstm.weight_hh_l0
+    lstm.weight_hh_l0 = torch.nn.functional.dropout(raw, 0.5, training=True)
+    with pytest.raises(
+        ValueError, match=r"from_torch: LSTM's weight_hh_l0 is a plain tensor attribute.*_raw"
+    ):
+        jaxrnn.from_torch(lstm)
+
+
+def test_load_state_dict_with_a_key_that_is_not_a_string():
+    """A key that is not a string beside a missing weight: torch's own load_state_dict fails
+    with AttributeError ('int' object has no attribute 'startswith'); here torch's lines."""
+    sd = torch.nn.LSTM(3, 4).state_dict()
+    del sd["weight_hh_l0"]
+    sd[0] = torch.zeros(1)
+    with pytest.raises(ValueError, match=r'(?s)Missing key.*"weight_hh_l0".*Unexpected key.*"0"'):
+        jaxrnn.LSTM(3, 4, rngs=nnx.Rngs(0)).load_state_dict(sd)
+
+
 def test_from_torch_refuses_a_subclass_with_more_parameters():
     class Normed(torch.nn.GRU):
         def __init__(self):

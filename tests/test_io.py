@@ -106,6 +106,17 @@ def test_load_returns_torch_arrays_and_finds_layers(model, tmp_path, fmt):
         assert set(layer.keys) == {prefix + k for k in module.state_dict()}
 
 
+def test_nested_mappings_are_found_as_recurrent_layer_reads_them():
+    """find_recurrent_layers flattens nested mappings with dots, as recurrent_layer and
+    state_dict_to_params do (it found nothing in a Linen-style nested params tree)."""
+    gru = torch.nn.GRU(3, 4, bidirectional=True)
+    nested = {"encoder": {"gru": {k: v.numpy() for k, v in gru.state_dict().items()}}}
+    (layer,) = jaxrnn.find_recurrent_layers(nested)
+    assert (layer.prefix, layer.cls, layer.error) == ("encoder.gru.", "GRU", None)
+    assert layer.config == torch_config(gru)
+    assert jaxrnn.recurrent_layer(nested, "encoder.gru.") == layer
+
+
 def test_found_layers_are_the_ones_that_load():
     """A layer with keys torch's layer does not have (a subclass's learned ``h0``, AWD-LSTM's
     ``weight_hh_l0_raw`` kept beside the weight) is listed with the error that loading it gives:

@@ -552,6 +552,9 @@ def test_batch_major_lstm_counts_the_recurrent_product_only(monkeypatch):
     monkeypatch.setattr(_fused, "_cpu_count", lambda: 2)
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # no threads to share a step
     assert _fused.unit_groups_default("LSTM", [w], batch, True) == 1
+    for cpu in ("cpu", jax.devices("cpu")[0]):  # CPU work on a GPU host: the default device's
+        with jax.default_device(cpu):
+            assert _fused.unit_groups_default("LSTM", [w], batch, True) == 2
 
 
 @pytest.mark.parametrize(

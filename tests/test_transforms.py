@@ -515,7 +515,7 @@ def test_linen_layers_under_flax_introspection_and_lifted_transforms():
         want = module(torch.tensor(np.asarray(xs[i])))[0].detach().numpy()
         np.testing.assert_allclose(kept[i], want, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match='"deterministic" was passed to the constructor and'):
-        jrl.GRU(4, 6, deterministic=True).apply(
+        jrl.GRU(4, 6, 2, deterministic=True).apply(
             {"params": jax.tree.map(lambda p: p[0], variables["params"])},
             xs[0],
             deterministic=False,

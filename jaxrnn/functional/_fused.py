@@ -153,6 +153,16 @@ def _cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+def _on_cpu() -> bool:
+    """Whether the layer being traced will run on the CPU, as far as tracing can tell: the
+    platform of ``jax.default_device(...)`` where one is set, else JAX's default backend (a jitted
+    function's arguments committed to another device are not seen here)."""
+    device = jax.config.jax_default_device
+    if device is None:
+        return jax.default_backend() == "cpu"
+    return (device if isinstance(device, str) else device.platform).lower() == "cpu"
+
+
 def unit_groups_default(mode: str, weights, batch: int, feature_major: bool) -> int:
     """The number of hidden-unit groups :func:`layer` picks (see ``_UNIT_GROUPS``): as many as
     XLA has threads, at most ``_UNIT_GROUPS["max"]``, for one direction without projection whose
@@ -166,7 +176,7 @@ def unit_groups_default(mode: str, weights, batch: int, feature_major: bool) -> 
     joint = mode == "LSTM" and feature_major
     cols = hidden_out + (w["weight_ih"].shape[1] if joint else 0)
     lo, hi = _UNIT_GROUPS["macs"]
-    groups = min(_UNIT_GROUPS["max"], _cpu_count()) if jax.default_backend() == "cpu" else 1
+    groups = min(_UNIT_GROUPS["max"], _cpu_count()) if _on_cpu() else 1
     hidden = gate_rows // _params.GATES[mode]
     if (
         len(weights) != 1
