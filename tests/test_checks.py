@@ -1075,7 +1075,7 @@ def test_linen_layer_and_cell_may_share_a_scope():
     encoder, decoder = torch.nn.LSTM(3, 4), torch.nn.LSTMCell(4, 4)
     for module in (encoder, decoder):
         module.load_state_dict(
-            {k: torch.from_numpy(np.asarray(params[k])) for k in module.state_dict()}
+            {k: torch.tensor(np.asarray(params[k])) for k in module.state_dict()}
         )
     with torch.no_grad():
         y, (h, c) = encoder(torch.from_numpy(np.asarray(x)))
