@@ -1078,7 +1078,7 @@ def test_linen_layer_and_cell_may_share_a_scope():
             {k: torch.tensor(np.asarray(params[k])) for k in module.state_dict()}
         )
     with torch.no_grad():
-        y, (h, c) = encoder(torch.from_numpy(np.asarray(x)))
+        y, (h, c) = encoder(torch.tensor(np.asarray(x)))
         want = decoder(y[-1], (h[0], c[0]))
     for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g, w.numpy(), rtol=1e-5, atol=1e-6)
