@@ -522,10 +522,10 @@ def reparametrized_weights(originals: Mapping[str, str], present, prefix: str = 
     """Why a recurrent weight is missing where its reparametrization's originals stand instead.
 
     ``originals``: candidate keys (relative to the layer's prefix) mapped to the names shown;
-    ``present``: the keys the layer has; ``prefix``: the layer's. One sentence per weight that is not present but stored
-    as weight norm's ``_g``/``_v``, spectral norm's or pruning's ``_orig``, a
-    ``parametrizations.<weight>.original*`` or a weight-drop wrapper's ``_raw`` (AWD-LSTM), with
-    the way out; ``[]`` where none is.
+    ``present``: the keys the layer has; ``prefix``: the layer's. One sentence per weight (or
+    bias) that is not present but stored as weight norm's ``_g``/``_v``, spectral norm's or
+    pruning's ``_orig``, a ``parametrizations.<weight>.original*`` or a weight-drop wrapper's
+    ``_raw`` (AWD-LSTM), with the way out; ``[]`` where none is.
     """
     present = set(present)
     lines = []
