@@ -661,9 +661,9 @@ def find_recurrent_layers(state_dict: Mapping) -> list[RecurrentLayer]:
     Keys named as torch's recurrent parameters (``<prefix>weight_ih_l0``, ``<prefix>bias_hh``,
     ...; nested mappings flattened with dots first) are grouped by prefix; each group's class and
     configuration is inferred from the names and shapes of every key under its prefix (see
-    :class:`RecurrentLayer`), as :func:`recurrent_layer` reads them. A group that does not form a layer (a missing key, a key
-    torch's layer does not have, a shape that fits no class) is returned with ``error`` set
-    rather than raising.
+    :class:`RecurrentLayer`), as :func:`recurrent_layer` reads them. A group that does not form
+    a layer (a missing key, a key torch's layer does not have, a shape that fits no class) is
+    returned with ``error`` set rather than raising.
 
     Example:
         >>> import numpy as np
