@@ -13,7 +13,9 @@ from __future__ import annotations
 import functools
 import os
 import pickle
+import secrets
 import warnings
+import zipfile
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -168,8 +170,6 @@ def _check_what_else(path: str) -> None:
 
 def _zip_read(path: str, read):
     """``read(archive)`` of the zip file at ``path``, ``None`` if it is not a readable zip."""
-    import zipfile
-
     try:
         with zipfile.ZipFile(path) as archive:
             return read(archive)
@@ -493,19 +493,34 @@ def save_state_dict_file(params_or_module: Any, path: str | os.PathLike, prefix:
         save_file = _safetensors("writing", path).save_file
     if suffix in TORCH_SUFFIXES:
         _torch("writing", path)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{suffix}")
+    # through a symlink to its target (as torch.save writes), via a temporary file of a name no
+    # other writer of the same path takes (ranks saving one checkpoint at once)
+    target = os.path.realpath(path) if os.path.islink(path) else path
+    folder = os.path.dirname(target) or folder
+    tmp = os.path.join(
+        folder,
+        f".{os.path.basename(target)}.{os.getpid()}.{secrets.token_hex(4)}.tmp{suffix}",
+    )
     try:
         if suffix in SAFETENSORS_SUFFIXES:
             save_file(state_dict, tmp, metadata={"format": "pt"})
         elif suffix in NUMPY_SUFFIXES:
-            with open(tmp, "wb") as f:
-                np.savez(f, **state_dict)
+            _save_npz(state_dict, tmp)
         else:
             _save_torch(state_dict, tmp)
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _save_npz(state_dict: Mapping[str, np.ndarray], path: str) -> None:
+    """``np.savez``'s format, written member by member: ``np.savez(f, **state_dict)`` would
+    take a key named ``allow_pickle`` (or ``file``) as its own argument."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for key, value in state_dict.items():
+            with archive.open(key + ".npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asarray(value), allow_pickle=False)
 
 
 def _to_state_dict(obj, prefix: str) -> dict[str, np.ndarray]:

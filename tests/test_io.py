@@ -1077,6 +1077,58 @@ def test_save_is_atomic_on_failure(tmp_path):
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".npz", ".pt"])
+def test_writers_of_one_path_do_not_share_a_temporary_file(tmp_path, suffix, monkeypatch):
+    """Two saves of one path at once (every data-parallel rank saving the checkpoint) wrote the
+    same temporary file, and the survivor was corrupt. Here a second save starts while the
+    first is writing: each writes its own temporary file, and the file ends up one of them
+    whole."""
+    path = tmp_path / f"ckpt{suffix}"
+    first, second = {"w": np.zeros(4, np.float32)}, {"w": np.ones(4, np.float32)}
+    writers = {".safetensors": None, ".npz": "_save_npz", ".pt": "_save_torch"}
+    temporaries = []
+    if suffix == ".safetensors":
+        from safetensors import numpy as st
+
+        module, name = st, "save_file"
+    else:
+        module, name = io, writers[suffix]
+    write = getattr(module, name)
+
+    def interleaved(state_dict, tmp, **kwargs):
+        temporaries.append(tmp)
+        if len(temporaries) == 1:  # the other writer runs while this one is at work
+            jaxrnn.save_state_dict_file(second, path)
+        write(state_dict, tmp, **kwargs)
+
+    monkeypatch.setattr(module, name, interleaved)
+    jaxrnn.save_state_dict_file(first, path)
+    assert len(set(temporaries)) == 2
+    np.testing.assert_array_equal(jaxrnn.load_state_dict_file(path)["w"], first["w"])
+    assert os.listdir(tmp_path) == [path.name]
+
+
+def test_save_writes_through_a_symlink_as_torch_save(tmp_path):
+    """``latest.npz -> ckpt_1.npz``: the save replaced the link by a file, leaving ckpt_1 stale."""
+    target, link = tmp_path / "ckpt_1.npz", tmp_path / "latest.npz"
+    jaxrnn.save_state_dict_file({"w": np.zeros(2)}, target)
+    link.symlink_to(target.name)
+    jaxrnn.save_state_dict_file({"w": np.ones(2)}, link)
+    assert link.is_symlink()
+    np.testing.assert_array_equal(jaxrnn.load_state_dict_file(target)["w"], [1.0, 1.0])
+
+
+def test_npz_keys_that_are_savez_arguments(tmp_path):
+    """np.savez(f, **state_dict) took a key named allow_pickle as its own argument (the array
+    was dropped) and failed on one named file."""
+    sd = {"allow_pickle": np.ones(2, np.float32), "file": np.zeros(3), "w": np.arange(4.0)}
+    jaxrnn.save_state_dict_file(sd, tmp_path / "odd.npz")
+    back = np.load(tmp_path / "odd.npz")
+    assert sorted(back.files) == sorted(sd)
+    for key, value in sd.items():
+        np.testing.assert_array_equal(back[key], value)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".npz", ".pt"])
 def test_zero_dim_arrays_keep_their_shape(tmp_path, suffix):
     """torch's BatchNorm ``num_batches_tracked`` is 0-d; it must come back 0-d."""
     sd = {"bn.num_batches_tracked": np.array(7, np.int64), "w": np.ones((2, 3), np.float32)}
