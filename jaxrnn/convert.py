@@ -277,7 +277,7 @@ def from_torch(module, *, rngs=None, **kwargs):
             bidirectional=module.bidirectional,
         )
         if cls_name == "RNN":
-            args["nonlinearity"] = module.nonlinearity
+            args["nonlinearity"] = _layer_nonlinearity(module)
         if cls_name == "LSTM":
             args["proj_size"] = module.proj_size
     if "param_dtype" not in kwargs:
@@ -293,6 +293,14 @@ def from_torch(module, *, rngs=None, **kwargs):
     if not module.training:
         out.eval()
     return out
+
+
+def _layer_nonlinearity(module) -> str:
+    """The nonlinearity an RNN layer (torch's or jaxrnn's) computes with: its ``mode``, fixed
+    at construction, which its call reads; a ``nonlinearity`` assigned afterwards changes the
+    attribute only, in torch and here."""
+    mode = getattr(module, "mode", None)
+    return {"RNN_TANH": "tanh", "RNN_RELU": "relu"}.get(mode, module.nonlinearity)
 
 
 def _computed_weights(module, names) -> dict:
@@ -422,7 +430,9 @@ def to_torch(module):
         )
         if cls_name == "LSTM":
             args["proj_size"] = module.proj_size
-    if cls_name in ("RNN", "RNNCell"):
+    if cls_name == "RNN":
+        args["nonlinearity"] = _layer_nonlinearity(module)
+    if cls_name == "RNNCell":  # a cell reads its nonlinearity at every call, in both
         args["nonlinearity"] = module.nonlinearity
     dtype = next(iter(state_dict.values())).dtype
     with _converted_dropout_warning():

@@ -151,6 +151,22 @@ def test_from_torch_dropout_stream_defaults_to_seed_0_as_the_readme_says():
     assert_close(jaxrnn.from_torch(t)(x)[0], t(torch.from_numpy(np.array(x)))[0].detach())
 
 
+def test_converters_follow_the_rnn_layers_mode_not_a_later_nonlinearity():
+    """An RNN layer computes with the mode fixed at construction, in torch and here: a
+    nonlinearity assigned afterwards changes the attribute only. The converted copy computes as
+    the original (to_torch built a relu RNN from a tanh one, off by up to 4)."""
+    torch.manual_seed(0)
+    x = torch.randn(5, 2, 3) * 3
+    ours = jaxrnn.RNN(3, 4, rngs=nnx.Rngs(0))
+    ours.nonlinearity = "relu"
+    with torch.no_grad():
+        assert_close(jaxrnn.to_torch(ours)(x), ours(x.numpy()))
+    theirs = torch.nn.RNN(3, 4, nonlinearity="relu")
+    theirs.nonlinearity = "tanh"
+    with torch.no_grad():
+        assert_close(jaxrnn.from_torch(theirs)(x.numpy()), theirs(x))
+
+
 def test_from_torch_rejects_other_modules():
     with pytest.raises(TypeError, match="from_torch expects a torch.nn.RNN, LSTM, GRU"):
         jaxrnn.from_torch(torch.nn.Linear(2, 2))
