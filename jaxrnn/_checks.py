@@ -1184,6 +1184,21 @@ def check_module_to_dtype(name: str, dtype) -> None:
         )
 
 
+def check_assigned_dtype(name: str, key: str, shape, value) -> None:
+    """``load_state_dict(assign=True)`` keeps the checkpoint's dtype: a floating one only (torch
+    refuses integers and bools, which cannot require gradients; complex, which torch takes, is
+    not an RNN's dtype here)."""
+    if not jnp.issubdtype(value.dtype, jnp.floating):
+        raise load_copy_error(
+            name,
+            key,
+            shape,
+            value.shape,
+            f"assign=True keeps the checkpoint's dtype, {value.dtype}, and parameters take "
+            "floating point dtypes only",
+        )
+
+
 def check_state_dict_arguments(name: str, args, destination, prefix, keep_vars):
     """``state_dict``'s positional ``(destination, prefix, keep_vars)``, which torch still takes
     with a ``FutureWarning`` (its words); returns the three."""

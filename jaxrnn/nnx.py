@@ -164,6 +164,7 @@ class _TorchParams(nnx.Module):
         for key, value in loaded.items():  # every value cast before any is assigned
             dtype = getattr(self, key)[...].dtype
             if assign:
+                _checks.check_assigned_dtype(name, key, self._shapes[key], value)
                 if value.dtype.name not in kept:
                     what = f"{name}.load_state_dict: the state dict"
                     kept[value.dtype.name] = convert.jax_param_dtype(value.dtype.name, what)

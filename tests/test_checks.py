@@ -935,6 +935,27 @@ def test_load_state_dict_of_a_non_mapping_has_torchs_message(cls, bad):
         assert str(ours.value) == f"{cls}.load_state_dict: {theirs}"
 
 
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool])
+def test_load_state_dict_assign_refuses_integer_dtypes_as_torch(dtype):
+    """assign=True keeps the checkpoint's dtype: torch refuses an integer or bool tensor (it
+    cannot require gradients), and so does jaxrnn now (it made the bias int32 while param_dtype
+    said float32), changing nothing."""
+    theirs = torch.nn.GRU(3, 4)
+    sd = theirs.state_dict()
+    sd["bias_hh_l0"] = sd["bias_hh_l0"].to(dtype)
+    with pytest.raises(RuntimeError, match='While copying the parameter named "bias_hh_l0"'):
+        theirs.load_state_dict(sd, assign=True)
+    ours = jaxrnn.GRU(3, 4, rngs=nnx.Rngs(0))
+    before = {k: np.array(v) for k, v in ours.state_dict().items()}
+    with pytest.raises(
+        RuntimeError, match=r'While copying the parameter named "bias_hh_l0".*floating point'
+    ):
+        ours.load_state_dict(sd, assign=True)
+    for key, value in ours.state_dict().items():
+        assert value.dtype == np.float32
+        np.testing.assert_array_equal(value, before[key])
+
+
 def test_load_state_dict_assign_warns_once_for_float64_without_x64():
     sd = torch.nn.LSTM(3, 4).double().state_dict()
     m = jaxrnn.LSTM(3, 4, rngs=nnx.Rngs(0))
