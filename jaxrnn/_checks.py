@@ -1184,6 +1184,18 @@ def check_module_to_dtype(name: str, dtype) -> None:
         )
 
 
+def check_current_shapes(name: str, current: Mapping, expected: Mapping) -> None:
+    """A module's parameters have the shapes of its configuration before any is written in
+    place (``nnx.update`` with another configuration's state can change them)."""
+    for key, shape in current.items():
+        if tuple(shape) != tuple(expected[key]):
+            raise ValueError(
+                f"{name}: parameter {key} has shape {tuple(shape)}, but this module's "
+                f"configuration gives {tuple(expected[key])} (replaced by nnx.update or an "
+                "assignment?); nothing was written"
+            )
+
+
 def check_assigned_dtype(name: str, key: str, shape, value) -> None:
     """``load_state_dict(assign=True)`` keeps the checkpoint's dtype: a floating one only (torch
     refuses integers and bools, which cannot require gradients; complex, which torch takes, is

@@ -66,9 +66,17 @@ class _TorchParams(nnx.Module):
             rngs = int(np.random.randint(0, 2**31 - 1))
         key = _checks.check_init_rngs(f"{type(self).__name__}.reset_parameters", rngs)
         dtype = getattr(self, next(iter(self._shapes)))[...].dtype  # the module's param_dtype
+        self._check_current_shapes(f"{type(self).__name__}.reset_parameters", self._shapes)
         values = _params.init_params(key, self._shapes, self.hidden_size, dtype)
         for k, value in values.items():
             getattr(self, k)[...] = value
+
+    def _check_current_shapes(self, name: str, keys) -> None:
+        """The parameters ``keys`` still have the shapes of the configuration, so that writing
+        them in place cannot fail half-way."""
+        _checks.check_current_shapes(
+            name, {k: getattr(self, k)[...].shape for k in keys}, self._shapes
+        )
 
     def extra_repr(self) -> str:
         """Torch's ``extra_repr``: the constructor arguments that differ from the defaults."""
@@ -173,6 +181,8 @@ class _TorchParams(nnx.Module):
                 values[key] = jnp.array(value, dtype=dtype)
             except (TypeError, ValueError) as e:
                 raise _checks.load_copy_error(name, key, self._shapes[key], value.shape, e) from e
+        if not assign:  # written in place: every one must still have its configured shape
+            self._check_current_shapes(f"{name}.load_state_dict", values)
         for key, value in values.items():
             if assign:
                 setattr(self, key, nnx.Param(value))

@@ -956,6 +956,26 @@ def test_load_state_dict_assign_refuses_integer_dtypes_as_torch(dtype):
         np.testing.assert_array_equal(value, before[key])
 
 
+def test_in_place_writes_check_every_shape_first():
+    """A parameter replaced with another shape (nnx.update with another configuration's state):
+    load_state_dict and reset_parameters wrote the parameters before it, then failed in JAX's
+    broadcasting. They refuse before writing anything; assign=True replaces them."""
+    ours = jaxrnn.GRU(3, 4, rngs=nnx.Rngs(0))
+    good = {k: np.array(v) + 1 for k, v in ours.state_dict().items()}
+    ours.bias_hh_l0 = nnx.Param(jnp.zeros(5))
+    before = {k: np.array(v) for k, v in ours.state_dict().items()}
+    for call in (lambda: ours.load_state_dict(good), lambda: ours.reset_parameters(0)):
+        with pytest.raises(
+            ValueError, match=r"parameter bias_hh_l0 has shape \(5,\), but .*\(12,\)"
+        ):
+            call()
+        for key, value in ours.state_dict().items():
+            np.testing.assert_array_equal(value, before[key])
+    ours.load_state_dict(good, assign=True)
+    for key, value in ours.state_dict().items():
+        np.testing.assert_array_equal(value, good[key])
+
+
 def test_load_state_dict_assign_warns_once_for_float64_without_x64():
     sd = torch.nn.LSTM(3, 4).double().state_dict()
     m = jaxrnn.LSTM(3, 4, rngs=nnx.Rngs(0))
