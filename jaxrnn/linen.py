@@ -61,10 +61,12 @@ class _LinenBase(nn.Module):
 
     @nn.nowrap
     def _check_dtypes(self):
-        """The dtypes, at construction as the NNX twins check them (warning about a torch dtype
-        as ``dtype=`` once, not for every clone Flax makes in ``init``/``apply``)."""
+        """The dtypes and ``precision``, at construction as the NNX twins check them (warning
+        about a torch dtype as ``dtype=`` once, not for every clone Flax makes in
+        ``init``/``apply``)."""
         warn = not isinstance(self.parent, Scope)
         _checks.check_dtypes(type(self).__name__, self.dtype, self.param_dtype, warn=warn)
+        _checks.check_precision(type(self).__name__, self.precision)
 
     def _torch_params(self, shapes) -> dict[str, jax.Array]:
         init = _uniform(_params.init_bound(self.hidden_size))
@@ -100,6 +102,7 @@ class _LayerBase(_LinenBase):
             self.proj_size,  # RNN/GRU: the sentinel, an int 0
             warn=not isinstance(self.parent, Scope),  # torch's warning once, not per clone
         )
+        _checks.check_loop_options(type(self).__name__, self.unroll, self.remat)
         super().__post_init__()
 
     @nn.compact

@@ -315,6 +315,8 @@ class RNNBase(_TorchParams):
             proj_size,
         )
         dtype, param_dtype = _checks.check_dtypes(name, dtype, param_dtype)
+        _checks.check_loop_options(name, unroll, remat)  # at construction, not the first call
+        precision = _checks.check_precision(name, precision)
         device = _checks.check_device(name, device)
         _checks.check_module_rngs(name, rngs, float(dropout) if num_layers > 1 else 0.0)
         self.mode = mode
@@ -622,6 +624,7 @@ class RNNCellBase(_TorchParams):
         _checks.check_mode(type(self).__name__, mode)
         _checks.check_cell_constructor(type(self).__name__, input_size, hidden_size, bias)
         dtype, param_dtype = _checks.check_dtypes(type(self).__name__, dtype, param_dtype)
+        precision = _checks.check_precision(type(self).__name__, precision)
         device = _checks.check_device(type(self).__name__, device)
         _checks.check_module_rngs(type(self).__name__, rngs)
         self._cell_mode = mode

@@ -719,10 +719,14 @@ def test_integer_input_is_a_value_and_a_type_error():
     ],
 )
 def test_loop_options_are_checked(kwargs, pattern):
-    m = jaxrnn.GRU(3, 4, rngs=nnx.Rngs(0), **kwargs)
+    """At construction (they were taken there and refused only at the first call), and at the
+    call for an attribute set afterwards."""
+    _raises(ValueError, "GRU: " + pattern, jaxrnn.GRU, 3, 4, rngs=nnx.Rngs(0), **kwargs)
+    _raises(ValueError, "GRU: " + pattern, jrl.GRU, 3, 4, **kwargs)
+    m = jaxrnn.GRU(3, 4, rngs=nnx.Rngs(0))
+    for key, value in kwargs.items():
+        setattr(m, key, value)
     _raises(ValueError, "GRU: " + pattern, m, jnp.ones((5, 2, 3)))
-    lin = jrl.GRU(3, 4, **kwargs)
-    _raises(ValueError, "GRU: " + pattern, lin.init, jax.random.key(0), jnp.ones((5, 2, 3)))
 
 
 @pytest.mark.parametrize("bias", ["relu", 1, 0, False, None])
@@ -954,6 +958,23 @@ def test_load_state_dict_assign_refuses_integer_dtypes_as_torch(dtype):
     for key, value in ours.state_dict().items():
         assert value.dtype == np.float32
         np.testing.assert_array_equal(value, before[key])
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: jaxrnn.RNN(3, 4, precision="bogus", rngs=nnx.Rngs(0)),
+        lambda: jaxrnn.GRUCell(3, 4, precision="bogus", rngs=nnx.Rngs(0)),
+        lambda: jrl.LSTM(3, 4, precision="bogus"),
+        lambda: jrl.LSTMCell(3, 4, precision="bogus"),
+    ],
+    ids=["layer", "cell", "linen-layer", "linen-cell"],
+)
+def test_precision_is_checked_at_construction(make):
+    """An unknown precision was taken by the constructor and refused only at the first call,
+    far from the mistake (unroll and remat: test_loop_options_are_checked)."""
+    with pytest.raises(TypeError, match=r"^(LSTM|RNN|GRUCell|LSTMCell): precision must be"):
+        make()
 
 
 def test_in_place_writes_check_every_shape_first():

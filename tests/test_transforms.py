@@ -259,7 +259,10 @@ def test_precision_as_dot_general_takes_it_or_a_clear_error(remat):
         m.precision = precision
         with pytest.raises(TypeError, match="LSTM: precision must be None, a jax.lax.Precision"):
             m(jnp.asarray(x))
-    cell = jaxrnn.LSTMCell(IN, H, precision="fastest-ish", rngs=nnx.Rngs(0))
+    with pytest.raises(TypeError, match="LSTMCell: precision must be None, a jax.lax.Precision"):
+        jaxrnn.LSTMCell(IN, H, precision="fastest-ish", rngs=nnx.Rngs(0))
+    cell = jaxrnn.LSTMCell(IN, H, rngs=nnx.Rngs(0))
+    cell.precision = "fastest-ish"  # set afterwards: the call refuses it
     with pytest.raises(TypeError, match="LSTMCell: precision must be None, a jax.lax.Precision"):
         cell(jnp.asarray(x[0]))
 
