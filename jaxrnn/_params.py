@@ -32,6 +32,12 @@ def rnn_mode(nonlinearity: str) -> str:
     return "RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU"
 
 
+def rnn_nonlinearity(mode: str) -> str | None:
+    """The nonlinearity of an RNN mode string (``'RNN_RELU'`` -> ``'relu'``); ``None`` for
+    another mode."""
+    return {"RNN_TANH": "tanh", "RNN_RELU": "relu"}.get(mode)
+
+
 def known_rnn_mode(nonlinearity) -> str | None:
     """The mode string for ``nonlinearity``; ``None`` for one other than tanh and relu (torch's
     RNNCell takes any at construction and refuses it in its forward)."""

@@ -299,8 +299,7 @@ def _layer_nonlinearity(module) -> str:
     """The nonlinearity an RNN layer (torch's or jaxrnn's) computes with: its ``mode``, fixed
     at construction, which its call reads; a ``nonlinearity`` assigned afterwards changes the
     attribute only, in torch and here."""
-    mode = getattr(module, "mode", None)
-    return {"RNN_TANH": "tanh", "RNN_RELU": "relu"}.get(mode, module.nonlinearity)
+    return _params.rnn_nonlinearity(getattr(module, "mode", None)) or module.nonlinearity
 
 
 def _computed_weights(module, names) -> dict:
