@@ -4,8 +4,8 @@ fused path, re-runnable.
 Each experiment names module constants of ``jaxrnn.functional`` (e.g.
 ``_fused_forward._INFERENCE_PROJECTION_COLUMNS``) and the values to compare with the defaults.
 For each workload the script builds jaxrnn once per variant (``jax.clear_caches()`` first: the
-fused layer's inner ``jax.jit`` caches its trace by shape, so without it every variant would reuse
-the first one's program), checks that the variants' outputs, losses and gradients agree, and times
+driver's and the fused layer's inner ``jax.jit`` functions cache their traces by shape, so without
+it every variant would reuse the first one's program), checks that the variants' outputs, losses and gradients agree, and times
 the inference forward and the training step (value and gradient of ``sum(output * w)``)
 interleaved (each timed call after an untimed one of the same variant, as ``run.py``), float32, compiled with ``jaxrnn.cpu_compiler_options()``. It prints the medians, each
 variant's ratio to the default (median of the per-round ratios, > 1: the default is faster) and the
@@ -171,7 +171,7 @@ def _set(settings: dict) -> dict:
 
 
 def _build(tmod, x, w_out, settings, options):
-    jax.clear_caches()  # retrace: the inner jit would otherwise reuse another variant's program
+    jax.clear_caches()  # retrace: the inner jits would otherwise reuse another variant's program
     old = _set(settings)
     try:
         return C.jax_contender("jaxrnn", jaxrnn.from_torch(tmod), x, w_out, options)

@@ -265,7 +265,8 @@ def as_array(name: str, what: str, x, floating: bool = True) -> jax.Array:
         raise TypeError(f"{name}: {what} must be an array, got {type(x).__name__}")
     if floating:
         check_floating(name, what, arr.dtype)
-    return jnp.asarray(arr)
+    # a JAX array as it is (jnp.asarray would return it unchanged, at an eager call's cost)
+    return arr if isinstance(arr, jax.Array) else jnp.asarray(arr)
 
 
 def check_floating(name: str, what: str, dtype, weight_dtype=None) -> None:

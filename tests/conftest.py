@@ -22,3 +22,37 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 sys.path.insert(0, os.path.dirname(__file__))  # tests/_torch_oracle.py
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def retraced(monkeypatch):
+    """``monkeypatch.setattr`` for constants read while a layer is traced: the compiled layers
+    (``jaxrnn.functional``'s ``jax.jit`` of a whole call, the fused layer's) cache their traces by
+    shape, so a patched value would go unseen where an earlier test traced the same shapes. Their
+    caches are cleared after each patch and at teardown (no later test reuses a patched trace)."""
+
+    # jaxrnn's own jax.jit functions, those that read tuning constants while traced, taken
+    # before any patch (a test may patch one of them too); jax.clear_caches() would also drop every
+    # other program the worker compiled, which later tests would compile again
+    from jaxrnn.functional import _fused, _layers
+
+    compiled = (
+        _layers._layers_jit,
+        _layers._cell_step_jit,
+        _layers._scan_direction_jit,
+        _fused._layer_jit,
+    )
+
+    def clear():
+        for jitted in compiled:
+            jitted.clear_cache()
+
+    def setattr(target, name, value):
+        monkeypatch.setattr(target, name, value)
+        clear()
+
+    yield setattr
+    clear()

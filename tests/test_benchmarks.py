@@ -53,3 +53,28 @@ def test_only_matching_nothing_names_the_workloads():
     assert done.returncode == 2
     assert "--only 'RNN_TANH' matches no workload" in done.stderr
     assert "RNN 512,4,64,128,1" in done.stderr
+
+
+def test_eager_script_prints_and_records_its_table(tmp_path):
+    """``benchmarks/eager.py``: every workload checked equal to torch, timed, one row each."""
+    out = tmp_path / "eager.md"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "eager.py"), "--reps", "1", "--calls", "2"]
+        + ["--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = out.read_text()
+    assert text.splitlines()[0].startswith("# jaxrnn eager calls, 20")
+    rows = [line for line in text.splitlines() if re.match(r"\| (LSTM|GRU)", line)]
+    assert len(rows) == 6
+    number = r"\d+(?:\.\d+)?"
+    for line in rows:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert all(re.fullmatch(number, c) for c in cells[1:5]), line
+        assert re.fullmatch(rf"{number}x", cells[5]), line

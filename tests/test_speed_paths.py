@@ -163,23 +163,8 @@ def test_fused_equals_autodiff_of_plain_scan(
     )
 
 
-@pytest.fixture
-def retraced(monkeypatch):
-    """``monkeypatch.setattr`` for constants read while the fused layer is traced: its ``jax.jit``
-    caches the trace by shape, so a patched value would go unseen where an earlier test traced the
-    same shapes. JAX's caches are cleared after each patch and at teardown (no later test reuses
-    a patched trace)."""
-
-    def setattr(target, name, value):
-        monkeypatch.setattr(target, name, value)
-        jax.clear_caches()
-
-    yield setattr
-    jax.clear_caches()
-
-
 def test_retraced_patches_take_effect(retraced):
-    """The fixture above: a forward traced with the default windows (one window here), then with
+    """The ``retraced`` fixture (conftest): a forward traced with the default windows (one window here), then with
     windows of one step (an outer loop over windows around the step loop)."""
     rng = np.random.default_rng(0)
     weights, x, state0 = _random_layer(rng, "GRU", 1, 0, True)
@@ -193,6 +178,37 @@ def test_retraced_patches_take_effect(retraced):
     retraced(_fused_forward, "_INFERENCE_PROJECTION_MIN_COLUMNS", 1)
     retraced(_fused_forward, "_PROJECTION_COLUMNS", 1)
     assert scans() == one_window + 1
+
+
+@pytest.mark.parametrize("kind", ["layer", "cell"])
+def test_eager_calls_reuse_one_compiled_program(retraced, kind):
+    """An eager call (no ``jax.jit`` around it) is one compiled program after its checks: the
+    first call of a configuration and shapes traces it (each layer's fused path, the cell's
+    step), later calls only dispatch it, and new shapes trace anew. The result is torch's."""
+    from jaxrnn.functional import _cells
+
+    built = []
+    if kind == "layer":
+        real = _fused.layer
+        retraced(_fused, "layer", lambda *a, **kw: built.append(a[0]) or real(*a, **kw))
+        tmod = torch.nn.GRU(I, H, 2, batch_first=True)
+        model = jaxrnn.from_torch(tmod)
+        per_trace, shapes = 2, [(B, T, I), (B, T, I), (B + 1, T, I)]
+    else:
+        real = _cells.cell
+        retraced(_cells, "cell", lambda *a, **kw: built.append(a[0]) or real(*a, **kw))
+        tmod = torch.nn.LSTMCell(I, H)
+        model = jaxrnn.from_torch(tmod)
+        per_trace, shapes = 1, [(B, I), (B, I), (I,)]
+    counts = []
+    for shape in shapes:
+        x = np.random.default_rng(len(counts)).standard_normal(shape).astype(np.float32)
+        ours = model(x)
+        with torch.no_grad():
+            theirs = tmod(torch.from_numpy(x))
+        assert_close(ours, jax.tree.map(lambda t: t.numpy(), theirs), 1e-5, 1e-5, "outputs")
+        counts.append(len(built))
+    assert counts == [per_trace, per_trace, 2 * per_trace]
 
 
 @pytest.mark.parametrize("transpose_max", [0, 10**9], ids=["loop_layout", "per_step_transposes"])
@@ -347,14 +363,12 @@ def test_layer_reads_stacked_input_feature_major_where_below_kept_it(
     assert specs[0][7] == expected
 
 
-def test_model_layers_above_the_first_are_stacked(monkeypatch):
+def test_model_layers_above_the_first_are_stacked(retraced):
     """The driver tells each layer above the first that its input is the output of the layer
     below (``stacked``), and the first that it is not."""
     seen = []
     real = _fused.layer
-    monkeypatch.setattr(
-        _fused, "layer", lambda *a, **kw: seen.append(kw["stacked"]) or real(*a, **kw)
-    )
+    retraced(_fused, "layer", lambda *a, **kw: seen.append(kw["stacked"]) or real(*a, **kw))
     jaxrnn.GRU(8, 16, 3, rngs=nnx.Rngs(0))(jnp.zeros((3, 4, 8)))
     assert seen == [False, True, True]
 
@@ -429,11 +443,11 @@ def _torch_packed(tmod, x, lengths, h0, w_out, w_h):
     ],
 )
 @pytest.mark.parametrize("batch", [B, 32], ids=["small_batch", "batch_32"])
-def test_variable_lengths_match_torch_packed(mode, kwargs, batch, monkeypatch):
+def test_variable_lengths_match_torch_packed(mode, kwargs, batch, retraced):
     """Both loop layouts (the batch size picks one for LSTM and GRU: ``_fused._FEATURE_MAJOR_FROM``,
     here at any hidden size; the one-gate RNN runs batch-major at both) with ``hx``, unsorted
     lengths incl. 1 and the full length, against torch's packed run."""
-    monkeypatch.setattr(_fused, "_FEATURE_MAJOR_MIN_HIDDEN", 1)
+    retraced(_fused, "_FEATURE_MAJOR_MIN_HIDDEN", 1)
     fm = _fused.feature_major_default(mode, batch, H)
     assert fm == (batch > B and mode in ("LSTM", "GRU"))
     _check_packed_against_torch(mode, kwargs, batch, H, 2e-5)
@@ -479,12 +493,12 @@ def _check_packed_against_torch(mode, kwargs, batch, hidden, param_tol):
     "mode,batch,feature_major",
     [("LSTM", 4, False), ("LSTM", 8, True), ("GRU", 8, False), ("GRU", 32, True)],
 )
-def test_benchmark_sized_layer_matches_torch(mode, batch, feature_major, monkeypatch):
+def test_benchmark_sized_layer_matches_torch(mode, batch, feature_major, retraced):
     """Sizes where the hoisted matmuls are real GEMMs, two bidirectional layers, unroll=4; batches
     on either side of the loop-layout switch (``_fused._FEATURE_MAJOR_FROM``, here at any hidden
     size); the training step and the inference forward."""
     steps, inp, hid = 24, 32, 48
-    monkeypatch.setattr(_fused, "_FEATURE_MAJOR_MIN_HIDDEN", hid)
+    retraced(_fused, "_FEATURE_MAJOR_MIN_HIDDEN", hid)
     assert _fused.feature_major_default(mode, batch, hid) == feature_major
     rng = np.random.default_rng(3)
     tmod = torch_layer(mode, inp, hid, num_layers=2, bidirectional=True)
@@ -524,12 +538,12 @@ def _zero_weights(mode, hidden, inp, proj=0):
 
 @pytest.mark.parametrize("fm", [True, False], ids=["feature_major", "batch_major"])
 @pytest.mark.parametrize("mode,hidden,batch", [("LSTM", 160, 32), ("GRU", 192, 32)])
-def test_unit_groups_match_torch(mode, hidden, batch, fm, monkeypatch):
+def test_unit_groups_match_torch(mode, hidden, batch, fm, retraced):
     """One direction whose per-step product is in ``_fused._UNIT_GROUPS``' window runs as two
     groups of hidden units by default (two layers, variable lengths and ``hx``), against torch,
     in either loop layout (as on two or more CPUs)."""
-    monkeypatch.setattr(_fused, "_FEATURE_MAJOR_MIN_HIDDEN", 1 if fm else 10**9)
-    monkeypatch.setattr(_fused, "_cpu_count", lambda: 2)
+    retraced(_fused, "_FEATURE_MAJOR_MIN_HIDDEN", 1 if fm else 10**9)
+    retraced(_fused, "_cpu_count", lambda: 2)
     assert _fused.feature_major_default(mode, batch, hidden) == fm
     w, w2 = _zero_weights(mode, hidden, I), _zero_weights(mode, hidden, hidden)
     for weights in ([w], [w2]):

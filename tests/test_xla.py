@@ -100,14 +100,14 @@ OPTIMISED_WIDE = {**WIDE, "xla_backend_optimization_level": 3}
     ],
 )
 def test_layers_compiled_with_wide_vectors_match_torch(
-    mode, batch, hid, kwargs, fm, groups, monkeypatch
+    mode, batch, hid, kwargs, fm, groups, retraced
 ):
     """Outputs and gradients (parameters, input, ``hx``) of the training step, and the inference
     forward, compiled with ``jax.jit(..., compiler_options=)`` as the docstring shows, in both
     loop layouts, with and without unit groups (as on two CPUs)."""
-    monkeypatch.setattr(_fused, "_cpu_count", lambda: 2)
+    retraced(_fused, "_cpu_count", lambda: 2)
     if fm:
-        monkeypatch.setattr(_fused, "_FEATURE_MAJOR_MIN_HIDDEN", 1)
+        retraced(_fused, "_FEATURE_MAJOR_MIN_HIDDEN", 1)
     assert _fused.feature_major_default(mode, batch, hid) == fm
     steps, inp = 9, 24
     gates = {"LSTM": 4, "GRU": 3}.get(mode, 1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -117,21 +118,17 @@ def run_layer(
         _checks.check_remat_length(name, x.shape[0])
     if not remat and not symbolic:
         reverse = [d == 1 for d in range(len(ps))]
-        try:
-            return _fused.layer(
-                mode,
-                ps,
-                x,
-                state0,
-                mask,
-                reverse=reverse,
-                precision=precision,
-                unroll=unroll,
-                stacked=stacked,
-            )
-        except TypeError as e:
-            _checks.reraise_forward_mode(name, e)
-            raise
+        return _fused.layer(
+            mode,
+            ps,
+            x,
+            state0,
+            mask,
+            reverse=reverse,
+            precision=precision,
+            unroll=unroll,
+            stacked=stacked,
+        )
     finals, outs = [], []
     for d, p in enumerate(ps):
         s0 = jax.tree.map(lambda s, d=d: s[d], state0)
@@ -315,19 +312,10 @@ def _rnn(
     _checks.check_dropout_key(name, dropout, training, num_layers, dropout_key)
 
     if not batched:
-        x = x[:, None]
-    elif batch_first:
-        x = jnp.swapaxes(x, 0, 1)
-    seq_len, batch = x.shape[0], x.shape[1]
-    if isinstance(unroll, (bool, jnp.bool_)):  # lax.scan's meaning: all steps, or one
-        unroll = seq_len if unroll else 1
-    out_size = proj_size or hidden_size
-    lead = num_layers * num_directions
-
-    if hx is None:
-        h0 = jnp.zeros((lead, batch, out_size), x.dtype)
-        state = (h0, jnp.zeros((lead, batch, hidden_size), x.dtype)) if mode == "LSTM" else h0
+        seq_len, batch = x.shape[0], 1
     else:
+        seq_len, batch = (x.shape[1], x.shape[0]) if batch_first else x.shape[:2]
+    if hx is not None:
         _checks.check_layer_hidden(
             name,
             mode,
@@ -339,17 +327,75 @@ def _rnn(
             hidden_size=hidden_size,
             proj_size=proj_size,
         )
-        state = hx
-        if not batched:
-            state = jax.tree.map(lambda s: s[:, None], state)
     _checks.check_seq_len(name, seq_len)
-
-    mask = None
+    lengths = None
     if seq_lengths is not None:
         lengths = _checks.check_seq_lengths(name, seq_lengths, batch, seq_len, batched)
+    if isinstance(unroll, (bool, jnp.bool_)):  # lax.scan's meaning: all steps, or one
+        unroll = seq_len if unroll else 1
+    drops = bool(training) and dropout > 0 and num_layers > 1
+    spec = _LayersSpec(
+        mode=mode,
+        batched=batched,
+        batch_first=bool(batch_first),
+        compute=_checks.compute_dtype(name, dtype, x, params["weight_ih_l0"]),
+        num_layers=num_layers,
+        num_directions=num_directions,
+        out_size=proj_size or hidden_size,
+        hidden_size=hidden_size,
+        dropout=float(dropout) if drops else 0.0,
+        precision=precision,
+        unroll=unroll,
+        remat=remat,
+        name=name,
+    )
+    try:
+        return _layers_jit(spec, dict(params), x, hx, lengths, dropout_key if drops else None)
+    except TypeError as e:  # raised where JAX differentiates the compiled program, not inside
+        _checks.reraise_forward_mode(name, e)
+        raise
+
+
+class _LayersSpec(NamedTuple):
+    """What :func:`_layers` is compiled for besides its arrays' shapes (checked by :func:`_rnn`;
+    hashable, a static argument)."""
+
+    mode: str
+    batched: bool
+    batch_first: bool
+    compute: Any  # the compute dtype
+    num_layers: int
+    num_directions: int
+    out_size: int  # H_out
+    hidden_size: int  # H_cell
+    dropout: float  # 0 unless dropout acts (training, more than one layer)
+    precision: Any
+    unroll: int
+    remat: bool | int
+    name: str
+
+
+def _layers(spec: _LayersSpec, params, x, hx, lengths, dropout_key):
+    """The computation of :func:`_rnn` on checked arguments: ``x`` as given (batch-first or
+    unbatched as the caller's), ``hx`` ``None`` or checked arrays, ``lengths`` ``None`` or int32
+    ``(N,)``, ``dropout_key`` ``None`` unless dropout acts."""
+    mode, compute, num_directions = spec.mode, spec.compute, spec.num_directions
+    if not spec.batched:
+        x = x[:, None]
+    elif spec.batch_first:
+        x = jnp.swapaxes(x, 0, 1)
+    seq_len, batch = x.shape[0], x.shape[1]
+    lead = spec.num_layers * num_directions
+    if hx is None:
+        h0 = jnp.zeros((lead, batch, spec.out_size), compute)
+        state = (h0, jnp.zeros((lead, batch, spec.hidden_size), compute)) if mode == "LSTM" else h0
+    else:
+        state = hx if spec.batched else jax.tree.map(lambda s: s[:, None], hx)
+
+    mask = None
+    if lengths is not None:
         mask = (jnp.arange(seq_len)[:, None] < lengths[None, :])[..., None]
 
-    compute = _checks.compute_dtype(name, dtype, x, params["weight_ih_l0"])
     x = x.astype(compute)
     state = jax.tree.map(lambda s: s.astype(compute), state)
     # inside shard_map, everything the loops carry or differentiate varies as the step does (the
@@ -362,7 +408,7 @@ def _rnn(
 
     finals = []
     layer_input = x
-    for layer in range(num_layers):
+    for layer in range(spec.num_layers):
         ps = [
             {
                 k: (None if v is None else jnp.asarray(v).astype(compute))
@@ -378,29 +424,35 @@ def _rnn(
             layer_input,
             s0,
             mask,
-            precision=precision,
-            unroll=unroll,
-            remat=remat,
+            precision=spec.precision,
+            unroll=spec.unroll,
+            remat=spec.remat,
             stacked=layer > 0,
-            name=name,
+            name=spec.name,
         )
         finals.extend(layer_finals)
         layer_input = outs[0] if num_directions == 1 else jnp.concatenate(outs, axis=-1)
-        if training and dropout > 0 and layer < num_layers - 1:
+        if spec.dropout > 0 and layer < spec.num_layers - 1:
             dropout_key, sub = jax.random.split(dropout_key)
-            layer_input = dropout_layer(sub, layer_input, dropout)
+            layer_input = dropout_layer(sub, layer_input, spec.dropout)
 
     output = layer_input
     if mode == "LSTM":
         h_n = (jnp.stack([f[0] for f in finals]), jnp.stack([f[1] for f in finals]))
     else:
         h_n = jnp.stack(finals)
-    if not batched:
+    if not spec.batched:
         output = output[:, 0]
         h_n = jax.tree.map(lambda s: s[:, 0], h_n)
-    elif batch_first:
+    elif spec.batch_first:
         output = jnp.swapaxes(output, 0, 1)
     return output, h_n
+
+
+# one compiled program per configuration and shapes: an eager call is one dispatch (its checks
+# aside) instead of dozens of operations, each dispatched on its own; inside an outer jit (or
+# grad, vmap, shard_map) it is traced once per shapes and inlined
+_layers_jit = jax.jit(_layers, static_argnums=0)
 
 
 def dropout_layer(key, x, rate: float):
@@ -463,6 +515,15 @@ def cell_forward(
     _checks.check_no_unexpected_params(name, params, expected, what)
     x, state, batched = _checks.check_cell_call(name, mode, input, hx, input_size, hidden_size)
     compute = _checks.compute_dtype(name, dtype, x, params["weight_ih"])
+    precision = _checks.check_precision(name, precision)
+    spec = (mode, batched, compute, hidden_size, precision)
+    return _cell_step_jit(spec, dict(params), x, state)
+
+
+def _cell_step(spec, params, x, state):
+    """The computation of :func:`cell_forward` on checked arguments (``state`` ``None`` for
+    zeros)."""
+    mode, batched, compute, hidden_size, precision = spec
     if not batched:
         x = x[None]
         state = None if state is None else jax.tree.map(lambda s: s[None], state)
@@ -470,8 +531,11 @@ def cell_forward(
         zeros = jnp.zeros((x.shape[0], hidden_size), compute)
         state = (zeros, zeros) if mode == "LSTM" else zeros
     p = {k: (None if v is None else jnp.asarray(v).astype(compute)) for k, v in params.items()}
-    precision = _checks.check_precision(name, precision)
     new = _cells.cell(
         mode, p, x.astype(compute), jax.tree.map(lambda s: s.astype(compute), state), precision
     )
     return new if batched else jax.tree.map(lambda s: s[0], new)
+
+
+# as _layers_jit: an eager step is one dispatch
+_cell_step_jit = jax.jit(_cell_step, static_argnums=0)
