@@ -169,6 +169,25 @@ def test_dropout_statistics_match_torchs_inverted_dropout():
     np.testing.assert_array_equal(dropout_layer(jax.random.key(0), x, 1.0), 0.0)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64", "bfloat16", "float16"])
+def test_dropout_scale_is_torchs_to_the_bit(dtype):
+    """The kept units' scale equals torch's CPU dropout's (a mask of ones divided by ``1 - p``)
+    for rates where rounding ``1/(1-p)`` once differs from it, and given as numpy scalars."""
+    from jaxrnn.functional import dropout_layer
+
+    rates = [0.0644444, 0.1, 0.2, 0.3, 0.37, 0.5, 0.55, 0.7, 0.9, 0.93, 0.999]
+    rates += [np.float32(0.0644444), np.float64(0.3)]
+    for rate in rates:
+        with jax.enable_x64(dtype == "float64"):
+            x = jnp.ones((4096,), getattr(jnp, dtype))
+            ours = np.asarray(dropout_layer(jax.random.key(0), x, rate)).astype(np.float64)
+        kept = ours[ours != 0]
+        ones = torch.ones(4096, dtype=getattr(torch, dtype))
+        theirs = torch.nn.functional.dropout(ones, float(rate)).double().numpy()
+        want = theirs[theirs != 0][0]
+        assert kept.size and (kept == want).all(), (rate, kept[0], want)
+
+
 def test_dropout_one_layer_has_no_effect_like_torch():
     t = torch.nn.LSTM(3, 4, 1)
     m = jaxrnn.from_torch(t)

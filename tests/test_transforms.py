@@ -472,6 +472,24 @@ def test_remat_temporary_memory_grows_sublinearly():
     assert _temp_bytes(long_, True) < _temp_bytes(long_, False) / 4
 
 
+@pytest.mark.parametrize("first", [True, 1], ids=["flag_first", "chunk_of_one_first"])
+def test_remat_flag_and_a_chunk_of_one_are_compiled_apart(first):
+    """``remat=True`` (chunks of ``ceil(sqrt(L))`` steps, checkpointed) and ``remat=1`` (chunks
+    of one step: the plain scan, nothing checkpointed) are equal in Python (``True == 1``) but
+    not the same program: whichever a process traces first, the other keeps its own. Counted
+    in the eager backward's residuals, which remat exists to shrink."""
+    params = {k: jnp.full(s, 0.1) for k, s in layer_param_shapes("LSTM", IN, H).items()}
+    x = jnp.ones((64, N, IN))
+
+    def saved(remat):
+        _, vjp = jax.vjp(lambda p: jnp.sum(F.rnn(p, x, mode="LSTM", remat=remat)[0]), params)
+        return sum(leaf.nbytes for leaf in jax.tree.leaves(vjp))
+
+    order = [first, 1 if first is True else True]
+    sizes = dict(zip(map(repr, order), map(saved, order)))
+    assert sizes["True"] < sizes["1"] / 2, sizes
+
+
 def test_linen_layers_under_flax_introspection_and_lifted_transforms():
     """Flax's ``tabulate`` and ``capture_intermediates`` work on a model holding a Linen layer;
     ``deterministic`` as a module attribute survives ``nn.vmap`` (which drops call keywords):

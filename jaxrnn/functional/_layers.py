@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import export as _export
 from jax import lax
 
@@ -153,10 +154,7 @@ def time_scan(step, init, xs, *, reverse=False, unroll=1, remat=False, prologue=
     """
     prologue = prologue or (lambda a: a)
     length = jax.tree.leaves(xs)[0].shape[0]
-    if isinstance(remat, (bool, jnp.bool_)):  # numpy's True too (int() of it is a chunk of 1)
-        chunk = (math.isqrt(max(length - 1, 0)) + 1) if remat else 0
-    else:
-        chunk = int(remat or 0)
+    chunk = remat_chunk(remat, length)
     if chunk <= 1 or chunk >= length:
         return lax.scan(step, init, prologue(xs), reverse=reverse, unroll=unroll)
     n = length // chunk
@@ -178,6 +176,15 @@ def time_scan(step, init, xs, *, reverse=False, unroll=1, remat=False, prologue=
         lambda h, t: jnp.concatenate([h.reshape(main, *h.shape[2:]), t], axis=0), ys_head, ys_tail
     )
     return carry, ys
+
+
+def remat_chunk(remat, length: int) -> int:
+    """``remat=`` as a chunk length for ``length`` steps: ``True`` is ``ceil(sqrt(length))``,
+    ``False`` 0 (none), an int itself. (``True == 1`` in Python, yet a chunk of 1 step is no
+    checkpoint at all: compiled programs are cached by this number, never by the flag.)"""
+    if isinstance(remat, (bool, np.bool_)):  # numpy's True too (int() of it is a chunk of 1)
+        return (math.isqrt(max(length - 1, 0)) + 1) if remat else 0
+    return int(remat or 0)
 
 
 def rnn(
@@ -331,8 +338,10 @@ def _rnn(
     lengths = None
     if seq_lengths is not None:
         lengths = _checks.check_seq_lengths(name, seq_lengths, batch, seq_len, batched)
-    if isinstance(unroll, (bool, jnp.bool_)):  # lax.scan's meaning: all steps, or one
+    if isinstance(unroll, (bool, np.bool_)):  # lax.scan's meaning: all steps, or one
         unroll = seq_len if unroll else 1
+    if isinstance(seq_len, int):  # (a symbolic length with remat is refused in run_layer)
+        remat = remat_chunk(remat, seq_len)
     drops = bool(training) and dropout > 0 and num_layers > 1
     spec = _LayersSpec(
         mode=mode,
@@ -350,7 +359,9 @@ def _rnn(
         name=name,
     )
     try:
-        return _layers_jit(spec, dict(params), x, hx, lengths, dropout_key if drops else None)
+        # the parameters the layers take (another entry, of another module, is not an argument)
+        params = {k: params[k] for k in expected}
+        return _layers_jit(spec, params, x, hx, lengths, dropout_key if drops else None)
     except TypeError as e:  # raised where JAX differentiates the compiled program, not inside
         _checks.reraise_forward_mode(name, e)
         raise
@@ -371,7 +382,7 @@ class _LayersSpec(NamedTuple):
     dropout: float  # 0 unless dropout acts (training, more than one layer)
     precision: Any
     unroll: int
-    remat: bool | int
+    remat: bool | int  # a chunk length (remat_chunk); the flag only with a symbolic length
     name: str
 
 
@@ -457,12 +468,18 @@ _layers_jit = jax.jit(_layers, static_argnums=0)
 
 def dropout_layer(key, x, rate: float):
     """Inverted dropout as ``torch.nn.functional.dropout``: ``x`` times a mask of ``1/(1-rate)``
-    and zeros (``rate == 1``: ``x * 0``), so that NaN and inf stay NaN where dropped, as torch's."""
+    and zeros (``rate == 1``: ``x * 0``), so that NaN and inf stay NaN where dropped, as torch's.
+
+    The scale is torch's to the bit: its CPU dropout divides a mask of ones by ``1 - p`` (``p`` a
+    double), in float32 for float32, float16 and bfloat16 input (rounded to the input's dtype
+    after) and in float64 for float64."""
     _checks.check_dropout_rate("dropout_layer", rate)
     if rate >= 1.0:
         return x * jnp.zeros((), x.dtype)
     keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
-    return x * jnp.where(keep, jnp.asarray(1.0 / (1.0 - rate), x.dtype), jnp.zeros((), x.dtype))
+    opmath = jnp.promote_types(x.dtype, jnp.float32)
+    scale = (jnp.ones((), opmath) / jnp.asarray(1.0 - float(rate), opmath)).astype(x.dtype)
+    return x * jnp.where(keep, scale, jnp.zeros((), x.dtype))
 
 
 def rnn_tanh(params, input, hx=None, **kwargs):
@@ -517,7 +534,7 @@ def cell_forward(
     compute = _checks.compute_dtype(name, dtype, x, params["weight_ih"])
     precision = _checks.check_precision(name, precision)
     spec = (mode, batched, compute, hidden_size, precision)
-    return _cell_step_jit(spec, dict(params), x, state)
+    return _cell_step_jit(spec, {k: params[k] for k in expected}, x, state)
 
 
 def _cell_step(spec, params, x, state):
