@@ -958,7 +958,7 @@ def check_seq_lengths(name: str, seq_lengths, batch: int, seq_len: int, batched:
 
 
 def check_dropout_key(name: str, dropout: float, training: bool, num_layers: int, key) -> None:
-    if not (training and dropout > 0 and num_layers > 1):
+    if not (training and num_layers > 1 and dropout > 0):  # (the rate is checked there)
         return
     if key is None:
         raise ValueError(

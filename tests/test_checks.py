@@ -485,6 +485,13 @@ def test_functional_dropout_rate_is_checked_as_torchs():
         params = jaxrnn.GRU(4, 4, 2, rngs=nnx.Rngs(0)).torch_params()
         with pytest.raises(ValueError, match=f"GRU: dropout probability .* got {rate}"):
             F.gru(params, x[:, None], dropout=rate, training=True, dropout_key=jax.random.key(0))
+    # not a number: refused where dropout acts (it raised a bare TypeError from a comparison),
+    # ignored by one layer, whose rate torch's functional layers never read either
+    with pytest.raises(ValueError, match="GRU: dropout probability .* got None"):
+        F.gru(params, x[:, None], dropout=None, training=True, dropout_key=jax.random.key(0))
+    one = jaxrnn.GRU(4, 4, rngs=nnx.Rngs(0)).torch_params()
+    out, _ = F.gru(one, x[:, None], dropout=None, training=True)
+    np.testing.assert_array_equal(out, F.gru(one, x[:, None])[0])
 
 
 @pytest.mark.parametrize("mode", ["RNN_TANH", "LSTM", "GRU"])
