@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import re
 import sys
 import time
 from pathlib import Path
@@ -35,7 +34,7 @@ import torch
 from flax import nnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import interleaved_rounds, machine, ratio  # noqa: E402
+from run import interleaved_rounds, machine, ratio, record  # noqa: E402
 
 import jaxrnn  # noqa: E402
 
@@ -150,19 +149,7 @@ def main(argv=None) -> None:
         )
         rows.append(row)
         print(row, f"[{time.perf_counter() - t0:.0f} s]", flush=True)
-    text = "\n".join(header + rows) + "\n"
-    if args.out:
-        out = Path(args.out)
-    else:
-        slug = re.sub(r"[^a-z0-9]+", "-", machine().lower()).strip("-")
-        out = Path(__file__).resolve().parent / "results" / f"{today}-{slug}-eager.md"
-        run = 2
-        while out.exists():  # another run today: keep it
-            out = out.with_name(f"{today}-{slug}-eager-run{run}.md")
-            run += 1
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    print(f"\nwritten to {out}")
+    record("\n".join(header + rows) + "\n", args.out, "-eager")
 
 
 if __name__ == "__main__":

@@ -343,19 +343,26 @@ def main(argv=None) -> None:
     text = "\n".join(header) + "\n" + table + "\n" + "\n".join(notes) + "\n"
     print("\n" + table + "\n" + "\n".join(notes), flush=True)
 
-    out = Path(args.out) if args.out else None
-    if out is None and args.only:  # a subset of the table: printed, recorded only with --out
-        return
-    if out is None:
-        slug = re.sub(r"[^a-z0-9]+", "-", machine().lower()).strip("-")
-        out = Path(__file__).resolve().parent / "results" / f"{today}-{slug}.md"
+    if args.out or not args.only:  # a subset of the table: printed, recorded only with --out
+        record(text, args.out)
+
+
+def record(text: str, out: str | None, kind: str = "") -> None:
+    """Write a results file: ``out``, or ``results/<date>-<machine>[-kind].md`` (``-run2``,
+    ``-run3``, ... for later runs of the same day, which keep the earlier ones)."""
+    if out:
+        path = Path(out)
+    else:
+        today = datetime.date.today().isoformat()
+        slug = re.sub(r"[^a-z0-9]+", "-", machine().lower()).strip("-") + kind
+        path = Path(__file__).resolve().parent / "results" / f"{today}-{slug}.md"
         run = 2
-        while out.exists():  # another run today: keep it
-            out = out.with_name(f"{today}-{slug}-run{run}.md")
+        while path.exists():  # another run today: keep it
+            path = path.with_name(f"{today}-{slug}-run{run}.md")
             run += 1
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    print(f"\nwritten to {out}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    print(f"\nwritten to {path}")
 
 
 if __name__ == "__main__":
