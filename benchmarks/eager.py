@@ -8,9 +8,10 @@ cell step, compiled once per configuration and shapes), so an eager call is one 
 
 For each workload this script builds torch's module and jaxrnn's NNX module from the same weights,
 checks that the outputs agree, and times, interleaved (rotating order, median of ``--reps``
-rounds of ``--calls`` back-to-back calls each): torch's call under ``torch.no_grad()`` (at one
-thread, torch's fastest for these sizes), jaxrnn's module called eagerly, and the same module
-under ``nnx.jit`` and under ``jax.jit`` of its split state (the least a compiled call costs).
+rounds of ``--calls`` back-to-back calls each): torch's call under ``torch.no_grad()`` at one
+thread (``benchmarks/run.py`` picks torch's thread count, this script does not), jaxrnn's
+module called eagerly, and the same module under ``nnx.jit`` and under ``jax.jit`` of its split
+state (the least a compiled call costs).
 Times are microseconds per call, float32; ``torch/eager`` above 1 means jaxrnn's eager call is
 faster than torch's. The output is printed and written to
 ``benchmarks/results/<date>-<machine>-eager.md`` (``--out`` to choose).

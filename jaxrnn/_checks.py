@@ -958,7 +958,7 @@ def check_seq_lengths(name: str, seq_lengths, batch: int, seq_len: int, batched:
 
 
 def check_dropout_key(name: str, dropout: float, training: bool, num_layers: int, key) -> None:
-    if not (training and num_layers > 1 and dropout > 0):  # (the rate is checked there)
+    if not _params.dropout_acts(training, dropout, num_layers):
         return
     if key is None:
         raise ValueError(

@@ -38,6 +38,12 @@ def rnn_nonlinearity(mode: str) -> str | None:
     return {"RNN_TANH": "tanh", "RNN_RELU": "relu"}.get(mode)
 
 
+def dropout_acts(training, dropout, num_layers: int) -> bool:
+    """Whether dropout between layers acts: in training mode, with more than one layer and a
+    positive rate (compared only then: a one-layer stack never reads it, as torch's)."""
+    return bool(training) and num_layers > 1 and dropout > 0
+
+
 def known_rnn_mode(nonlinearity) -> str | None:
     """The mode string for ``nonlinearity``; ``None`` for one other than tanh and relu (torch's
     RNNCell takes any at construction and refuses it in its forward)."""

@@ -131,7 +131,7 @@ class _LayerBase(_LinenBase):
             deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
         training = not deterministic
         key = None
-        if training and self.dropout > 0 and self.num_layers > 1:
+        if _params.dropout_acts(training, self.dropout, self.num_layers):
             _checks.check_linen_dropout_rng(  # make_rng falls back to 'params', as for nn.Dropout
                 type(self).__name__, self.dropout, self.has_rng("dropout") or self.has_rng("params")
             )

@@ -364,7 +364,7 @@ class RNNBase(_TorchParams):
         deterministic = self.deterministic if deterministic is None else deterministic
         training = not deterministic
         key, stream = None, None
-        if training and self.dropout > 0 and self.num_layers > 1:
+        if _params.dropout_acts(training, self.dropout, self.num_layers):
             source = self.rngs if rngs is None else rngs
             _checks.check_dropout_source(type(self).__name__, self.dropout, source)
             if isinstance(source, nnx.Rngs):

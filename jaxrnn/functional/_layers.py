@@ -342,7 +342,7 @@ def _rnn(
         unroll = seq_len if unroll else 1
     if isinstance(seq_len, int):  # (a symbolic length with remat is refused in run_layer)
         remat = remat_chunk(remat, seq_len)
-    drops = bool(training) and num_layers > 1 and dropout > 0  # the rate was checked there
+    drops = _params.dropout_acts(training, dropout, num_layers)
     spec = _LayersSpec(
         mode=mode,
         batched=batched,
